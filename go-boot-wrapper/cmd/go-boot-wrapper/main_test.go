@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"recycler.dev/go-boot-wrapper/internal/boot"
+	"recycler.dev/go-boot-wrapper/internal/fakerecycler"
+	"recycler.dev/go-boot-wrapper/internal/testhelper"
+)
+
+// envRunMain makes the test binary run main() instead of the tests: the wrapper as a real process, with real
+// signals and exit codes, without building it separately.
+const envRunMain = "GBW_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envRunMain) == "1" {
+		os.Args = append([]string{"go-boot-wrapper"}, strings.Fields(os.Getenv("GBW_TEST_ARGS"))...)
+		main()
+		return
+	}
+	testhelper.MainIfHelper()
+	os.Exit(m.Run())
+}
+
+// wrapperCmd returns the wrapper as a child process with args and extra environment.
+func wrapperCmd(t *testing.T, args []string, env ...string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append([]string{envRunMain + "=1", "GBW_TEST_ARGS=" + strings.Join(args, " "), "PATH=" + os.Getenv("PATH"),
+		testhelper.NoRaceExitDelay}, env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	return cmd, &stderr
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -100
+	}
+	return 0
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     []string
+		wantMsg string
+	}{
+		{"no flags", nil, nil, "missing --slot"},
+		{"no recycler", []string{"--slot=s"}, nil, "missing --recycler"},
+		{"bad log format", []string{"--slot=s", "--recycler=127.0.0.1:1", "--log_format=xml"}, nil, "text or json"},
+		{"bad env value", []string{"--slot=s", "--recycler=127.0.0.1:1"}, []string{"RECYCLER_GRACE_PERIOD=soon"}, "RECYCLER_GRACE_PERIOD"},
+		{"negative grace", []string{"--slot=s", "--recycler=127.0.0.1:1", "--grace_period=-1s"}, nil, "negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd, stderr := wrapperCmd(t, tt.args, tt.env...)
+			err := cmd.Run()
+			if code := exitCode(err); code != exitUsage {
+				t.Errorf("exit code %d, want %d; stderr:\n%s", code, exitUsage, stderr)
+			}
+			if !strings.Contains(stderr.String(), tt.wantMsg) {
+				t.Errorf("stderr lacks %q:\n%s", tt.wantMsg, stderr)
+			}
+		})
+	}
+}
+
+// TestSigtermStopsWorkerAndExitsZero runs the real binary: attach with flags given as environment variables, a lease
+// whose worker ignores SIGTERM, then SIGTERM to the wrapper.
+func TestSigtermStopsWorkerAndExitsZero(t *testing.T) {
+	f := fakerecycler.Start(t, "slot-env")
+	helperDir := t.TempDir()
+	f.Stage(fakerecycler.Artifact{Role: boot.URNGoWorkerBinaryRole, Path: "/w",
+		Content: testhelper.Script(t, testhelper.ModeIgnoreTerm, helperDir)})
+	workDir := t.TempDir()
+	cmd, stderr := wrapperCmd(t, []string{"--grace_period=200ms", "--log_format=json"},
+		"RECYCLER_SLOT=slot-env", "RECYCLER_ENDPOINT="+f.Addr(), "RECYCLER_WORK_DIR="+workDir,
+		"RECYCLER_GRACE_PERIOD=1h") // the explicit flag wins over the variable
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("wrapper stderr:\n%s", stderr)
+		}
+	})
+
+	s := f.NextSession(t)
+	if s.Hello.GetSlotId() != "slot-env" || s.Hello.GetWrapperPid() != int64(cmd.Process.Pid) {
+		t.Errorf("hello = %v, want slot-env from RECYCLER_SLOT and the wrapper's pid %d", s.Hello, cmd.Process.Pid)
+	}
+	f.Lease(s, 1, "slot-env.g1", f.ProvisionInfo(nil))
+	pid := int(s.ExpectStarted(t, 1).GetPid())
+	testhelper.WaitReady(t, helperDir)
+
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		done <- err
+		if code := exitCode(err); code != exitOK {
+			t.Errorf("exit code %d after SIGTERM, want 0", code)
+		}
+	case <-time.After(fakerecycler.Wait):
+		t.Fatalf("wrapper did not exit after SIGTERM")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("shutdown took %v with a 200ms grace period (the flag should win over RECYCLER_GRACE_PERIOD=1h)", took)
+	}
+	if testhelper.Alive(pid) {
+		t.Errorf("worker %d survived the wrapper", pid)
+	}
+	if _, err := os.Stat(filepath.Join(workDir, "leases", "slot-env-g1")); err == nil {
+		t.Errorf("lease dir survived the wrapper")
+	}
+	if !strings.Contains(stderr.String(), `"msg":"attached"`) {
+		t.Errorf("json log lacks the attach line:\n%s", stderr)
+	}
+}
+
+// TestAsPID1 runs the wrapper as PID 1 of a new PID namespace, as in a container, and checks that a grandchild that
+// escaped the worker's process group is killed and reaped by the wrapper: after LeaseEnded the wrapper has no child
+// left, not even a zombie.
+func TestAsPID1(t *testing.T) {
+	unshare, err := exec.LookPath("unshare")
+	if err != nil || exec.Command(unshare, "--pid", "--fork", "--mount-proc", "true").Run() != nil {
+		t.Skip("cannot create a PID namespace here (needs unshare and CAP_SYS_ADMIN)")
+	}
+	f := fakerecycler.Start(t, "pid1")
+	helperDir := t.TempDir()
+	f.Stage(fakerecycler.Artifact{Role: boot.URNGoWorkerBinaryRole, Path: "/w",
+		Content: testhelper.Script(t, testhelper.ModeGrandchildSetsid, helperDir)})
+	inner, stderr := wrapperCmd(t, []string{"--slot=pid1", "--recycler=" + f.Addr(), "--work_dir=" + t.TempDir()})
+	cmd := exec.Command(unshare, append([]string{"--pid", "--fork", "--mount-proc"}, inner.Path)...)
+	cmd.Env, cmd.Stderr = inner.Env, inner.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("wrapper stderr:\n%s", stderr)
+		}
+	})
+
+	s := f.NextSession(t)
+	if s.Hello.GetWrapperPid() != 1 {
+		t.Fatalf("wrapper pid in its namespace = %d, want 1", s.Hello.GetWrapperPid())
+	}
+	ns := childrenOf(t, cmd.Process.Pid) // unshare's only child: the wrapper, as the host sees it
+	if len(ns) != 1 {
+		t.Fatalf("unshare has children %v, want exactly the wrapper", ns)
+	}
+	wrapperPid := ns[0]
+	f.Lease(s, 1, "pid1.g1", f.ProvisionInfo(nil))
+	s.ExpectStarted(t, 1)
+	if e := s.ExpectEnded(t, 1); e.GetOutcome().String() != "OUTCOME_WORKER_EXITED" {
+		t.Fatalf("LeaseEnded = %v, want WORKER_EXITED", e)
+	}
+	if kids := childrenOf(t, wrapperPid); len(kids) != 0 {
+		t.Errorf("wrapper (PID 1) still has children %v after LeaseEnded: the escaped grandchild was not killed and reaped", kids)
+	}
+	if err := syscall.Kill(wrapperPid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		done <- err
+		if code := exitCode(err); code != exitOK {
+			t.Errorf("exit code %d after SIGTERM as PID 1, want 0", code)
+		}
+	case <-time.After(fakerecycler.Wait):
+		t.Fatal("wrapper as PID 1 did not exit after SIGTERM")
+	}
+}
+
+// childrenOf lists the pids whose parent is ppid, zombies included.
+func childrenOf(t *testing.T, ppid int) []int {
+	t.Helper()
+	var kids []int
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(fields) > 2 && fields[1] == strconv.Itoa(ppid) {
+			pid, _ := strconv.Atoi(e.Name())
+			kids = append(kids, pid)
+		}
+	}
+	return kids
+}

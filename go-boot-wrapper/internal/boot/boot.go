@@ -1,0 +1,440 @@
+// Package boot runs Beam's Go boot contract (sdks/go/container/boot.go) for one lease: provision info, artifacts,
+// the per-lease directory with the pipeline options file, and the worker's command line and environment. It starts
+// nothing: it returns a supervisor.Spec for the wrapper to start.
+//
+// Differences from Beam's boot, all deliberate:
+//   - provision and artifact calls go to the recycler and carry the slot id and lease generation as metadata;
+//   - artifacts come through a local content-addressed cache, verified by size and sha256, so an unchanged binary is
+//     never transferred twice; they are hard-linked into the lease directory, never downloaded into a shared one;
+//   - every lease gets a fresh directory (semi_persist_dir, cwd, TMPDIR) that the wrapper deletes afterwards, and the
+//     worker gets a clean environment instead of the wrapper's.
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	fnpb "github.com/apache/beam/sdks/v2/go/pkg/beam/model/fnexecution_v1"
+	jobpb "github.com/apache/beam/sdks/v2/go/pkg/beam/model/jobmanagement_v1"
+	pipepb "github.com/apache/beam/sdks/v2/go/pkg/beam/model/pipeline_v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"recycler.dev/go-boot-wrapper/internal/artifactcache"
+	"recycler.dev/go-boot-wrapper/internal/recyclerpb"
+	"recycler.dev/go-boot-wrapper/internal/supervisor"
+)
+
+// Metadata keys on every ProvisionService and ArtifactRetrievalService call, and the GetArtifact response header.
+const (
+	HeaderWorkerID      = "worker_id"
+	HeaderGeneration    = "recycler-generation"
+	HeaderContentLength = "recycler-content-length"
+)
+
+// Beam URNs (sdks/go/pkg/beam/artifact).
+const (
+	URNFileArtifact       = "beam:artifact:type:file:v1"
+	URNGoWorkerBinaryRole = "beam:artifact:role:go_worker_binary:v1"
+	URNStagingToRole      = "beam:artifact:role:staging_to:v1"
+	legacyWorkerName      = "worker"
+)
+
+// Files and directories inside a lease directory.
+const (
+	OptionsFile = "pipeline_options.json"
+	WorkerFile  = "worker"
+	StagedDir   = "staged"
+	TmpDir      = "tmp"
+)
+
+// defaultPath is the worker's PATH when the wrapper has none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Failure is a boot step that failed: the stage for LeaseEnded and a one-line message that says what to fix.
+type Failure struct {
+	Stage   recyclerpb.BootStage
+	Message string
+	Err     error
+}
+
+func (f *Failure) Error() string { return f.Message }
+func (f *Failure) Unwrap() error { return f.Err }
+
+func fail(stage recyclerpb.BootStage, err error, format string, args ...any) *Failure {
+	return &Failure{Stage: stage, Message: fmt.Sprintf(format, args...), Err: err}
+}
+
+// Config is what a Booter needs besides the lease.
+type Config struct {
+	SlotID string
+	// RecyclerEndpoint is the recycler's fixed HOST:PORT; artifact calls go there when ProvisionInfo names no
+	// artifact endpoint.
+	RecyclerEndpoint string
+	// LeasesDir holds the per-lease directories.
+	LeasesDir string
+	// PassEnv names wrapper environment variables copied into every worker's environment (besides the allow-list).
+	PassEnv []string
+	// Getenv reads the wrapper's environment (os.Getenv when nil).
+	Getenv func(string) string
+	// ProvisionTimeout bounds GetProvisionInfo; ArtifactTimeout bounds resolving and fetching all artifacts.
+	ProvisionTimeout, ArtifactTimeout time.Duration
+	// Stdout and Stderr receive the worker's output (nil: /dev/null).
+	Stdout, Stderr *os.File
+}
+
+// Booter prepares leases. Safe for concurrent use on different leases.
+type Booter struct {
+	cfg   Config
+	conn  grpc.ClientConnInterface // to the recycler
+	cache *artifactcache.Cache
+}
+
+// New returns a Booter that calls the recycler over conn.
+func New(cfg Config, conn grpc.ClientConnInterface, cache *artifactcache.Cache) *Booter {
+	if cfg.Getenv == nil {
+		cfg.Getenv = os.Getenv
+	}
+	if cfg.ProvisionTimeout <= 0 {
+		cfg.ProvisionTimeout = 30 * time.Second
+	}
+	if cfg.ArtifactTimeout <= 0 {
+		cfg.ArtifactTimeout = 10 * time.Minute
+	}
+	return &Booter{cfg: cfg, conn: conn, cache: cache}
+}
+
+// Lease is what the recycler's Lease instruction says.
+type Lease struct {
+	Generation int64
+	WorkerID   string
+	JobName    string
+}
+
+// Prepared is a booted lease, ready to start.
+type Prepared struct {
+	Dir  string
+	Spec supervisor.Spec
+}
+
+var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]`)
+
+// SafeName is a slot id usable as a file name.
+func SafeName(slotID string) string { return unsafeName.ReplaceAllString(slotID, "_") }
+
+// LeaseDirPrefix is the name prefix of every lease directory of this slot: "<slot>-g".
+func LeaseDirPrefix(slotID string) string { return SafeName(slotID) + "-g" }
+
+// LeaseDir is the directory of the lease with this generation.
+func (b *Booter) LeaseDir(generation int64) string {
+	return filepath.Join(b.cfg.LeasesDir, LeaseDirPrefix(b.cfg.SlotID)+strconv.FormatInt(generation, 10))
+}
+
+// Boot runs the boot steps for lease. On failure it removes what it created and returns a *Failure (or ctx's error
+// when ctx ended, e.g. because an Exit aborted the boot). On success the caller owns Prepared.Dir.
+func (b *Booter) Boot(ctx context.Context, lease Lease, log *Log) (*Prepared, error) {
+	p, err := b.boot(ctx, lease, log)
+	if err != nil {
+		_ = os.RemoveAll(b.LeaseDir(lease.Generation))
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	return p, nil
+}
+
+func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, error) {
+	ctx = metadata.AppendToOutgoingContext(ctx, HeaderWorkerID, b.cfg.SlotID, HeaderGeneration, strconv.FormatInt(lease.Generation, 10))
+
+	// (1) Provision info.
+	info, ferr := b.provision(ctx)
+	if ferr != nil {
+		return nil, ferr
+	}
+	log.ConnectBeam(info.GetLoggingEndpoint().GetUrl(), lease.WorkerID)
+	log.Info("provisioned", "control_endpoint", info.GetControlEndpoint().GetUrl(), "artifacts", len(info.GetDependencies()))
+
+	// (2) A fresh lease directory: nothing of a previous lease (or a previous wrapper) survives in it.
+	dir := b.LeaseDir(lease.Generation)
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot clear lease directory %s: %v; check --work_dir", dir, err)
+	}
+	for _, d := range []string{dir, filepath.Join(dir, TmpDir), filepath.Join(dir, StagedDir)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot create lease directory %s: %v; check --work_dir is writable", d, err)
+		}
+	}
+
+	// (3) Artifacts into the cache, then into the lease directory.
+	actx, cancel := context.WithTimeout(ctx, b.cfg.ArtifactTimeout)
+	defer cancel()
+	worker, ferr := b.artifacts(actx, info, dir, log)
+	if ferr != nil {
+		return nil, ferr
+	}
+
+	// (4) Pipeline options file, as Beam's boot writes it (protojson of the options Struct).
+	options := "{}"
+	if info.GetPipelineOptions() != nil {
+		js, err := protojson.Marshal(info.GetPipelineOptions())
+		if err != nil {
+			return nil, fail(recyclerpb.BootStage_BOOT_STAGE_PROVISION, err, "pipeline options in provision info are not valid JSON: %v", err)
+		}
+		options = string(js)
+	}
+	optionsPath := filepath.Join(dir, OptionsFile)
+	if err := os.WriteFile(optionsPath, []byte(options), 0o644); err != nil {
+		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot write %s: %v; check --work_dir has space", optionsPath, err)
+	}
+
+	// (5) The worker's command line and environment, as Beam's boot starts it.
+	return &Prepared{Dir: dir, Spec: supervisor.Spec{
+		Path: worker,
+		Args: []string{
+			"--worker=true",
+			"--id=" + lease.WorkerID,
+			"--logging_endpoint=" + info.GetLoggingEndpoint().GetUrl(),
+			"--control_endpoint=" + info.GetControlEndpoint().GetUrl(),
+			"--semi_persist_dir=" + dir,
+		},
+		Env:    b.env(info, dir, optionsPath),
+		Dir:    dir,
+		Stdout: b.cfg.Stdout,
+		Stderr: b.cfg.Stderr,
+	}}, nil
+}
+
+func (b *Booter) provision(ctx context.Context) (*fnpb.ProvisionInfo, *Failure) {
+	pctx, cancel := context.WithTimeout(ctx, b.cfg.ProvisionTimeout)
+	defer cancel()
+	resp, err := fnpb.NewProvisionServiceClient(b.conn).GetProvisionInfo(pctx, &fnpb.GetProvisionInfoRequest{})
+	if err != nil {
+		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_PROVISION, err,
+			"GetProvisionInfo from recycler %s failed (%s: %s); the lease may have been revoked or the runner's provision service is unreachable",
+			b.cfg.RecyclerEndpoint, status.Code(err), status.Convert(err).Message())
+	}
+	info := resp.GetInfo()
+	switch {
+	case info == nil:
+		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_PROVISION, nil, "recycler returned empty provision info; the recycler must forward the runner's ProvisionInfo")
+	case info.GetControlEndpoint().GetUrl() == "":
+		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_PROVISION, nil, "provision info has no control endpoint; the recycler must set control_endpoint")
+	case info.GetLoggingEndpoint().GetUrl() == "":
+		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_PROVISION, nil, "provision info has no logging endpoint; the runner must provide logging_endpoint")
+	}
+	return info, nil
+}
+
+// artifact is a resolved dependency.
+type artifact struct {
+	info   *pipepb.ArtifactInformation
+	hex    string
+	staged string // file name under <lease>/staged, as Beam's materialize names it
+}
+
+// artifacts resolves, fetches and links the lease's artifacts and returns the path of the worker binary.
+func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, dir string, log *Log) (string, *Failure) {
+	stage := recyclerpb.BootStage_BOOT_STAGE_ARTIFACTS
+	if len(info.GetDependencies()) == 0 {
+		return "", fail(stage, nil, "the job staged no artifacts (no Go worker binary); submit the pipeline with the Go SDK so it stages its binary")
+	}
+	conn, endpoint, closeConn, err := b.artifactConn(info)
+	if err != nil {
+		return "", fail(stage, err, "cannot connect to artifact endpoint %s: %v", endpoint, err)
+	}
+	defer closeConn()
+	client := jobpb.NewArtifactRetrievalServiceClient(conn)
+	resp, err := client.ResolveArtifacts(ctx, &jobpb.ResolveArtifactsRequest{Artifacts: info.GetDependencies()})
+	if err != nil {
+		return "", fail(stage, err, "ResolveArtifacts at %s failed (%s: %s)", endpoint, status.Code(err), status.Convert(err).Message())
+	}
+	var arts []artifact
+	for i, a := range resp.GetReplacements() {
+		if a.GetTypeUrn() != URNFileArtifact {
+			return "", fail(stage, nil, "resolved artifact %d has type %q; the recycler must resolve every artifact to %s with a sha256", i, a.GetTypeUrn(), URNFileArtifact)
+		}
+		var fp pipepb.ArtifactFilePayload
+		if err := proto.Unmarshal(a.GetTypePayload(), &fp); err != nil {
+			return "", fail(stage, err, "resolved artifact %d has an unreadable file payload: %v", i, err)
+		}
+		h := strings.ToLower(artifactcache.HexOf(fp.GetSha256()))
+		if err := artifactcache.ValidHex(h); err != nil {
+			return "", fail(stage, err, "resolved artifact %d (%s) has no valid sha256 (%q); the recycler must compute it", i, fp.GetPath(), fp.GetSha256())
+		}
+		arts = append(arts, artifact{info: a, hex: h, staged: stagedName(i, a, fp.GetPath())})
+	}
+	worker, err := selectWorker(arts)
+	if err != nil {
+		return "", fail(stage, err, "%v; stage the Go worker binary with role %s", err, URNGoWorkerBinaryRole)
+	}
+	for _, a := range arts {
+		if b.cache.Has(a.hex) {
+			continue
+		}
+		start := time.Now()
+		n, err := b.fetch(ctx, client, a)
+		if err != nil {
+			return "", fail(stage, err, "fetching artifact %s (%s) from %s failed: %v", artifactcache.DigestPrefix+a.hex, a.staged, endpoint, err)
+		}
+		log.Info("fetched artifact", "digest", artifactcache.DigestPrefix+a.hex, "bytes", n, "took", time.Since(start).Round(time.Millisecond))
+	}
+	for _, a := range arts {
+		if err := b.cache.Materialize(a.hex, filepath.Join(dir, StagedDir, a.staged)); err != nil {
+			return "", fail(stage, err, "placing artifact %s in the lease directory failed: %v", a.staged, err)
+		}
+	}
+	bin := filepath.Join(dir, WorkerFile)
+	if err := b.cache.Materialize(worker.hex, bin); err != nil {
+		return "", fail(stage, err, "placing the worker binary in the lease directory failed: %v", err)
+	}
+	return bin, nil
+}
+
+func (b *Booter) artifactConn(info *fnpb.ProvisionInfo) (grpc.ClientConnInterface, string, func(), error) {
+	endpoint := info.GetArtifactEndpoint().GetUrl()
+	if endpoint == "" || endpoint == b.cfg.RecyclerEndpoint {
+		return b.conn, b.cfg.RecyclerEndpoint, func() {}, nil
+	}
+	cc, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, endpoint, nil, err
+	}
+	return cc, endpoint, func() { _ = cc.Close() }, nil
+}
+
+// fetch streams one artifact into the cache, verifying the size from the response header and the sha256.
+func (b *Booter) fetch(ctx context.Context, client jobpb.ArtifactRetrievalServiceClient, a artifact) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the stream if we stop reading early
+	stream, err := client.GetArtifact(ctx, &jobpb.GetArtifactRequest{Artifact: a.info})
+	if err != nil {
+		return 0, err
+	}
+	hdr, err := stream.Header()
+	if err != nil {
+		return 0, err
+	}
+	size := int64(-1)
+	if v := hdr.Get(HeaderContentLength); len(v) > 0 {
+		size, err = strconv.ParseInt(v[0], 10, 64)
+		if err != nil || size < 0 {
+			return 0, fmt.Errorf("bad %s header %q", HeaderContentLength, v[0])
+		}
+	}
+	r := &streamReader{recv: stream.Recv}
+	if err := b.cache.Admit(a.hex, size, r); err != nil {
+		return 0, err
+	}
+	return r.n, nil
+}
+
+// streamReader adapts a GetArtifact stream to io.Reader.
+type streamReader struct {
+	recv func() (*jobpb.GetArtifactResponse, error)
+	buf  []byte
+	n    int64
+}
+
+func (r *streamReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		m, err := r.recv()
+		if errors.Is(err, io.EOF) {
+			return 0, io.EOF
+		}
+		if err != nil {
+			return 0, fmt.Errorf("artifact stream broke after %d bytes (%s: %s)", r.n, status.Code(err), status.Convert(err).Message())
+		}
+		r.buf = m.GetData()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	r.n += int64(n)
+	return n, nil
+}
+
+// stagedName names an artifact in <lease>/staged the way Beam's materialize does: the staging_to role's name, else
+// "<n>-<base name of the path>". Only the base name is used, so no name escapes the directory.
+func stagedName(i int, a *pipepb.ArtifactInformation, path string) string {
+	if a.GetRoleUrn() == URNStagingToRole {
+		var role pipepb.ArtifactStagingToRolePayload
+		if proto.Unmarshal(a.GetRolePayload(), &role) == nil && role.GetStagedName() != "" {
+			if n := filepath.Base(role.GetStagedName()); n != "." && n != "/" && n != ".." {
+				return n
+			}
+		}
+	}
+	base := filepath.Base(path)
+	if base == "." || base == "/" || base == ".." {
+		base = "artifact"
+	}
+	return strconv.Itoa(i+1) + "-" + base
+}
+
+// selectWorker picks the worker binary as Beam's boot does (getGoWorkerArtifactName): the only artifact if there is
+// one, else the one with the Go worker binary role, else the one named "worker".
+func selectWorker(arts []artifact) (artifact, error) {
+	switch len(arts) {
+	case 0:
+		return artifact{}, errors.New("no artifacts staged")
+	case 1:
+		return arts[0], nil
+	}
+	for _, a := range arts {
+		if a.info.GetRoleUrn() == URNGoWorkerBinaryRole {
+			return a, nil
+		}
+	}
+	for _, a := range arts {
+		var fp pipepb.ArtifactFilePayload
+		_ = proto.Unmarshal(a.info.GetTypePayload(), &fp)
+		if a.staged == legacyWorkerName || filepath.Base(fp.GetPath()) == legacyWorkerName {
+			return a, nil
+		}
+	}
+	return artifact{}, fmt.Errorf("%d artifacts staged but none has the Go worker binary role or is named %q", len(arts), legacyWorkerName)
+}
+
+// env is the worker's complete environment: a small allow-list from the wrapper, --pass_env, and Beam's variables.
+func (b *Booter) env(info *fnpb.ProvisionInfo, dir, optionsPath string) []string {
+	get := b.cfg.Getenv
+	path := get("PATH")
+	if path == "" {
+		path = defaultPath
+	}
+	home := get("HOME")
+	if home == "" {
+		home = dir
+	}
+	env := []string{"PATH=" + path, "HOME=" + home, "TMPDIR=" + filepath.Join(dir, TmpDir)}
+	for _, k := range []string{"LANG", "LC_ALL", "TZ"} {
+		if v := get(k); v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	for _, k := range b.cfg.PassEnv {
+		if v := get(k); v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	env = append(env, "PIPELINE_OPTIONS_FILE="+optionsPath)
+	if caps := info.GetRunnerCapabilities(); len(caps) > 0 {
+		env = append(env, "RUNNER_CAPABILITIES="+strings.Join(caps, " "))
+	}
+	if s := info.GetStatusEndpoint().GetUrl(); s != "" {
+		env = append(env, "STATUS_ENDPOINT="+s)
+	}
+	return env
+}

@@ -1,0 +1,401 @@
+// Package fakerecycler is an in-process recycler for tests: SlotControl, ProvisionService, ArtifactRetrievalService
+// and BeamFnLogging on one 127.0.0.1 port, scripted by the test. It checks the wrapper's side of the protocol (the
+// worker_id and recycler-generation metadata, Hello first) the way the real recycler does. Imported only by tests.
+package fakerecycler
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	fnpb "github.com/apache/beam/sdks/v2/go/pkg/beam/model/fnexecution_v1"
+	jobpb "github.com/apache/beam/sdks/v2/go/pkg/beam/model/jobmanagement_v1"
+	pipepb "github.com/apache/beam/sdks/v2/go/pkg/beam/model/pipeline_v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"recycler.dev/go-boot-wrapper/internal/recyclerpb"
+)
+
+// Wait is how long the fake's Expect helpers wait before failing a test.
+const Wait = 15 * time.Second
+
+// ArtifactMode scripts how GetArtifact serves one artifact.
+type ArtifactMode int
+
+// Artifact modes.
+const (
+	Serve      ArtifactMode = iota // the right bytes with the right length header
+	Corrupt                        // same length, one byte flipped
+	Truncate                       // full length header, half the bytes, clean end of stream
+	NoLength                       // right bytes, no length header
+	FailStream                     // half the bytes, then UNAVAILABLE
+)
+
+// Artifact is one staged dependency.
+type Artifact struct {
+	Role    string // role URN, e.g. beam:artifact:role:go_worker_binary:v1 ("" for none)
+	Path    string
+	Content []byte
+	Mode    ArtifactMode
+}
+
+// Digest is the artifact's hex sha256.
+func (a Artifact) Digest() string {
+	sum := sha256.Sum256(a.Content)
+	return hex.EncodeToString(sum[:])
+}
+
+// Fake is the fake recycler. Create it with Start.
+type Fake struct {
+	t    testing.TB
+	addr string
+
+	recyclerpb.UnimplementedSlotControlServer
+	fnpb.UnimplementedProvisionServiceServer
+	jobpb.UnimplementedArtifactRetrievalServiceServer
+	fnpb.UnimplementedBeamFnLoggingServer
+
+	sessions chan *Session
+
+	mu         sync.Mutex
+	srv        *grpc.Server
+	slots      map[string]bool
+	refuse     codes.Code       // when not OK, Attach is refused with this code
+	generation map[string]int64 // slot -> current lease generation
+	info       map[int64]*fnpb.ProvisionInfo
+	provErr    error // when set, GetProvisionInfo fails with it
+	artifacts  []Artifact
+	gate       chan struct{}  // when set, GetArtifact waits for it to close
+	fetches    map[string]int // digest -> GetArtifact calls
+	hellos     []*recyclerpb.Hello
+	logLines   []string
+	badCalls   []string // calls that lacked the required metadata
+}
+
+// Start serves a fake recycler on 127.0.0.1 with the given slot ids; it is stopped by t.Cleanup.
+func Start(t testing.TB, slots ...string) *Fake {
+	t.Helper()
+	f := &Fake{
+		t: t, sessions: make(chan *Session, 16), slots: map[string]bool{}, generation: map[string]int64{},
+		info: map[int64]*fnpb.ProvisionInfo{}, fetches: map[string]int{},
+	}
+	for _, s := range slots {
+		f.slots[s] = true
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.addr = lis.Addr().String()
+	f.serve(lis)
+	t.Cleanup(f.Stop)
+	return f
+}
+
+// Reserve returns a fake whose address is fixed but which is not serving yet (call Restart to serve): a recycler
+// that is "not there yet" when the wrapper starts.
+func Reserve(t testing.TB, slots ...string) *Fake {
+	f := Start(t, slots...)
+	f.Stop()
+	return f
+}
+
+func (f *Fake) serve(lis net.Listener) {
+	srv := grpc.NewServer()
+	recyclerpb.RegisterSlotControlServer(srv, f)
+	fnpb.RegisterProvisionServiceServer(srv, f)
+	jobpb.RegisterArtifactRetrievalServiceServer(srv, f)
+	fnpb.RegisterBeamFnLoggingServer(srv, f)
+	f.mu.Lock()
+	f.srv = srv
+	f.mu.Unlock()
+	go func() { _ = srv.Serve(lis) }()
+}
+
+// Addr is the fake's HOST:PORT.
+func (f *Fake) Addr() string { return f.addr }
+
+// Stop stops serving and breaks every stream (the recycler went away). Safe to call more than once.
+func (f *Fake) Stop() {
+	f.mu.Lock()
+	srv := f.srv
+	f.srv = nil
+	f.mu.Unlock()
+	if srv != nil {
+		srv.Stop()
+	}
+}
+
+// Restart serves again on the same address.
+func (f *Fake) Restart() {
+	f.t.Helper()
+	var lis net.Listener
+	var err error
+	// The port was ours a moment ago; the kernel may take a moment to let it go.
+	deadline := time.Now().Add(Wait)
+	for {
+		lis, err = net.Listen("tcp", f.addr)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		f.t.Fatalf("restart fake recycler on %s: %v", f.addr, err)
+	}
+	f.serve(lis)
+}
+
+// Refuse makes Attach fail with code (codes.OK accepts again).
+func (f *Fake) Refuse(code codes.Code) {
+	f.mu.Lock()
+	f.refuse = code
+	f.mu.Unlock()
+}
+
+// Stage sets the artifacts the current and later leases resolve to.
+func (f *Fake) Stage(arts ...Artifact) {
+	f.mu.Lock()
+	f.artifacts = slices.Clone(arts)
+	f.mu.Unlock()
+}
+
+// FailProvision makes GetProvisionInfo fail with err (nil: succeed again).
+func (f *Fake) FailProvision(err error) {
+	f.mu.Lock()
+	f.provErr = err
+	f.mu.Unlock()
+}
+
+// GateArtifacts makes GetArtifact calls wait until the returned function is called.
+func (f *Fake) GateArtifacts() (release func()) {
+	gate := make(chan struct{})
+	f.mu.Lock()
+	f.gate = gate
+	f.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			f.gate = nil
+			f.mu.Unlock()
+			close(gate)
+		})
+	}
+}
+
+// Fetches is how many GetArtifact calls asked for digest.
+func (f *Fake) Fetches(digest string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.fetches[digest]
+}
+
+// Hellos returns every Hello received so far.
+func (f *Fake) Hellos() []*recyclerpb.Hello {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.hellos)
+}
+
+// LogLines returns the messages received on the logging service.
+func (f *Fake) LogLines() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.logLines)
+}
+
+// BadCalls lists provision/artifact calls that lacked or misstated the lease metadata.
+func (f *Fake) BadCalls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.badCalls)
+}
+
+// ProvisionInfo is a valid provision info for a lease: endpoints on the fake itself, the given options.
+func (f *Fake) ProvisionInfo(options map[string]any) *fnpb.ProvisionInfo {
+	f.t.Helper()
+	info := &fnpb.ProvisionInfo{
+		LoggingEndpoint:    &pipepb.ApiServiceDescriptor{Url: f.addr},
+		ControlEndpoint:    &pipepb.ApiServiceDescriptor{Url: "localhost:1"},
+		StatusEndpoint:     &pipepb.ApiServiceDescriptor{Url: "localhost:2"},
+		RunnerCapabilities: []string{"beam:protocol:a:v1", "beam:protocol:b:v1"},
+		Dependencies: []*pipepb.ArtifactInformation{{
+			TypeUrn: "beam:artifact:type:file:v1", TypePayload: mustMarshal(&pipepb.ArtifactFilePayload{Path: "/staged/upstream"}),
+		}},
+	}
+	if options != nil {
+		s, err := structOf(options)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		info.PipelineOptions = s
+	}
+	return info
+}
+
+// Lease makes generation the slot's current lease with info, and sends Lease on the session.
+func (f *Fake) Lease(s *Session, generation int64, workerID string, info *fnpb.ProvisionInfo) {
+	f.mu.Lock()
+	f.generation[s.Hello.GetSlotId()] = generation
+	f.info[generation] = info
+	f.mu.Unlock()
+	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Lease{Lease: &recyclerpb.Lease{
+		Generation: generation, WorkerId: workerID, JobName: "test-job"}}})
+}
+
+// NextSession waits for the next accepted Attach.
+func (f *Fake) NextSession(t testing.TB) *Session {
+	t.Helper()
+	select {
+	case s := <-f.sessions:
+		return s
+	case <-time.After(Wait):
+		t.Fatalf("no wrapper attached within %v", Wait)
+		return nil
+	}
+}
+
+// checkLease validates the lease metadata of a provision/artifact call and returns the generation.
+func (f *Fake) checkLease(ctx context.Context, call string) (int64, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	slot := first(md.Get("worker_id"))
+	gen, err := strconv.ParseInt(first(md.Get("recycler-generation")), 10, 64)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if slot == "" || err != nil {
+		f.badCalls = append(f.badCalls, fmt.Sprintf("%s: metadata %v", call, md))
+		return 0, status.Error(codes.InvalidArgument, "missing worker_id or recycler-generation metadata")
+	}
+	if cur, ok := f.generation[slot]; !ok || cur != gen {
+		return 0, status.Errorf(codes.FailedPrecondition, "generation %d is not slot %s's current lease", gen, slot)
+	}
+	return gen, nil
+}
+
+// GetProvisionInfo implements ProvisionService.
+func (f *Fake) GetProvisionInfo(ctx context.Context, _ *fnpb.GetProvisionInfoRequest) (*fnpb.GetProvisionInfoResponse, error) {
+	gen, err := f.checkLease(ctx, "GetProvisionInfo")
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.provErr != nil {
+		return nil, f.provErr
+	}
+	return &fnpb.GetProvisionInfoResponse{Info: f.info[gen]}, nil
+}
+
+// ResolveArtifacts implements ArtifactRetrievalService: every staged artifact as a file artifact with its sha256.
+func (f *Fake) ResolveArtifacts(ctx context.Context, _ *jobpb.ResolveArtifactsRequest) (*jobpb.ResolveArtifactsResponse, error) {
+	if _, err := f.checkLease(ctx, "ResolveArtifacts"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &jobpb.ResolveArtifactsResponse{}
+	for _, a := range f.artifacts {
+		resp.Replacements = append(resp.Replacements, &pipepb.ArtifactInformation{
+			TypeUrn:     "beam:artifact:type:file:v1",
+			TypePayload: mustMarshal(&pipepb.ArtifactFilePayload{Path: a.Path, Sha256: a.Digest()}),
+			RoleUrn:     a.Role,
+		})
+	}
+	return resp, nil
+}
+
+// GetArtifact implements ArtifactRetrievalService, serving each artifact as its Mode says.
+func (f *Fake) GetArtifact(req *jobpb.GetArtifactRequest, stream jobpb.ArtifactRetrievalService_GetArtifactServer) error {
+	if _, err := f.checkLease(stream.Context(), "GetArtifact"); err != nil {
+		return err
+	}
+	var fp pipepb.ArtifactFilePayload
+	if err := proto.Unmarshal(req.GetArtifact().GetTypePayload(), &fp); err != nil {
+		return status.Error(codes.InvalidArgument, "bad payload")
+	}
+	f.mu.Lock()
+	f.fetches[fp.GetSha256()]++
+	gate := f.gate
+	var art *Artifact
+	for i := range f.artifacts {
+		if f.artifacts[i].Digest() == fp.GetSha256() {
+			art = &f.artifacts[i]
+		}
+	}
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		}
+	}
+	if art == nil {
+		return status.Errorf(codes.NotFound, "no artifact %s", fp.GetSha256())
+	}
+	data := art.Content
+	if art.Mode != NoLength {
+		if err := stream.SendHeader(metadata.Pairs("recycler-content-length", strconv.Itoa(len(data)))); err != nil {
+			return err
+		}
+	}
+	switch art.Mode {
+	case Corrupt:
+		data = slices.Clone(data)
+		data[len(data)/2] ^= 0xff
+	case Truncate, FailStream:
+		data = data[:len(data)/2]
+	}
+	for off := 0; off < len(data); off += 64 << 10 {
+		end := min(off+64<<10, len(data))
+		if err := stream.Send(&jobpb.GetArtifactResponse{Data: data[off:end]}); err != nil {
+			return err
+		}
+	}
+	if art.Mode == FailStream {
+		return status.Error(codes.Unavailable, "upstream broke")
+	}
+	return nil
+}
+
+// Logging implements BeamFnLogging.
+func (f *Fake) Logging(stream fnpb.BeamFnLogging_LoggingServer) error {
+	for {
+		list, err := stream.Recv()
+		if err != nil {
+			return nil
+		}
+		f.mu.Lock()
+		for _, e := range list.GetLogEntries() {
+			f.logLines = append(f.logLines, e.GetMessage())
+		}
+		f.mu.Unlock()
+	}
+}
+
+func first(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
+}
+
+func mustMarshal(m proto.Message) []byte {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

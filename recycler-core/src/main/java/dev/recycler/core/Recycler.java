@@ -1,0 +1,254 @@
+package dev.recycler.core;
+
+import dev.recycler.core.admin.AdminHttpServer;
+import dev.recycler.core.admin.AdminService;
+import dev.recycler.core.artifact.ArtifactCache;
+import dev.recycler.core.artifact.ArtifactService;
+import dev.recycler.core.artifact.Artifacts;
+import dev.recycler.core.control.ControlServices;
+import dev.recycler.core.metrics.RecyclerMetrics;
+import dev.recycler.core.provision.ProvisionService;
+import dev.recycler.core.provision.Provisioner;
+import dev.recycler.core.slot.EndReason;
+import dev.recycler.core.slot.Lease;
+import dev.recycler.core.slot.LeaseListener;
+import dev.recycler.core.slot.Scheduler;
+import dev.recycler.core.slot.SlotPool;
+import dev.recycler.core.slot.SlotState;
+import dev.recycler.core.slot.WrapperLink;
+import dev.recycler.core.wire.CallerContext;
+import dev.recycler.core.wire.ChannelFactory;
+import dev.recycler.core.wire.RunnerChannels;
+import dev.recycler.proto.v1.SlotTable;
+import io.grpc.BindableService;
+import io.grpc.Server;
+import io.grpc.ServerInterceptors;
+import io.grpc.netty.shaded.io.grpc.netty.NettyServerBuilder;
+import io.micrometer.core.instrument.MeterRegistry;
+import io.micrometer.prometheusmetrics.PrometheusConfig;
+import io.micrometer.prometheusmetrics.PrometheusMeterRegistry;
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.UUID;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * One recycler: a fixed set of harness slots served on one gRPC port. Start with {@link #start}; stop with {@link
+ * #closeAsync()}.
+ *
+ * <p>Lifecycle: {@code closeAsync()} is idempotent. It stops leasing, fails waiting StartWorker calls, sends every
+ * leased slot its exit instruction, waits up to the shutdown timeout for the wrappers to report their leases ended,
+ * then closes the wrapper streams, the server, the runner channels, the admin endpoint and the timer, each even if an
+ * earlier step failed (failures are collected as suppressed exceptions).
+ */
+public final class Recycler implements AutoCloseable {
+  private static final Logger LOG = LoggerFactory.getLogger(Recycler.class);
+
+  private final RecyclerConfig config;
+  private final MeterRegistry registry;
+  private final ScheduledExecutorService timer;
+  private final SlotPool pool;
+  private final RunnerChannels channels;
+  private final Artifacts artifacts;
+  private final Server server;
+  private final AdminHttpServer admin;
+  private volatile String endpoint = "";
+  private final CompletableFuture<Void> closed = new CompletableFuture<>();
+  private volatile boolean closing;
+  private final Provisioner provisioner;
+
+  private Recycler(RecyclerConfig config, MeterRegistry registry, ChannelFactory channelFactory)
+      throws IOException {
+    this.config = config;
+    this.registry = registry;
+    this.timer = Executors.newSingleThreadScheduledExecutor(r -> {
+      Thread t = new Thread(r, "recycler-timer");
+      t.setDaemon(true);
+      return t;
+    });
+    RecyclerMetrics<SlotState, EndReason> metrics = new RecyclerMetrics<>(registry, SlotState.class, EndReason.class);
+    this.channels = new RunnerChannels(channelFactory);
+    this.artifacts = new Artifacts(
+        new ArtifactCache(config.cacheDirectory(), config.cacheMaxBytes(), config.memoryBlobMaxBytes()), channels,
+        metrics, config.upstreamCallTimeout(), config.artifactFetchTimeout());
+    LeaseListener listener = new LeaseListener() {
+      @Override
+      public void onAssigned(Lease lease) {
+        provisioner.onAssigned(lease);
+      }
+
+      @Override
+      public void onEnded(Lease lease) {
+        provisioner.onEnded(lease);
+        artifacts.onEnded(lease);
+        channels.release(lease);
+      }
+    };
+    String recyclerId = UUID.randomUUID().toString().substring(0, 8);
+    this.pool = new SlotPool(config, Scheduler.system(timer), metrics, listener, recyclerId);
+    // The advertised endpoint needs the bound port (port 0 picks one), so the provisioner reads it lazily.
+    this.provisioner = new Provisioner(pool, channels, this::endpoint, config.upstreamCallTimeout(),
+        (lease, info) -> artifacts.prefetch(lease, info.getDependenciesList()));
+    List<BindableService> services = new ArrayList<>(
+        ControlServices.create(pool, channels, config.upstreamCallTimeout()));
+    services.add(new ProvisionService(pool, provisioner));
+    services.add(new ArtifactService(pool, artifacts, metrics));
+    services.add(new AdminService(pool));
+    NettyServerBuilder builder = NettyServerBuilder
+        .forAddress(new InetSocketAddress(config.bindHost(), config.port()))
+        .maxInboundMessageSize(Integer.MAX_VALUE)
+        .permitKeepAliveTime(5, TimeUnit.SECONDS)
+        .permitKeepAliveWithoutCalls(true)
+        .keepAliveTime(20, TimeUnit.SECONDS)
+        .keepAliveTimeout(10, TimeUnit.SECONDS);
+    CallerContext interceptor = new CallerContext();
+    services.forEach(s -> builder.addService(ServerInterceptors.intercept(s, interceptor)));
+    try {
+      this.server = builder.build().start();
+    } catch (IOException e) {
+      timer.shutdownNow();
+      throw new IOException("cannot bind the recycler port " + config.bindHost() + ":" + config.port() + ": "
+          + e.getMessage() + " (is another recycler or worker pool running? choose a free port)", e);
+    }
+    this.endpoint = config.advertiseHost() + ":" + server.getPort();
+    AdminHttpServer http = null;
+    if (config.adminPort() >= 0) {
+      try {
+        http = new AdminHttpServer(config.bindHost(), config.adminPort(), pool,
+            registry instanceof PrometheusMeterRegistry p ? p : null);
+      } catch (IOException e) {
+        server.shutdownNow();
+        timer.shutdownNow();
+        throw new IOException("cannot bind the admin port " + config.bindHost() + ":" + config.adminPort() + ": "
+            + e.getMessage() + " (choose a free admin port or -1 to disable it)", e);
+      }
+    }
+    this.admin = http;
+    LOG.info("recycler serving endpoint={} bind={}:{} slots={} admin_port={} id={}", endpoint, config.bindHost(),
+        server.getPort(), config.slotIds().size(), adminPort(), recyclerId);
+  }
+
+  /** Starts a recycler with its own Prometheus registry (scraped at the admin endpoint's {@code /metrics}). */
+  public static Recycler start(RecyclerConfig config) throws IOException {
+    return start(config, new PrometheusMeterRegistry(PrometheusConfig.DEFAULT));
+  }
+
+  /**
+   * Starts a recycler reporting into {@code registry}.
+   *
+   * @throws IOException when the port (or admin port) cannot be bound; the message says which and what to do
+   */
+  public static Recycler start(RecyclerConfig config, MeterRegistry registry) throws IOException {
+    return start(config, registry, ChannelFactory.netty());
+  }
+
+  /** As {@link #start(RecyclerConfig, MeterRegistry)} with a custom way of dialling the runner (tests). */
+  public static Recycler start(RecyclerConfig config, MeterRegistry registry, ChannelFactory channels)
+      throws IOException {
+    return new Recycler(config, registry, channels);
+  }
+
+  /** The bound port. */
+  public int port() {
+    return server.getPort();
+  }
+
+  /** {@code advertiseHost:port}: what pipelines pass as {@code --environment_config} and wrappers as --recycler. */
+  public String endpoint() {
+    return endpoint;
+  }
+
+  /** The admin HTTP port, or -1 when disabled. */
+  public int adminPort() {
+    return admin == null ? -1 : admin.port();
+  }
+
+  public MeterRegistry meterRegistry() {
+    return registry;
+  }
+
+  public RecyclerConfig config() {
+    return config;
+  }
+
+  /** Current slots and all kept lease records. */
+  public SlotTable slotTable() {
+    return pool.slotTable(0);
+  }
+
+  /** Idempotent graceful stop; see the class comment. */
+  public CompletableFuture<Void> closeAsync() {
+    synchronized (this) {
+      if (closing) {
+        return closed;
+      }
+      closing = true;
+    }
+    LOG.info("recycler stopping endpoint={}", endpoint);
+    pool.shutdown()
+        .orTimeout(config.shutdownTimeout().toMillis(), TimeUnit.MILLISECONDS)
+        .whenComplete((v, drainFailure) -> {
+          List<Throwable> failures = new ArrayList<>();
+          if (drainFailure instanceof TimeoutException) {
+            LOG.warn("wrappers did not report all leases ended within {}s; closing anyway",
+                config.shutdownTimeout().toSeconds());
+          }
+          for (WrapperLink link : pool.attachedLinks()) {
+            run(failures, () -> link.close(new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
+                "the recycler stopped")));
+          }
+          run(failures, () -> {
+            server.shutdown();
+            if (!server.awaitTermination(5, TimeUnit.SECONDS)) {
+              server.shutdownNow();
+              server.awaitTermination(5, TimeUnit.SECONDS);
+            }
+          });
+          run(failures, () -> channels.closeAll(2000));
+          if (admin != null) {
+            run(failures, admin::close);
+          }
+          run(failures, artifacts.cache()::clear);
+          run(failures, timer::shutdownNow);
+          if (failures.isEmpty()) {
+            LOG.info("recycler stopped endpoint={}", endpoint);
+            closed.complete(null);
+          } else {
+            IllegalStateException e = new IllegalStateException("recycler stopped with errors");
+            failures.forEach(e::addSuppressed);
+            LOG.error("recycler stopped with errors endpoint={}", endpoint, e);
+            closed.completeExceptionally(e);
+          }
+        });
+    return closed;
+  }
+
+  /** {@link #closeAsync()} and wait. */
+  @Override
+  public void close() {
+    closeAsync().join();
+  }
+
+  private interface Step {
+    void run() throws Exception;
+  }
+
+  private static void run(List<Throwable> failures, Step step) {
+    try {
+      step.run();
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      failures.add(e);
+    } catch (Exception e) {
+      failures.add(e);
+    }
+  }
+}

@@ -1,0 +1,352 @@
+package dev.recycler.core;
+
+import static java.util.Objects.requireNonNull;
+
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
+import java.util.regex.Pattern;
+
+/**
+ * Immutable configuration of one recycler. Built with {@link #builder()}: setters reject a bad value at once, {@link
+ * Builder#build()} rejects cross-field mistakes. Every time setting is a {@link Duration}.
+ */
+public final class RecyclerConfig {
+  /** Slot ids become metadata values, directory names and log keys: keep them simple. */
+  static final Pattern SLOT_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9_.-]{0,62}");
+
+  private final List<String> slotIds;
+  private final String bindHost;
+  private final int port;
+  private final String advertiseHost;
+  private final Path cacheDirectory;
+  private final long cacheMaxBytes;
+  private final long memoryBlobMaxBytes;
+  private final Duration leaseWaitTimeout;
+  private final Duration readyTimeout;
+  private final Duration drainTimeout;
+  private final Duration attachProbeTimeout;
+  private final Duration failureBackoffBase;
+  private final Duration failureBackoffMax;
+  private final Duration upstreamCallTimeout;
+  private final Duration artifactFetchTimeout;
+  private final Duration shutdownTimeout;
+  private final int adminPort;
+  private final int leaseHistorySize;
+
+  private RecyclerConfig(Builder b) {
+    this.slotIds = List.copyOf(b.slotIds);
+    this.bindHost = b.bindHost;
+    this.port = b.port;
+    this.advertiseHost = b.advertiseHost != null ? b.advertiseHost : defaultAdvertiseHost(b.bindHost);
+    this.cacheDirectory = b.cacheDirectory;
+    this.cacheMaxBytes = b.cacheMaxBytes;
+    this.memoryBlobMaxBytes = b.memoryBlobMaxBytes;
+    this.leaseWaitTimeout = b.leaseWaitTimeout;
+    this.readyTimeout = b.readyTimeout;
+    this.drainTimeout = b.drainTimeout;
+    this.attachProbeTimeout = b.attachProbeTimeout;
+    this.failureBackoffBase = b.failureBackoffBase;
+    this.failureBackoffMax = b.failureBackoffMax;
+    this.upstreamCallTimeout = b.upstreamCallTimeout;
+    this.artifactFetchTimeout = b.artifactFetchTimeout;
+    this.shutdownTimeout = b.shutdownTimeout;
+    this.adminPort = b.adminPort;
+    this.leaseHistorySize = b.leaseHistorySize;
+  }
+
+  private static String defaultAdvertiseHost(String bindHost) {
+    // A wildcard bind cannot be dialled; the wrappers and workers share the network namespace, so loopback works.
+    return bindHost.equals("0.0.0.0") || bindHost.equals("::") ? "127.0.0.1" : bindHost;
+  }
+
+  public static Builder builder() {
+    return new Builder();
+  }
+
+  /** Ids of the fixed slots, in configuration order (the order in which idle slots are handed out). */
+  public List<String> slotIds() {
+    return slotIds;
+  }
+
+  /** Address the fixed port binds to (default {@code 127.0.0.1}). */
+  public String bindHost() {
+    return bindHost;
+  }
+
+  /** The fixed port; 0 picks a free port (tests). */
+  public int port() {
+    return port;
+  }
+
+  /** Host wrappers and inner workers dial for the recycler's services (control proxy, provision, artifacts). */
+  public String advertiseHost() {
+    return advertiseHost;
+  }
+
+  /** Directory for artifact content too large to keep in memory; {@code null} keeps everything in memory. */
+  public Path cacheDirectory() {
+    return cacheDirectory;
+  }
+
+  public long cacheMaxBytes() {
+    return cacheMaxBytes;
+  }
+
+  /** Artifacts up to this size stay in memory; larger ones are spilled to {@link #cacheDirectory()}. */
+  public long memoryBlobMaxBytes() {
+    return memoryBlobMaxBytes;
+  }
+
+  /** Longest a StartWorker call waits for a free slot before RESOURCE_EXHAUSTED. */
+  public Duration leaseWaitTimeout() {
+    return leaseWaitTimeout;
+  }
+
+  /** Longest from slot assignment to the inner worker's control connection before the StartWorker call fails. */
+  public Duration readyTimeout() {
+    return readyTimeout;
+  }
+
+  /** After an exit instruction, how long to wait for the wrapper's LeaseEnded before re-sending it (and warning). */
+  public Duration drainTimeout() {
+    return drainTimeout;
+  }
+
+  /** How long the current holder of a slot has to answer a ping when another incarnation claims the slot. */
+  public Duration attachProbeTimeout() {
+    return attachProbeTimeout;
+  }
+
+  public Duration failureBackoffBase() {
+    return failureBackoffBase;
+  }
+
+  public Duration failureBackoffMax() {
+    return failureBackoffMax;
+  }
+
+  /** Deadline of unary calls to the runner (provision, resolve, process bundle descriptors). */
+  public Duration upstreamCallTimeout() {
+    return upstreamCallTimeout;
+  }
+
+  /** Deadline of one artifact download from the runner. */
+  public Duration artifactFetchTimeout() {
+    return artifactFetchTimeout;
+  }
+
+  /** On close: how long to wait for wrappers to report their leases ended before closing the server anyway. */
+  public Duration shutdownTimeout() {
+    return shutdownTimeout;
+  }
+
+  /** Port of the admin HTTP endpoint ({@code /slots}, {@code /metrics}, {@code /healthz}); -1 disables it, 0 picks one. */
+  public int adminPort() {
+    return adminPort;
+  }
+
+  /** How many ended leases the slot table keeps. */
+  public int leaseHistorySize() {
+    return leaseHistorySize;
+  }
+
+  @Override
+  public String toString() {
+    return "RecyclerConfig{slots=" + slotIds + ", bind=" + bindHost + ":" + port + ", advertise=" + advertiseHost
+        + ", cacheDirectory=" + cacheDirectory + ", cacheMaxBytes=" + cacheMaxBytes
+        + ", leaseWaitTimeout=" + leaseWaitTimeout + ", readyTimeout=" + readyTimeout
+        + ", drainTimeout=" + drainTimeout + ", adminPort=" + adminPort + "}";
+  }
+
+  /** Strict builder: each setter validates its argument; {@link #build()} checks the combination. */
+  public static final class Builder {
+    private final List<String> slotIds = new ArrayList<>();
+    private String bindHost = "127.0.0.1";
+    private int port = 50000;
+    private String advertiseHost;
+    private Path cacheDirectory;
+    private long cacheMaxBytes = 2L << 30;
+    private long memoryBlobMaxBytes = 8L << 20;
+    private Duration leaseWaitTimeout = Duration.ofSeconds(60);
+    private Duration readyTimeout = Duration.ofSeconds(120);
+    private Duration drainTimeout = Duration.ofSeconds(60);
+    private Duration attachProbeTimeout = Duration.ofSeconds(2);
+    private Duration failureBackoffBase = Duration.ofSeconds(1);
+    private Duration failureBackoffMax = Duration.ofSeconds(60);
+    private Duration upstreamCallTimeout = Duration.ofSeconds(30);
+    private Duration artifactFetchTimeout = Duration.ofMinutes(10);
+    private Duration shutdownTimeout = Duration.ofSeconds(30);
+    private int adminPort = -1;
+    private int leaseHistorySize = 1000;
+
+    private Builder() {}
+
+    /** Slots {@code <prefix>0 … <prefix>(count-1)}; replaces any ids set before. */
+    public Builder slots(int count, String prefix) {
+      if (count < 1 || count > 1024) {
+        throw new IllegalArgumentException("slot count must be between 1 and 1024, got " + count);
+      }
+      requireNonNull(prefix, "prefix");
+      List<String> ids = new ArrayList<>();
+      for (int i = 0; i < count; i++) {
+        ids.add(prefix + i);
+      }
+      return slotIds(ids);
+    }
+
+    /** Explicit slot ids; replaces any ids set before. */
+    public Builder slotIds(List<String> ids) {
+      requireNonNull(ids, "ids");
+      if (ids.isEmpty()) {
+        throw new IllegalArgumentException("at least one slot id is required");
+      }
+      Set<String> seen = new HashSet<>();
+      for (String id : ids) {
+        if (id == null || !SLOT_ID.matcher(id).matches()) {
+          throw new IllegalArgumentException("slot id '" + id
+              + "' is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit");
+        }
+        if (!seen.add(id)) {
+          throw new IllegalArgumentException("slot id '" + id + "' is listed twice");
+        }
+      }
+      slotIds.clear();
+      slotIds.addAll(ids);
+      return this;
+    }
+
+    public Builder bindHost(String host) {
+      if (host == null || host.isBlank()) {
+        throw new IllegalArgumentException("bind host must not be empty");
+      }
+      this.bindHost = host;
+      return this;
+    }
+
+    public Builder port(int port) {
+      this.port = checkPort("port", port, false);
+      return this;
+    }
+
+    public Builder advertiseHost(String host) {
+      if (host == null || host.isBlank()) {
+        throw new IllegalArgumentException("advertise host must not be empty");
+      }
+      this.advertiseHost = host;
+      return this;
+    }
+
+    public Builder cacheDirectory(Path dir) {
+      this.cacheDirectory = dir;
+      return this;
+    }
+
+    public Builder cacheMaxBytes(long bytes) {
+      if (bytes < 1 << 20) {
+        throw new IllegalArgumentException("cache max bytes must be at least 1 MiB, got " + bytes);
+      }
+      this.cacheMaxBytes = bytes;
+      return this;
+    }
+
+    public Builder memoryBlobMaxBytes(long bytes) {
+      if (bytes < 0) {
+        throw new IllegalArgumentException("memory blob max bytes must be >= 0, got " + bytes);
+      }
+      this.memoryBlobMaxBytes = bytes;
+      return this;
+    }
+
+    public Builder leaseWaitTimeout(Duration d) {
+      this.leaseWaitTimeout = positive("lease wait timeout", d);
+      return this;
+    }
+
+    public Builder readyTimeout(Duration d) {
+      this.readyTimeout = positive("ready timeout", d);
+      return this;
+    }
+
+    public Builder drainTimeout(Duration d) {
+      this.drainTimeout = positive("drain timeout", d);
+      return this;
+    }
+
+    public Builder attachProbeTimeout(Duration d) {
+      this.attachProbeTimeout = positive("attach probe timeout", d);
+      return this;
+    }
+
+    public Builder failureBackoff(Duration base, Duration max) {
+      this.failureBackoffBase = positive("failure backoff base", base);
+      this.failureBackoffMax = positive("failure backoff max", max);
+      return this;
+    }
+
+    public Builder upstreamCallTimeout(Duration d) {
+      this.upstreamCallTimeout = positive("upstream call timeout", d);
+      return this;
+    }
+
+    public Builder artifactFetchTimeout(Duration d) {
+      this.artifactFetchTimeout = positive("artifact fetch timeout", d);
+      return this;
+    }
+
+    public Builder shutdownTimeout(Duration d) {
+      this.shutdownTimeout = positive("shutdown timeout", d);
+      return this;
+    }
+
+    public Builder adminPort(int port) {
+      this.adminPort = checkPort("admin port", port, true);
+      return this;
+    }
+
+    public Builder leaseHistorySize(int size) {
+      if (size < 0 || size > 1_000_000) {
+        throw new IllegalArgumentException("lease history size must be between 0 and 1000000, got " + size);
+      }
+      this.leaseHistorySize = size;
+      return this;
+    }
+
+    public RecyclerConfig build() {
+      if (slotIds.isEmpty()) {
+        throw new IllegalStateException("no slots configured: set slots(count, prefix) or slotIds(ids)");
+      }
+      if (failureBackoffMax.compareTo(failureBackoffBase) < 0) {
+        throw new IllegalStateException("failure backoff max (" + failureBackoffMax + ") is below its base ("
+            + failureBackoffBase + ")");
+      }
+      if (memoryBlobMaxBytes > cacheMaxBytes) {
+        throw new IllegalStateException("memory blob max bytes (" + memoryBlobMaxBytes
+            + ") exceeds the cache size (" + cacheMaxBytes + ")");
+      }
+      if (adminPort > 0 && adminPort == port) {
+        throw new IllegalStateException("admin port and gRPC port are both " + port);
+      }
+      return new RecyclerConfig(this);
+    }
+
+    private static int checkPort(String what, int port, boolean allowDisabled) {
+      if ((allowDisabled && port == -1) || (port >= 0 && port <= 65535)) {
+        return port;
+      }
+      throw new IllegalArgumentException(what + " must be between 0 and 65535" + (allowDisabled ? " or -1" : "")
+          + ", got " + port);
+    }
+
+    private static Duration positive(String what, Duration d) {
+      requireNonNull(d, what);
+      if (d.isNegative() || d.isZero()) {
+        throw new IllegalArgumentException(what + " must be positive, got " + d);
+      }
+      return d;
+    }
+  }
+}

@@ -1,0 +1,255 @@
+package dev.recycler.core.artifact;
+
+import com.github.benmanes.caffeine.cache.Cache;
+import com.github.benmanes.caffeine.cache.Caffeine;
+import com.github.benmanes.caffeine.cache.RemovalCause;
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.io.UncheckedIOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.Comparator;
+import java.util.HexFormat;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.function.Supplier;
+import java.util.stream.Stream;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * Content-addressed artifact store shared by all slots and jobs.
+ *
+ * <p>Two indexes: content by sha256 (Caffeine, bounded by total bytes, least recently used content evicted first; an
+ * evicted on-disk blob's file is deleted) and upstream artifact identity to sha256 (Caffeine, bounded by count). Beam's
+ * job server stages files without a sha256, so identity is computed here while downloading.
+ *
+ * <p>Concurrency: Caffeine's maps are thread-safe; concurrent {@link #get} calls for one upstream key share one fetch
+ * through the {@code inflight} map (put-if-absent of a placeholder future, removed when the fetch ends).
+ *
+ * <p>Failure handling: a fetch that fails, is truncated or does not match the sha256 its upstream stated never enters
+ * the cache; its temporary file is deleted.
+ */
+public final class ArtifactCache {
+  private static final Logger LOG = LoggerFactory.getLogger(ArtifactCache.class);
+
+  private final Path dir;
+  private final long memoryBlobMaxBytes;
+  private final Cache<String, Blob> blobs;
+  private final Cache<String, String> digestByKey;
+  private final Map<String, CompletableFuture<Blob>> inflight = new ConcurrentHashMap<>();
+
+  /**
+   * @param dir where blobs larger than {@code memoryBlobMaxBytes} are spilled; {@code null} keeps all in memory.
+   *     Its contents are deleted at start: the index is not persistent.
+   */
+  public ArtifactCache(Path dir, long maxBytes, long memoryBlobMaxBytes) throws IOException {
+    this.dir = dir;
+    this.memoryBlobMaxBytes = dir == null ? Long.MAX_VALUE : memoryBlobMaxBytes;
+    if (dir != null) {
+      Files.createDirectories(dir);
+      wipe(dir);
+    }
+    this.blobs = Caffeine.newBuilder()
+        .maximumWeight(Math.max(1, maxBytes / 1024))
+        .weigher((String k, Blob b) -> (int) Math.min(Integer.MAX_VALUE, Math.max(1, (b.size() + 1023) / 1024)))
+        .removalListener((String k, Blob b, RemovalCause cause) -> {
+          if (b instanceof Blob.OnDisk d) {
+            try {
+              Files.deleteIfExists(d.path());
+            } catch (IOException e) {
+              LOG.warn("could not delete evicted artifact file={}: {}", d.path(), e.toString());
+            }
+          }
+        })
+        .build();
+    this.digestByKey = Caffeine.newBuilder().maximumSize(100_000).build();
+  }
+
+  /** The blob with this sha256, if cached. */
+  public Blob blob(String sha256) {
+    return blobs.getIfPresent(sha256);
+  }
+
+  /** The cached blob for an upstream identity, if both the identity and its content are still cached. */
+  public Blob forKey(String upstreamKey) {
+    String digest = digestByKey.getIfPresent(upstreamKey);
+    return digest == null ? null : blobs.getIfPresent(digest);
+  }
+
+  /**
+   * The blob for an upstream identity: from the cache, or from {@code fetch}, which concurrent callers for the same
+   * key share. {@code fetch} must complete with a blob from {@link #newWriter()}.
+   */
+  public CompletableFuture<Blob> get(String upstreamKey, Supplier<CompletableFuture<Blob>> fetch) {
+    Blob cached = forKey(upstreamKey);
+    if (cached != null) {
+      return CompletableFuture.completedFuture(cached);
+    }
+    CompletableFuture<Blob> mine = new CompletableFuture<>();
+    CompletableFuture<Blob> existing = inflight.putIfAbsent(upstreamKey, mine);
+    if (existing != null) {
+      return existing;
+    }
+    CompletableFuture<Blob> started;
+    try {
+      started = fetch.get();
+    } catch (RuntimeException e) {
+      started = CompletableFuture.failedFuture(e);
+    }
+    started.whenComplete((blob, failure) -> {
+      if (blob != null) {
+        digestByKey.put(upstreamKey, blob.sha256());
+      }
+      inflight.remove(upstreamKey, mine);
+      if (failure != null) {
+        mine.completeExceptionally(failure);
+      } else {
+        mine.complete(blob);
+      }
+    });
+    return mine;
+  }
+
+  /** Whether the identity is known and cached (for hit/miss accounting before {@link #get}). */
+  public boolean contains(String upstreamKey) {
+    return forKey(upstreamKey) != null;
+  }
+
+  /** Bytes held (approximate: weights are kept in KiB). */
+  public long sizeBytes() {
+    return blobs.policy().eviction().map(e -> e.weightedSize().orElse(0L) * 1024).orElse(0L);
+  }
+
+  /** Starts writing new content; exactly one of {@link Writer#commit} or {@link Writer#abort} must follow. */
+  public Writer newWriter() {
+    return new Writer();
+  }
+
+  /** Streams content in, hashing it; spills to a temporary file once it outgrows the memory limit. */
+  public final class Writer {
+    private final MessageDigest sha = sha256();
+    private ByteArrayOutputStream memory = new ByteArrayOutputStream();
+    private Path tmp;
+    private OutputStream file;
+    private long size;
+    private boolean done;
+
+    private Writer() {}
+
+    public void write(byte[] b, int off, int len) throws IOException {
+      sha.update(b, off, len);
+      size += len;
+      if (file == null && size > memoryBlobMaxBytes) {
+        Files.createDirectories(dir.resolve("tmp"));
+        tmp = Files.createTempFile(dir.resolve("tmp"), "fetch-", ".part");
+        file = Files.newOutputStream(tmp);
+        memory.writeTo(file);
+        memory = null;
+      }
+      if (file != null) {
+        file.write(b, off, len);
+      } else {
+        memory.write(b, off, len);
+      }
+    }
+
+    public void write(com.google.protobuf.ByteString data) throws IOException {
+      for (java.nio.ByteBuffer bb : data.asReadOnlyByteBufferList()) {
+        byte[] chunk = new byte[bb.remaining()];
+        bb.get(chunk);
+        write(chunk, 0, chunk.length);
+      }
+    }
+
+    /**
+     * Completes the content. If {@code expectedSha256} is non-empty and differs, nothing is cached.
+     *
+     * @throws IOException on a digest mismatch or a failed write
+     */
+    public Blob commit(String expectedSha256) throws IOException {
+      done = true;
+      String digest = HexFormat.of().formatHex(sha.digest());
+      if (expectedSha256 != null && !expectedSha256.isEmpty() && !expectedSha256.equalsIgnoreCase(digest)) {
+        abortQuietly();
+        throw new IOException("sha256 mismatch: upstream states " + expectedSha256 + ", content has " + digest);
+      }
+      Blob blob;
+      if (file == null) {
+        blob = new Blob.InMemory(digest, memory.toByteArray());
+      } else {
+        file.close();
+        Path target = dir.resolve("sha256-" + digest);
+        Blob existing = blobs.getIfPresent(digest);
+        if (existing != null) {
+          Files.deleteIfExists(tmp);
+          return existing;
+        }
+        Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+        blob = new Blob.OnDisk(digest, size, target);
+      }
+      return blobs.asMap().computeIfAbsent(digest, d -> blob);
+    }
+
+    /** Discards everything written. Idempotent. */
+    public void abort() {
+      done = true;
+      abortQuietly();
+    }
+
+    private void abortQuietly() {
+      try {
+        if (file != null) {
+          file.close();
+        }
+        if (tmp != null) {
+          Files.deleteIfExists(tmp);
+        }
+      } catch (IOException e) {
+        LOG.warn("could not delete partial artifact file={}: {}", tmp, e.toString());
+      }
+      memory = null;
+    }
+
+    public long size() {
+      return size;
+    }
+
+    boolean done() {
+      return done;
+    }
+  }
+
+  /** Deletes the cache directory's contents. */
+  public void clear() {
+    blobs.invalidateAll();
+    blobs.cleanUp();
+  }
+
+  private static MessageDigest sha256() {
+    try {
+      return MessageDigest.getInstance("SHA-256");
+    } catch (NoSuchAlgorithmException e) {
+      throw new IllegalStateException("the JVM has no SHA-256", e);
+    }
+  }
+
+  private static void wipe(Path dir) throws IOException {
+    try (Stream<Path> paths = Files.walk(dir)) {
+      paths.sorted(Comparator.reverseOrder()).filter(p -> !p.equals(dir)).forEach(p -> {
+        try {
+          Files.delete(p);
+        } catch (IOException e) {
+          throw new UncheckedIOException(e);
+        }
+      });
+    } catch (UncheckedIOException e) {
+      throw e.getCause();
+    }
+  }
+}

@@ -1,0 +1,154 @@
+package dev.recycler.core.artifact;
+
+import com.google.protobuf.ByteString;
+import dev.recycler.core.RecyclerException;
+import dev.recycler.core.metrics.RecyclerMetrics;
+import dev.recycler.core.slot.Lease;
+import dev.recycler.core.slot.SlotPool;
+import dev.recycler.core.wire.CallerContext;
+import dev.recycler.core.wire.Headers;
+import io.grpc.Metadata;
+import io.grpc.stub.ServerCallStreamObserver;
+import io.grpc.stub.StreamObserver;
+import java.io.IOException;
+import java.io.InputStream;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactRequest;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactResponse;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.ResolveArtifactsRequest;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.ResolveArtifactsResponse;
+import org.apache.beam.model.jobmanagement.v1.ArtifactRetrievalServiceGrpc;
+
+/**
+ * Wrapper-facing {@code ArtifactRetrievalService}, fenced to the caller's current lease ({@code worker_id} = slot id,
+ * {@code recycler-generation}). GetArtifact streams from the cache with flow control, 1 MiB per message, and announces
+ * the length in the {@code recycler-content-length} response header.
+ */
+public final class ArtifactService extends ArtifactRetrievalServiceGrpc.ArtifactRetrievalServiceImplBase {
+  private static final int CHUNK = 1 << 20;
+
+  private final SlotPool pool;
+  private final Artifacts artifacts;
+  private final RecyclerMetrics<?, ?> metrics;
+
+  public ArtifactService(SlotPool pool, Artifacts artifacts, RecyclerMetrics<?, ?> metrics) {
+    this.pool = pool;
+    this.artifacts = artifacts;
+    this.metrics = metrics;
+  }
+
+  @Override
+  public void resolveArtifacts(ResolveArtifactsRequest request, StreamObserver<ResolveArtifactsResponse> responses) {
+    Lease lease;
+    try {
+      lease = pool.currentLease(CallerContext.workerId(), CallerContext.generation());
+    } catch (RecyclerException e) {
+      responses.onError(e.toStatusException());
+      return;
+    }
+    artifacts.resolve(lease, request.getArtifactsList()).whenComplete((resolved, failure) -> {
+      if (failure != null) {
+        responses.onError(RecyclerException.toStatusException(failure, "ResolveArtifacts"));
+      } else {
+        responses.onNext(ResolveArtifactsResponse.newBuilder().addAllReplacements(resolved).build());
+        responses.onCompleted();
+      }
+    });
+  }
+
+  @Override
+  public void getArtifact(GetArtifactRequest request, StreamObserver<GetArtifactResponse> responses) {
+    ServerCallStreamObserver<GetArtifactResponse> call = (ServerCallStreamObserver<GetArtifactResponse>) responses;
+    Metadata headers = CallerContext.responseHeaders();
+    Pump pump = new Pump(call);
+    call.setOnReadyHandler(pump::drain);
+    call.setOnCancelHandler(pump::cancel);
+    try {
+      Lease lease = pool.currentLease(CallerContext.workerId(), CallerContext.generation());
+      artifacts.blobForRequest(lease, request.getArtifact()).whenComplete((blob, failure) -> {
+        if (failure != null) {
+          pump.fail(RecyclerException.toStatusException(failure, "GetArtifact"));
+          return;
+        }
+        synchronized (headers) {
+          headers.put(Headers.CONTENT_LENGTH, Long.toString(blob.size()));
+        }
+        pump.start(blob);
+      });
+    } catch (RecyclerException e) {
+      pump.fail(e.toStatusException());
+    }
+  }
+
+  /** Sends a blob as fast as the wrapper reads it. Concurrency: all methods synchronise on the pump. */
+  private final class Pump {
+    private final ServerCallStreamObserver<GetArtifactResponse> call;
+    private InputStream in;
+    private Blob blob;
+    private boolean finished;
+
+    Pump(ServerCallStreamObserver<GetArtifactResponse> call) {
+      this.call = call;
+    }
+
+    synchronized void start(Blob b) {
+      if (finished) {
+        return;
+      }
+      try {
+        this.blob = b;
+        this.in = b.open();
+      } catch (IOException e) {
+        fail(io.grpc.Status.UNAVAILABLE.withDescription("artifact " + b.sha256()
+            + " was evicted from the cache while being requested; retry").asException());
+        return;
+      }
+      drain();
+    }
+
+    synchronized void drain() {
+      if (in == null || finished) {
+        return;
+      }
+      try {
+        while (call.isReady()) {
+          byte[] buf = in.readNBytes(CHUNK);
+          if (buf.length == 0) {
+            finished = true;
+            in.close();
+            metrics.served(blob.size());
+            call.onCompleted();
+            return;
+          }
+          call.onNext(GetArtifactResponse.newBuilder().setData(ByteString.copyFrom(buf)).build());
+        }
+      } catch (IOException e) {
+        fail(io.grpc.Status.INTERNAL.withDescription("reading cached artifact " + blob.sha256() + " failed")
+            .asException());
+      }
+    }
+
+    synchronized void fail(io.grpc.StatusException status) {
+      if (finished) {
+        return;
+      }
+      finished = true;
+      closeQuietly();
+      call.onError(status);
+    }
+
+    synchronized void cancel() {
+      finished = true;
+      closeQuietly();
+    }
+
+    private void closeQuietly() {
+      if (in != null) {
+        try {
+          in.close();
+        } catch (IOException e) {
+          // nothing to do: the stream is abandoned
+        }
+      }
+    }
+  }
+}

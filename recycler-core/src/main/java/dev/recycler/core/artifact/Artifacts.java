@@ -1,0 +1,283 @@
+package dev.recycler.core.artifact;
+
+import static dev.recycler.core.wire.WorkerIds.withWorkerId;
+
+import com.google.protobuf.InvalidProtocolBufferException;
+import dev.recycler.core.RecyclerException;
+import dev.recycler.core.metrics.RecyclerMetrics;
+import dev.recycler.core.slot.Lease;
+import dev.recycler.core.wire.Detached;
+import dev.recycler.core.wire.RunnerChannels;
+import io.grpc.Status;
+import io.grpc.stub.StreamObserver;
+import java.io.IOException;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.TimeUnit;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactRequest;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactResponse;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.ResolveArtifactsRequest;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.ResolveArtifactsResponse;
+import org.apache.beam.model.jobmanagement.v1.ArtifactRetrievalServiceGrpc;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactFilePayload;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactInformation;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactUrlPayload;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * Resolves a lease's runner artifacts into content-addressed blobs and scopes them to the lease: a wrapper may fetch
+ * only digests that its current lease resolved.
+ *
+ * <p>Concurrency: lease scopes live in a {@link ConcurrentHashMap}; fetches are coalesced by {@link ArtifactCache}.
+ */
+public final class Artifacts {
+  private static final Logger LOG = LoggerFactory.getLogger(Artifacts.class);
+  static final String FILE_URN = "beam:artifact:type:file:v1";
+  static final String URL_URN = "beam:artifact:type:url:v1";
+
+  private final ArtifactCache cache;
+  private final RunnerChannels channels;
+  private final RecyclerMetrics<?, ?> metrics;
+  private final Duration callTimeout;
+  private final Duration fetchTimeout;
+  /** Per lease: sha256 → the runner artifact it came from (to fetch again if evicted). */
+  private final Map<Lease, Map<String, ArtifactInformation>> scopes = new ConcurrentHashMap<>();
+
+  public Artifacts(ArtifactCache cache, RunnerChannels channels, RecyclerMetrics<?, ?> metrics, Duration callTimeout,
+      Duration fetchTimeout) {
+    this.cache = cache;
+    this.channels = channels;
+    this.metrics = metrics;
+    this.callTimeout = callTimeout;
+    this.fetchTimeout = fetchTimeout;
+    metrics.cacheSize(cache::sizeBytes);
+  }
+
+  public ArtifactCache cache() {
+    return cache;
+  }
+
+  /** Forgets the lease's scope. */
+  public void onEnded(Lease lease) {
+    scopes.remove(lease);
+  }
+
+  /**
+   * Resolves runner artifacts for the lease: asks the runner to resolve them (as Beam's boot does), fetches each into
+   * the cache (once per upstream identity), and answers with file artifacts that carry the sha256.
+   */
+  public CompletableFuture<List<ArtifactInformation>> resolve(Lease lease, List<ArtifactInformation> artifacts) {
+    return resolveUpstream(lease, artifacts).thenCompose(resolved -> {
+      List<CompletableFuture<ArtifactInformation>> each = new ArrayList<>();
+      for (ArtifactInformation a : resolved) {
+        each.add(blobFor(lease, a).thenApply(blob -> {
+          scope(lease).put(blob.sha256(), a);
+          return named(a, blob);
+        }));
+      }
+      return CompletableFuture.allOf(each.toArray(CompletableFuture[]::new))
+          .thenApply(v -> each.stream().map(CompletableFuture::join).toList());
+    });
+  }
+
+  /**
+   * The blob a wrapper asked for: one of the lease's resolved digests, or (for a request with a runner artifact) that
+   * artifact resolved on the spot.
+   *
+   * @throws RecyclerException UNKNOWN_ID for a digest outside the lease's scope
+   */
+  public CompletableFuture<Blob> blobForRequest(Lease lease, ArtifactInformation requested) throws RecyclerException {
+    String digest = digestOf(requested);
+    if (digest.isEmpty()) {
+      return blobFor(lease, requested).thenApply(b -> {
+        scope(lease).put(b.sha256(), requested);
+        return b;
+      });
+    }
+    ArtifactInformation origin = scope(lease).get(digest);
+    if (origin == null) {
+      throw new RecyclerException(RecyclerException.Kind.UNKNOWN_ID, "artifact sha256 " + digest
+          + " is not part of the lease of slot '" + lease.slotId() + "' generation " + lease.generation()
+          + ": call ResolveArtifacts for this lease first");
+    }
+    Blob blob = cache.blob(digest);
+    if (blob != null) {
+      metrics.cacheHit();
+      return CompletableFuture.completedFuture(blob);
+    }
+    return blobFor(lease, origin);
+  }
+
+  /** Starts fetching a lease's dependencies into the cache ahead of the wrapper's request. */
+  public void prefetch(Lease lease, List<ArtifactInformation> dependencies) {
+    resolve(lease, dependencies).whenComplete((r, e) -> {
+      if (e != null) {
+        LOG.warn("artifact prefetch failed slot={} generation={}: {}", lease.slotId(), lease.generation(),
+            RecyclerException.unwrap(e).toString());
+      }
+    });
+  }
+
+  private Map<String, ArtifactInformation> scope(Lease lease) {
+    return scopes.computeIfAbsent(lease, l -> new ConcurrentHashMap<>());
+  }
+
+  private CompletableFuture<List<ArtifactInformation>> resolveUpstream(Lease lease,
+      List<ArtifactInformation> artifacts) {
+    if (artifacts.stream().allMatch(a -> !digestOf(a).isEmpty() && cache.blob(digestOf(a)) != null)) {
+      return CompletableFuture.completedFuture(artifacts);
+    }
+    CompletableFuture<List<ArtifactInformation>> result = new CompletableFuture<>();
+    Detached.run(() -> stub(lease).withDeadlineAfter(callTimeout.toMillis(), TimeUnit.MILLISECONDS).resolveArtifacts(
+        ResolveArtifactsRequest.newBuilder().addAllArtifacts(artifacts).build(), new StreamObserver<>() {
+          @Override
+          public void onNext(ResolveArtifactsResponse r) {
+            result.complete(r.getReplacementsList());
+          }
+
+          @Override
+          public void onError(Throwable t) {
+            if (Status.fromThrowable(t).getCode() == Status.Code.UNIMPLEMENTED) {
+              result.complete(artifacts);
+            } else {
+              result.completeExceptionally(new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
+                  "the runner's ResolveArtifacts failed: " + Status.fromThrowable(t).getCode() + " "
+                      + Status.fromThrowable(t).getDescription()));
+            }
+          }
+
+          @Override
+          public void onCompleted() {
+            result.complete(artifacts);
+          }
+        }));
+    return result;
+  }
+
+  private CompletableFuture<Blob> blobFor(Lease lease, ArtifactInformation artifact) {
+    String key = upstreamKey(artifact);
+    if (cache.contains(key)) {
+      metrics.cacheHit();
+    } else {
+      metrics.cacheMiss();
+    }
+    return cache.get(key, () -> fetch(lease, artifact));
+  }
+
+  private CompletableFuture<Blob> fetch(Lease lease, ArtifactInformation artifact) {
+    CompletableFuture<Blob> result = new CompletableFuture<>();
+    ArtifactCache.Writer writer = cache.newWriter();
+    String expected = digestOf(artifact);
+    long started = System.nanoTime();
+    Detached.run(() -> stub(lease).withDeadlineAfter(fetchTimeout.toMillis(), TimeUnit.MILLISECONDS).getArtifact(
+        GetArtifactRequest.newBuilder().setArtifact(artifact).build(), new StreamObserver<>() {
+          private IOException failed;
+
+          @Override
+          public void onNext(GetArtifactResponse chunk) {
+            if (failed == null) {
+              try {
+                writer.write(chunk.getData());
+              } catch (IOException e) {
+                failed = e;
+              }
+            }
+          }
+
+          @Override
+          public void onError(Throwable t) {
+            writer.abort();
+            metrics.upstreamFailed();
+            Status s = Status.fromThrowable(t);
+            result.completeExceptionally(new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
+                "downloading artifact " + describe(artifact) + " from the runner failed after " + writer.size()
+                    + " bytes: " + s.getCode() + (s.getDescription() == null ? "" : " " + s.getDescription())));
+          }
+
+          @Override
+          public void onCompleted() {
+            try {
+              if (failed != null) {
+                throw failed;
+              }
+              Blob blob = writer.commit(expected);
+              metrics.upstreamFetched(blob.size());
+              LOG.info("artifact fetched from runner slot={} generation={} sha256={} bytes={} ms={}",
+                  lease.slotId(), lease.generation(), blob.sha256(), blob.size(),
+                  (System.nanoTime() - started) / 1_000_000);
+              result.complete(blob);
+            } catch (IOException e) {
+              writer.abort();
+              metrics.upstreamFailed();
+              result.completeExceptionally(new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
+                  "artifact " + describe(artifact) + " from the runner is unusable: " + e.getMessage()));
+            }
+          }
+        }));
+    return result;
+  }
+
+  private ArtifactRetrievalServiceGrpc.ArtifactRetrievalServiceStub stub(Lease lease) {
+    return withWorkerId(ArtifactRetrievalServiceGrpc.newStub(
+        channels.channel(lease, lease.request().getArtifactEndpoint().getUrl())), lease.runnerWorkerId());
+  }
+
+  /** The artifact as wrappers see it: a file named by its digest, with the sha256 Beam's job server left out. */
+  static ArtifactInformation named(ArtifactInformation original, Blob blob) {
+    return ArtifactInformation.newBuilder()
+        .setTypeUrn(FILE_URN)
+        .setTypePayload(ArtifactFilePayload.newBuilder().setPath("sha256/" + blob.sha256()).setSha256(blob.sha256())
+            .build().toByteString())
+        .setRoleUrn(original.getRoleUrn())
+        .setRolePayload(original.getRolePayload())
+        .build();
+  }
+
+  /** The sha256 an artifact states (file or url payload), or "". */
+  static String digestOf(ArtifactInformation a) {
+    try {
+      if (FILE_URN.equals(a.getTypeUrn())) {
+        return ArtifactFilePayload.parseFrom(a.getTypePayload()).getSha256().toLowerCase(java.util.Locale.ROOT);
+      }
+      if (URL_URN.equals(a.getTypeUrn())) {
+        return ArtifactUrlPayload.parseFrom(a.getTypePayload()).getSha256().toLowerCase(java.util.Locale.ROOT);
+      }
+    } catch (InvalidProtocolBufferException e) {
+      return "";
+    }
+    return "";
+  }
+
+  /** Upstream identity: the type and its payload (for staged files, the job's staging path). */
+  static String upstreamKey(ArtifactInformation a) {
+    try {
+      MessageDigest md = MessageDigest.getInstance("SHA-256");
+      md.update(a.getTypeUrn().getBytes(java.nio.charset.StandardCharsets.UTF_8));
+      md.update((byte) 0);
+      md.update(a.getTypePayload().asReadOnlyByteBuffer());
+      return HexFormat.of().formatHex(md.digest());
+    } catch (NoSuchAlgorithmException e) {
+      throw new IllegalStateException(e);
+    }
+  }
+
+  private static String describe(ArtifactInformation a) {
+    try {
+      if (FILE_URN.equals(a.getTypeUrn())) {
+        String path = ArtifactFilePayload.parseFrom(a.getTypePayload()).getPath();
+        return "'" + path.substring(path.lastIndexOf('/') + 1) + "'";
+      }
+    } catch (InvalidProtocolBufferException e) {
+      // fall through
+    }
+    return a.getTypeUrn();
+  }
+}

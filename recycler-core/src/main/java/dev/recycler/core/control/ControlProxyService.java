@@ -1,0 +1,256 @@
+package dev.recycler.core.control;
+
+import static dev.recycler.core.wire.WorkerIds.withWorkerId;
+
+import dev.recycler.core.RecyclerException;
+import dev.recycler.core.slot.ControlLink;
+import dev.recycler.core.slot.EndReason;
+import dev.recycler.core.slot.Lease;
+import dev.recycler.core.slot.SlotPool;
+import dev.recycler.core.wire.CallerContext;
+import dev.recycler.core.wire.Detached;
+import dev.recycler.core.wire.RunnerChannels;
+import io.grpc.Status;
+import io.grpc.stub.ClientCallStreamObserver;
+import io.grpc.stub.ClientResponseObserver;
+import io.grpc.stub.ServerCallStreamObserver;
+import io.grpc.stub.StreamObserver;
+import java.time.Duration;
+import java.util.concurrent.TimeUnit;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.GetProcessBundleDescriptorRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionResponse;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.ProcessBundleDescriptor;
+import org.apache.beam.model.fnexecution.v1.BeamFnControlGrpc;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * {@code BeamFnControl} for inner workers, proxied 1:1 to the runner's control endpoint of the worker's lease. The
+ * worker calls with its minted id ({@code <slot>.g<generation>}); the runner is called with its own worker id.
+ *
+ * <p>Why a proxy: the lease is ready exactly when the worker's control stream is connected (then StartWorker returns),
+ * the runner's close is seen at once (then the slot gets its exit instruction), and a worker that dies fails the
+ * runner's stream instead of leaving it waiting. Data, state and logging go from the worker to the runner directly.
+ */
+final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase {
+  private static final Logger LOG = LoggerFactory.getLogger(ControlProxyService.class);
+
+  private final SlotPool pool;
+  private final RunnerChannels channels;
+  private final Duration upstreamTimeout;
+
+  ControlProxyService(SlotPool pool, RunnerChannels channels, Duration upstreamTimeout) {
+    this.pool = pool;
+    this.channels = channels;
+    this.upstreamTimeout = upstreamTimeout;
+  }
+
+  @Override
+  public StreamObserver<InstructionResponse> control(StreamObserver<InstructionRequest> toWorker) {
+    String workerId = CallerContext.workerId();
+    Lease lease;
+    try {
+      lease = pool.leaseForWorker(workerId);
+    } catch (RecyclerException e) {
+      LOG.warn("refused control connection worker={} peer={}: {}", workerId, CallerContext.peer(), e.getMessage());
+      toWorker.onError(e.toStatusException());
+      return new Ignoring<>();
+    }
+    Proxy proxy = new Proxy(lease, (ServerCallStreamObserver<InstructionRequest>) toWorker);
+    BeamFnControlGrpc.BeamFnControlStub runner = withWorkerId(BeamFnControlGrpc.newStub(
+        channels.channel(lease, lease.request().getControlEndpoint().getUrl())), lease.runnerWorkerId());
+    Detached.run(() -> runner.control(proxy.fromRunner));
+    try {
+      pool.controlConnected(workerId, proxy);
+    } catch (RecyclerException e) {
+      proxy.abort(e);
+      return new Ignoring<>();
+    }
+    LOG.info("control connected slot={} generation={} worker={}", lease.slotId(), lease.generation(), workerId);
+    return proxy.fromWorker;
+  }
+
+  @Override
+  public void getProcessBundleDescriptor(GetProcessBundleDescriptorRequest request,
+      StreamObserver<ProcessBundleDescriptor> responses) {
+    Lease lease;
+    try {
+      lease = pool.leaseForWorker(CallerContext.workerId());
+    } catch (RecyclerException e) {
+      responses.onError(e.toStatusException());
+      return;
+    }
+    withWorkerId(BeamFnControlGrpc.newStub(channels.channel(lease, lease.request().getControlEndpoint().getUrl())),
+        lease.runnerWorkerId())
+        .withDeadlineAfter(upstreamTimeout.toMillis(), TimeUnit.MILLISECONDS)
+        .getProcessBundleDescriptor(request, new StreamObserver<>() {
+          @Override
+          public void onNext(ProcessBundleDescriptor d) {
+            responses.onNext(d);
+          }
+
+          @Override
+          public void onError(Throwable t) {
+            responses.onError(RecyclerException.toStatusException(t, "runner GetProcessBundleDescriptor"));
+          }
+
+          @Override
+          public void onCompleted() {
+            responses.onCompleted();
+          }
+        });
+  }
+
+  /**
+   * One proxied control stream. Concurrency: both directions and {@link #close} synchronise on this object, because
+   * stream observers are not thread-safe and the pool may close from another thread.
+   */
+  private final class Proxy implements ControlLink {
+    private final Lease lease;
+    private final ServerCallStreamObserver<InstructionRequest> toWorker;
+    private ClientCallStreamObserver<InstructionResponse> toRunner;
+    private boolean workerOpen = true;
+    private boolean runnerOpen = true;
+
+    Proxy(Lease lease, ServerCallStreamObserver<InstructionRequest> toWorker) {
+      this.lease = lease;
+      this.toWorker = toWorker;
+      toWorker.setOnCancelHandler(() -> fromWorker.onError(Status.CANCELLED.asRuntimeException()));
+    }
+
+    final ClientResponseObserver<InstructionResponse, InstructionRequest> fromRunner = new ClientResponseObserver<>() {
+      @Override
+      public void beforeStart(ClientCallStreamObserver<InstructionResponse> requestStream) {
+        synchronized (Proxy.this) {
+          toRunner = requestStream;
+        }
+      }
+
+      @Override
+      public void onNext(InstructionRequest request) {
+        synchronized (Proxy.this) {
+          if (workerOpen) {
+            toWorker.onNext(request);
+          }
+        }
+      }
+
+      @Override
+      public void onError(Throwable t) {
+        runnerEnded(Status.fromThrowable(t));
+      }
+
+      @Override
+      public void onCompleted() {
+        runnerEnded(Status.OK);
+      }
+    };
+
+    final StreamObserver<InstructionResponse> fromWorker = new StreamObserver<>() {
+      @Override
+      public void onNext(InstructionResponse response) {
+        synchronized (Proxy.this) {
+          if (runnerOpen) {
+            toRunner.onNext(response);
+          }
+        }
+      }
+
+      @Override
+      public void onError(Throwable t) {
+        workerGone("the worker's control stream failed: " + Status.fromThrowable(t).getCode());
+      }
+
+      @Override
+      public void onCompleted() {
+        workerGone("the worker closed its control stream");
+      }
+    };
+
+    /**
+     * The runner ended its side. Reported only when the runner did it first: cancelling the runner's side ourselves
+     * (worker lost, lease ended) echoes back here and must not be taken for the runner closing.
+     */
+    private void runnerEnded(Status status) {
+      synchronized (this) {
+        if (!runnerOpen) {
+          return;
+        }
+        runnerOpen = false;
+        if (workerOpen) {
+          workerOpen = false;
+          if (status.isOk()) {
+            toWorker.onCompleted();
+          } else {
+            toWorker.onError(status.asRuntimeException());
+          }
+        }
+      }
+      LOG.info("runner closed control status={} slot={} generation={}", status.getCode(), lease.slotId(),
+          lease.generation());
+      pool.controlEnded(lease, EndReason.RUNNER_CLOSED);
+    }
+
+    /** The worker's side ended first (crash, kill, clean close): fail the runner's side so it does not wait. */
+    private void workerGone(String why) {
+      synchronized (this) {
+        if (!workerOpen) {
+          return;
+        }
+        workerOpen = false;
+        if (runnerOpen) {
+          runnerOpen = false;
+          toRunner.onError(Status.UNAVAILABLE.withDescription(why).asRuntimeException());
+        }
+      }
+      LOG.warn("worker lost slot={} generation={}: {}", lease.slotId(), lease.generation(), why);
+      pool.controlEnded(lease, EndReason.WORKER_LOST);
+    }
+
+    /** The lease could not become ready after all: refuse the worker, release the runner's stream. */
+    void abort(RecyclerException e) {
+      synchronized (this) {
+        if (workerOpen) {
+          workerOpen = false;
+          toWorker.onError(e.toStatusException());
+        }
+        if (runnerOpen) {
+          runnerOpen = false;
+          toRunner.onError(Status.CANCELLED.withDescription(e.getMessage()).asRuntimeException());
+        }
+      }
+    }
+
+    @Override
+    public void close(EndReason reason) {
+      synchronized (this) {
+        if (workerOpen) {
+          workerOpen = false;
+          toWorker.onCompleted();
+        }
+        if (runnerOpen) {
+          runnerOpen = false;
+          if (reason == EndReason.RUNNER_CLOSED || reason == EndReason.STOP_WORKER) {
+            toRunner.onCompleted();
+          } else {
+            toRunner.onError(Status.UNAVAILABLE.withDescription("the harness lease ended: " + reason)
+                .asRuntimeException());
+          }
+        }
+      }
+    }
+  }
+
+  /** Request observer for a refused stream. */
+  private static final class Ignoring<T> implements StreamObserver<T> {
+    @Override
+    public void onNext(T value) {}
+
+    @Override
+    public void onError(Throwable t) {}
+
+    @Override
+    public void onCompleted() {}
+  }
+}

@@ -1,0 +1,36 @@
+package dev.recycler.core.metrics;
+
+/** Every meter name and tag key of the recycler, in one place. Tag values come only from enum names. */
+public final class MetricNames {
+  /** Gauge: slots currently in each state; tag {@link #STATE}. */
+  public static final String SLOTS = "recycler.slots";
+  /** Counter: slot state transitions; tag {@link #STATE} (the new state). */
+  public static final String SLOT_TRANSITIONS = "recycler.slot.transitions";
+  /** Timer: StartWorker call until a slot was assigned (queueing). */
+  public static final String LEASE_WAIT = "recycler.lease.wait";
+  /** Timer: StartWorker call until the inner worker's control connection (lease-to-ready). */
+  public static final String LEASE_READY = "recycler.lease.ready";
+  /** Timer: exit instruction until the wrapper reported the lease ended (slot reusable). */
+  public static final String LEASE_DRAIN = "recycler.lease.drain";
+  /** Counter: ended leases; tag {@link #REASON}. */
+  public static final String LEASE_ENDS = "recycler.lease.ends";
+  /** Counter: StartWorker calls refused or failed; tag {@link #REASON}. */
+  public static final String START_FAILURES = "recycler.start.failures";
+  /** Counter: artifact lookups answered from the cache. */
+  public static final String CACHE_HITS = "recycler.artifact.cache.hits";
+  /** Counter: artifact lookups that had to fetch from the runner. */
+  public static final String CACHE_MISSES = "recycler.artifact.cache.misses";
+  /** Gauge: bytes held by the artifact cache. */
+  public static final String CACHE_SIZE = "recycler.artifact.cache.size";
+  /** Distribution (bytes): artifacts fetched from the runner. */
+  public static final String UPSTREAM_BYTES = "recycler.artifact.upstream";
+  /** Distribution (bytes): artifacts served to wrappers. */
+  public static final String SERVED_BYTES = "recycler.artifact.served";
+  /** Counter: upstream artifact fetches that failed (truncated, digest mismatch, unreachable). */
+  public static final String UPSTREAM_FAILURES = "recycler.artifact.upstream.failures";
+
+  public static final String STATE = "state";
+  public static final String REASON = "reason";
+
+  private MetricNames() {}
+}

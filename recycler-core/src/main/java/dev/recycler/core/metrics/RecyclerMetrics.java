@@ -1,0 +1,134 @@
+package dev.recycler.core.metrics;
+
+import static dev.recycler.core.metrics.MetricNames.REASON;
+import static dev.recycler.core.metrics.MetricNames.STATE;
+
+import io.micrometer.core.instrument.Counter;
+import io.micrometer.core.instrument.DistributionSummary;
+import io.micrometer.core.instrument.Gauge;
+import io.micrometer.core.instrument.MeterRegistry;
+import io.micrometer.core.instrument.Timer;
+import java.time.Duration;
+import java.util.EnumMap;
+import java.util.Map;
+import java.util.concurrent.atomic.AtomicIntegerArray;
+import java.util.function.LongSupplier;
+
+/**
+ * The recycler's meters, created once. Tag values come from enum names only, never from ids.
+ *
+ * @param <S> the slot state enum
+ * @param <R> the lease end reason enum
+ */
+public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
+  private final MeterRegistry registry;
+  private final AtomicIntegerArray slotsByState;
+  private final Map<S, Counter> transitions;
+  private final Map<R, Counter> ends;
+  private final Map<R, Counter> startFailures;
+  private final Timer leaseWait;
+  private final Timer leaseReady;
+  private final Timer leaseDrain;
+  private final Counter cacheHits;
+  private final Counter cacheMisses;
+  private final Counter upstreamFailures;
+  private final DistributionSummary upstreamBytes;
+  private final DistributionSummary servedBytes;
+
+  public RecyclerMetrics(MeterRegistry registry, Class<S> states, Class<R> reasons) {
+    this.registry = registry;
+    S[] stateValues = states.getEnumConstants();
+    this.slotsByState = new AtomicIntegerArray(stateValues.length);
+    this.transitions = new EnumMap<>(states);
+    for (S s : stateValues) {
+      Gauge.builder(MetricNames.SLOTS, slotsByState, a -> a.get(s.ordinal()))
+          .description("Slots currently in each state").tag(STATE, s.name()).register(registry);
+      transitions.put(s, Counter.builder(MetricNames.SLOT_TRANSITIONS)
+          .description("Slot state transitions, by new state").tag(STATE, s.name()).register(registry));
+    }
+    this.ends = new EnumMap<>(reasons);
+    this.startFailures = new EnumMap<>(reasons);
+    for (R r : reasons.getEnumConstants()) {
+      ends.put(r, Counter.builder(MetricNames.LEASE_ENDS)
+          .description("Ended leases, by reason").tag(REASON, r.name()).register(registry));
+      startFailures.put(r, Counter.builder(MetricNames.START_FAILURES)
+          .description("StartWorker calls that failed, by reason").tag(REASON, r.name()).register(registry));
+    }
+    this.leaseWait = Timer.builder(MetricNames.LEASE_WAIT)
+        .description("StartWorker until a slot was assigned").publishPercentileHistogram().register(registry);
+    this.leaseReady = Timer.builder(MetricNames.LEASE_READY)
+        .description("StartWorker until the worker's control connection").publishPercentileHistogram()
+        .register(registry);
+    this.leaseDrain = Timer.builder(MetricNames.LEASE_DRAIN)
+        .description("Exit instruction until the slot was reusable").publishPercentileHistogram().register(registry);
+    this.cacheHits = Counter.builder(MetricNames.CACHE_HITS).description("Artifact lookups served from the cache")
+        .register(registry);
+    this.cacheMisses = Counter.builder(MetricNames.CACHE_MISSES)
+        .description("Artifact lookups fetched from the runner").register(registry);
+    this.upstreamFailures = Counter.builder(MetricNames.UPSTREAM_FAILURES)
+        .description("Failed artifact fetches from the runner").register(registry);
+    this.upstreamBytes = DistributionSummary.builder(MetricNames.UPSTREAM_BYTES).baseUnit("bytes")
+        .description("Artifact bytes fetched from the runner").register(registry);
+    this.servedBytes = DistributionSummary.builder(MetricNames.SERVED_BYTES).baseUnit("bytes")
+        .description("Artifact bytes served to wrappers").register(registry);
+  }
+
+  public MeterRegistry registry() {
+    return registry;
+  }
+
+  /** Records a slot leaving {@code from} (null for a new slot) for {@code to}. */
+  public void slotTransition(S from, S to) {
+    if (from != null) {
+      slotsByState.decrementAndGet(from.ordinal());
+    }
+    slotsByState.incrementAndGet(to.ordinal());
+    transitions.get(to).increment();
+  }
+
+  public void leaseWait(Duration d) {
+    leaseWait.record(d);
+  }
+
+  public void leaseReady(Duration d) {
+    leaseReady.record(d);
+  }
+
+  public void leaseDrain(Duration d) {
+    leaseDrain.record(d);
+  }
+
+  public void leaseEnded(R reason) {
+    ends.get(reason).increment();
+  }
+
+  public void startFailed(R reason) {
+    startFailures.get(reason).increment();
+  }
+
+  public void cacheHit() {
+    cacheHits.increment();
+  }
+
+  public void cacheMiss() {
+    cacheMisses.increment();
+  }
+
+  public void upstreamFetched(long bytes) {
+    upstreamBytes.record(bytes);
+  }
+
+  public void upstreamFailed() {
+    upstreamFailures.increment();
+  }
+
+  public void served(long bytes) {
+    servedBytes.record(bytes);
+  }
+
+  /** Registers the cache size gauge (bytes) read from {@code bytes}. */
+  public void cacheSize(LongSupplier bytes) {
+    Gauge.builder(MetricNames.CACHE_SIZE, bytes, b -> (double) b.getAsLong()).baseUnit("bytes")
+        .description("Bytes held by the artifact cache").register(registry);
+  }
+}

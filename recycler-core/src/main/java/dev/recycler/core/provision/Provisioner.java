@@ -1,0 +1,126 @@
+package dev.recycler.core.provision;
+
+import static dev.recycler.core.wire.WorkerIds.withWorkerId;
+
+import com.google.protobuf.Struct;
+import com.google.protobuf.Value;
+import dev.recycler.core.RecyclerException;
+import dev.recycler.core.slot.Lease;
+import dev.recycler.core.slot.SlotPool;
+import dev.recycler.core.wire.Detached;
+import dev.recycler.core.wire.RunnerChannels;
+import io.grpc.Status;
+import io.grpc.stub.StreamObserver;
+import java.time.Duration;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.TimeUnit;
+import java.util.function.BiConsumer;
+import java.util.function.Supplier;
+import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoRequest;
+import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoResponse;
+import org.apache.beam.model.fnexecution.v1.ProvisionApi.ProvisionInfo;
+import org.apache.beam.model.fnexecution.v1.ProvisionServiceGrpc;
+import org.apache.beam.model.pipeline.v1.Endpoints.ApiServiceDescriptor;
+
+/**
+ * Fetches each lease's {@link ProvisionInfo} from the runner (with the runner's worker id) as soon as a slot is
+ * assigned, and rewrites it for the wrapper: control and artifact endpoints point at the recycler (control proxy,
+ * artifact cache); logging stays the runner's. Pipeline options are passed through, never logged.
+ *
+ * <p>Concurrency: one future per lease in a {@link ConcurrentHashMap}, removed when the lease ends.
+ */
+public final class Provisioner {
+  private final SlotPool pool;
+  private final RunnerChannels channels;
+  private final Supplier<String> advertisedEndpoint;
+  private final Duration timeout;
+  private final BiConsumer<Lease, ProvisionInfo> onProvisioned;
+  private final Map<Lease, CompletableFuture<ProvisionInfo>> byLease = new ConcurrentHashMap<>();
+
+  /**
+   * @param advertisedEndpoint the recycler's endpoint as wrappers and workers dial it
+   * @param onProvisioned called with the runner's (unrewritten) info once fetched, e.g. to prefetch artifacts
+   */
+  public Provisioner(SlotPool pool, RunnerChannels channels, Supplier<String> advertisedEndpoint, Duration timeout,
+      BiConsumer<Lease, ProvisionInfo> onProvisioned) {
+    this.pool = pool;
+    this.channels = channels;
+    this.advertisedEndpoint = advertisedEndpoint;
+    this.timeout = timeout;
+    this.onProvisioned = onProvisioned;
+  }
+
+  /** Starts fetching the lease's provision info. */
+  public void onAssigned(Lease lease) {
+    provisionInfo(lease);
+  }
+
+  public void onEnded(Lease lease) {
+    byLease.remove(lease);
+  }
+
+  /** The lease's rewritten provision info, fetched once. */
+  public CompletableFuture<ProvisionInfo> provisionInfo(Lease lease) {
+    return byLease.computeIfAbsent(lease, this::fetch);
+  }
+
+  private CompletableFuture<ProvisionInfo> fetch(Lease lease) {
+    CompletableFuture<ProvisionInfo> result = new CompletableFuture<>();
+    ProvisionServiceGrpc.ProvisionServiceStub stub = withWorkerId(ProvisionServiceGrpc.newStub(
+        channels.channel(lease, lease.request().getProvisionEndpoint().getUrl())), lease.runnerWorkerId());
+    Detached.run(() -> stub.withDeadlineAfter(timeout.toMillis(), TimeUnit.MILLISECONDS).getProvisionInfo(
+        GetProvisionInfoRequest.getDefaultInstance(), new StreamObserver<>() {
+          @Override
+          public void onNext(GetProvisionInfoResponse response) {
+            ProvisionInfo upstream = response.getInfo();
+            pool.jobName(lease, jobName(upstream.getPipelineOptions()));
+            try {
+              onProvisioned.accept(lease, upstream);
+            } finally {
+              result.complete(rewrite(upstream, lease));
+            }
+          }
+
+          @Override
+          public void onError(Throwable t) {
+            Status s = Status.fromThrowable(t);
+            result.completeExceptionally(new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
+                "the runner's provision service failed for worker " + lease.runnerWorkerId() + ": " + s.getCode()
+                    + (s.getDescription() == null ? "" : " " + s.getDescription())));
+          }
+
+          @Override
+          public void onCompleted() {
+            result.completeExceptionally(new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
+                "the runner's provision service answered without provision info"));
+          }
+        }));
+    return result;
+  }
+
+  ProvisionInfo rewrite(ProvisionInfo upstream, Lease lease) {
+    ApiServiceDescriptor self = ApiServiceDescriptor.newBuilder().setUrl(advertisedEndpoint.get()).build();
+    ProvisionInfo.Builder b = upstream.toBuilder().setControlEndpoint(self).setArtifactEndpoint(self);
+    if (upstream.getLoggingEndpoint().getUrl().isEmpty()) {
+      b.setLoggingEndpoint(lease.request().getLoggingEndpoint());
+    }
+    return b.build();
+  }
+
+  /** The job name from Beam's pipeline options (URN-keyed or nested under "options"), or "". */
+  static String jobName(Struct options) {
+    for (String key : new String[] {"beam:option:job_name:v1", "job_name"}) {
+      Value v = options.getFieldsOrDefault(key, null);
+      if (v != null && v.hasStringValue()) {
+        return v.getStringValue();
+      }
+    }
+    Value nested = options.getFieldsOrDefault("options", null);
+    if (nested != null && nested.hasStructValue()) {
+      return jobName(nested.getStructValue());
+    }
+    return "";
+  }
+}

@@ -1,0 +1,115 @@
+package dev.recycler.core.slot;
+
+import java.time.Instant;
+import java.util.concurrent.CompletableFuture;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
+
+/**
+ * One StartWorker call's claim on a slot, from the call until the wrapper reports it ended.
+ *
+ * <p>Concurrency: the identity fields are final; the mutable fields are written only by {@link SlotPool} under its
+ * lock and are volatile so that services may read them without it. {@link #ready()} completes (outside the lock) when
+ * the worker's control stream is connected, or exceptionally with a {@code RecyclerException} when the lease fails
+ * before that.
+ */
+public final class Lease {
+  /** Lifecycle of a lease; ENDED is terminal. */
+  public enum State {
+    WAITING, BOOTING, ACTIVE, ENDING, ENDED
+  }
+
+  private final StartWorkerRequest request;
+  private final String peer;
+  private final long requestedNanos;
+  private final Instant requestedAt;
+  private final CompletableFuture<Lease> ready = new CompletableFuture<>();
+
+  volatile State state = State.WAITING;
+  volatile Slot slot;
+  volatile long generation;
+  volatile String workerId = "";
+  volatile String jobName = "";
+  volatile long workerPid;
+  volatile long readyNanos = -1;
+  volatile long exitSentNanos = -1;
+  volatile Instant endedAt;
+  volatile EndReason endReason;
+  volatile String outcome = "";
+  volatile int exitCode;
+  volatile String signal = "";
+  volatile String message = "";
+  // Guarded by the pool lock.
+  ControlLink control;
+  Scheduler.Cancellable waitTask;
+  Scheduler.Cancellable readyTask;
+
+  Lease(StartWorkerRequest request, String peer, long requestedNanos, Instant requestedAt) {
+    this.request = request;
+    this.peer = peer;
+    this.requestedNanos = requestedNanos;
+    this.requestedAt = requestedAt;
+  }
+
+  /** The runner's request: its worker id and per-environment endpoints. */
+  public StartWorkerRequest request() {
+    return request;
+  }
+
+  /** The runner's worker id (not unique across jobs). */
+  public String runnerWorkerId() {
+    return request.getWorkerId();
+  }
+
+  /** Address of the runner's channel that asked for this lease. */
+  public String peer() {
+    return peer;
+  }
+
+  /** The slot's id once assigned, else "". */
+  public String slotId() {
+    Slot s = slot;
+    return s == null ? "" : s.id;
+  }
+
+  /** Per-slot generation once assigned, else 0. */
+  public long generation() {
+    return generation;
+  }
+
+  /** The id the inner worker uses ({@code <slot>.g<generation>}), once assigned, else "". */
+  public String workerId() {
+    return workerId;
+  }
+
+  public String jobName() {
+    return jobName;
+  }
+
+  public State state() {
+    return state;
+  }
+
+  /** Whether provisioning and artifact calls may still be served for this lease. */
+  public boolean isLive() {
+    State s = state;
+    return s == State.BOOTING || s == State.ACTIVE;
+  }
+
+  public CompletableFuture<Lease> ready() {
+    return ready;
+  }
+
+  long requestedNanos() {
+    return requestedNanos;
+  }
+
+  Instant requestedAt() {
+    return requestedAt;
+  }
+
+  @Override
+  public String toString() {
+    return "Lease{slot=" + slotId() + ", generation=" + generation + ", worker=" + workerId + ", runnerWorker="
+        + runnerWorkerId() + ", state=" + state + "}";
+  }
+}

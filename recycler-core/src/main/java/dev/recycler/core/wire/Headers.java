@@ -1,0 +1,20 @@
+package dev.recycler.core.wire;
+
+import io.grpc.Metadata;
+
+/** The gRPC metadata keys of the recycler's protocols (Beam's {@code worker_id} plus our own). */
+public final class Headers {
+  /** Beam's worker identity header; every runner-side service reads it. Wrappers send their slot id in it. */
+  public static final Metadata.Key<String> WORKER_ID =
+      Metadata.Key.of("worker_id", Metadata.ASCII_STRING_MARSHALLER);
+
+  /** Lease generation a wrapper's provision/artifact call belongs to (decimal). */
+  public static final Metadata.Key<String> GENERATION =
+      Metadata.Key.of("recycler-generation", Metadata.ASCII_STRING_MARSHALLER);
+
+  /** Response header of GetArtifact: the content length in bytes (decimal), for the wrapper to verify. */
+  public static final Metadata.Key<String> CONTENT_LENGTH =
+      Metadata.Key.of("recycler-content-length", Metadata.ASCII_STRING_MARSHALLER);
+
+  private Headers() {}
+}

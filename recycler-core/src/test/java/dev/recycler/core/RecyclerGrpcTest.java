@@ -1,0 +1,368 @@
+package dev.recycler.core;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+import static org.awaitility.Awaitility.await;
+
+import com.google.protobuf.Struct;
+import com.google.protobuf.Value;
+import dev.recycler.core.testing.TestingRunner;
+import dev.recycler.core.testing.TestingWrapper;
+import dev.recycler.proto.v1.ExitReason;
+import dev.recycler.proto.v1.GetSlotTableRequest;
+import dev.recycler.proto.v1.RecyclerAdminGrpc;
+import dev.recycler.proto.v1.RecyclerMessage.KindCase;
+import dev.recycler.proto.v1.SlotTable;
+import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
+import io.grpc.stub.MetadataUtils;
+import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
+import java.net.ServerSocket;
+import java.nio.file.Path;
+import java.security.MessageDigest;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.TimeUnit;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerResponse;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.StopWorkerRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
+import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoRequest;
+import org.apache.beam.model.fnexecution.v1.ProvisionApi.ProvisionInfo;
+import org.apache.beam.model.fnexecution.v1.ProvisionServiceGrpc;
+import org.apache.beam.model.pipeline.v1.Endpoints.ApiServiceDescriptor;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactFilePayload;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactInformation;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The recycler's services end to end in one JVM: a fake runner (in-process), fake wrappers over loopback. */
+@Timeout(value = 60, unit = TimeUnit.SECONDS)
+class RecyclerGrpcTest {
+  private static final String BINARY_ROLE = "beam:artifact:role:go_worker_binary:v1";
+  private static final Duration AWAIT = Duration.ofSeconds(15);
+
+  @TempDir
+  Path cacheDir;
+
+  private final List<AutoCloseable> closeables = new ArrayList<>();
+  private Recycler recycler;
+  private ManagedChannel runnerChannel;
+  private byte[] binary;
+
+  @BeforeEach
+  void setUp() throws Exception {
+    binary = new byte[300_000];
+    new Random(7).nextBytes(binary);
+  }
+
+  @AfterEach
+  void tearDown() throws Exception {
+    for (AutoCloseable c : closeables) {
+      c.close();
+    }
+    if (runnerChannel != null) {
+      runnerChannel.shutdownNow();
+    }
+    if (recycler != null) {
+      recycler.close();
+    }
+  }
+
+  private Recycler start(int slots, Duration readyTimeout) throws Exception {
+    recycler = Recycler.start(RecyclerConfig.builder().slots(slots, "slot-").port(0).cacheDirectory(cacheDir)
+        .memoryBlobMaxBytes(100_000).leaseWaitTimeout(Duration.ofSeconds(5)).readyTimeout(readyTimeout)
+        .attachProbeTimeout(Duration.ofMillis(500)).shutdownTimeout(Duration.ofSeconds(5)).build(),
+        new SimpleMeterRegistry(), TestingRunner::channel);
+    runnerChannel = NettyChannelBuilder.forTarget(recycler.endpoint()).usePlaintext().build();
+    return recycler;
+  }
+
+  private TestingRunner runner(String stagedPath) throws Exception {
+    Struct options = Struct.newBuilder()
+        .putFields("beam:option:job_name:v1", Value.newBuilder().setStringValue("wordcount").build()).build();
+    TestingRunner r = TestingRunner.builder()
+        .provisionInfo(ProvisionInfo.newBuilder().setPipelineOptions(options)
+            .setLoggingEndpoint(ApiServiceDescriptor.newBuilder().setUrl("runner-logging:1"))
+            .addDependencies(TestingRunner.stagedFile(stagedPath, BINARY_ROLE)).build())
+        .file(stagedPath, binary).build();
+    closeables.add(r);
+    return r;
+  }
+
+  private TestingWrapper wrapper(String slot, String incarnation) {
+    TestingWrapper w = new TestingWrapper(slot, incarnation, recycler.endpoint());
+    closeables.add(0, w);
+    return w;
+  }
+
+  private BeamFnExternalWorkerPoolGrpc.BeamFnExternalWorkerPoolBlockingStub pool() {
+    return BeamFnExternalWorkerPoolGrpc.newBlockingStub(runnerChannel).withDeadlineAfter(20, TimeUnit.SECONDS);
+  }
+
+  private SlotTable table() {
+    return RecyclerAdminGrpc.newBlockingStub(runnerChannel).getSlotTable(GetSlotTableRequest.getDefaultInstance());
+  }
+
+  private String state(String slot) {
+    return table().getSlotsList().stream().filter(s -> s.getSlotId().equals(slot)).findFirst().orElseThrow()
+        .getState();
+  }
+
+  private String sha(byte[] b) throws Exception {
+    return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(b));
+  }
+
+  @Test
+  void leaseRunsTheWholeContractAndRecyclesTheSlot() throws Exception {
+    start(1, Duration.ofSeconds(10));
+    TestingRunner runner = runner("/staging/job-a/go-worker-binary");
+    TestingWrapper w = wrapper("slot-0", "inc-1").attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+
+    StartWorkerResponse response = pool().startWorker(runner.startRequest("1-1"));
+
+    assertThat(response.getError()).isEmpty();
+    // Upstream calls carry the runner's worker id; the worker used the minted one.
+    assertThat(runner.controlCallers).containsExactly("1-1");
+    assertThat(runner.provisionCallers).containsExactly("1-1");
+    ProvisionInfo seen = w.provisioned.get(0);
+    assertThat(seen.getControlEndpoint().getUrl()).isEqualTo(recycler.endpoint());
+    assertThat(seen.getArtifactEndpoint().getUrl()).isEqualTo(recycler.endpoint());
+    assertThat(seen.getLoggingEndpoint().getUrl()).isEqualTo("runner-logging:1");
+    assertThat(w.held).containsExactly(sha(binary));
+    assertThat(w.contentLengths).containsExactly(Integer.toString(binary.length));
+    assertThat(table().getSlots(0)).satisfies(s -> {
+      assertThat(s.getState()).isEqualTo("ACTIVE");
+      assertThat(s.getWorkerId()).isEqualTo("slot-0.g1");
+      assertThat(s.getJobName()).isEqualTo("wordcount");
+    });
+
+    // Instructions flow runner -> worker and responses back through the proxy.
+    runner.controls.get("1-1").onNext(InstructionRequest.newBuilder().setInstructionId("i-1").build());
+    await().atMost(AWAIT).until(() -> runner.responses.getOrDefault("1-1", List.of()).size() == 1);
+    assertThat(w.instructions).extracting(InstructionRequest::getInstructionId).containsExactly("i-1");
+
+    // The runner closes control: the worker sees EOF, the slot gets its exit at once, then is idle again.
+    runner.controls.get("1-1").onCompleted();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    assertThat(w.workerEofs.get()).isEqualTo(1);
+    assertThat(w.received(KindCase.EXIT)).singleElement()
+        .satisfies(m -> assertThat(m.getExit().getReason()).isEqualTo(ExitReason.EXIT_REASON_RUNNER_CLOSED));
+
+    // StopWorker after the close is acknowledged, twice; an unknown id is NOT_FOUND.
+    pool().stopWorker(StopWorkerRequest.newBuilder().setWorkerId("1-1").build());
+    pool().stopWorker(StopWorkerRequest.newBuilder().setWorkerId("1-1").build());
+    assertThatThrownBy(() -> pool().stopWorker(StopWorkerRequest.newBuilder().setWorkerId("7-7").build()))
+        .isInstanceOfSatisfying(StatusRuntimeException.class,
+            e -> assertThat(e.getStatus().getCode()).isEqualTo(Status.Code.NOT_FOUND));
+
+    assertThat(table().getLeasesList()).singleElement().satisfies(r -> {
+      assertThat(r.getEndReason()).isEqualTo("RUNNER_CLOSED");
+      assertThat(r.getWorkerPid()).isEqualTo(1001);
+      assertThat(r.getReadyLatencyMillis()).isBetween(0L, 10_000L);
+    });
+  }
+
+  @Test
+  void unchangedBinaryCrossesToTheRecyclerOncePerJobAndToAWrapperOncePerSlot() throws Exception {
+    start(2, Duration.ofSeconds(10));
+    TestingRunner jobA = runner("/staging/job-a/go-worker-binary");
+    TestingWrapper w0 = wrapper("slot-0", "a").attach();
+    TestingWrapper w1 = wrapper("slot-1", "b").attach();
+    await().atMost(AWAIT).until(() -> state("slot-1").equals("IDLE"));
+
+    // Two concurrent environments of the same job: one upstream download, coalesced.
+    var f1 = BeamFnExternalWorkerPoolGrpc.newFutureStub(runnerChannel).startWorker(jobA.startRequest("1-1"));
+    var f2 = BeamFnExternalWorkerPoolGrpc.newFutureStub(runnerChannel).startWorker(jobA.startRequest("1-2"));
+    f1.get(20, TimeUnit.SECONDS);
+    f2.get(20, TimeUnit.SECONDS);
+    assertThat(jobA.artifactDownloads.get()).isEqualTo(1);
+    assertThat(w0.downloads.get() + w1.downloads.get()).isEqualTo(2);
+
+    jobA.controls.get("1-1").onCompleted();
+    jobA.controls.get("1-2").onCompleted();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE") && state("slot-1").equals("IDLE"));
+
+    // A second job with the same binary: staged under a new path, so fetched again from the runner (Beam's job
+    // server strips sha256), but no wrapper receives the bytes again.
+    TestingRunner jobB = runner("/staging/job-b/go-worker-binary");
+    pool().startWorker(jobB.startRequest("1-1"));
+    assertThat(jobB.artifactDownloads.get()).isEqualTo(1);
+    assertThat(w0.downloads.get() + w1.downloads.get()).isEqualTo(2);
+  }
+
+  @Test
+  void truncatedOrMismatchedUpstreamNeverReachesAWrapper() throws Exception {
+    start(1, Duration.ofSeconds(10));
+    TestingRunner truncating = TestingRunner.builder()
+        .provisionInfo(ProvisionInfo.newBuilder()
+            .addDependencies(TestingRunner.stagedFile("/staging/t/bin", BINARY_ROLE)).build())
+        .file("/staging/t/bin", binary).truncateAfter(128 * 1024).build();
+    closeables.add(truncating);
+    TestingWrapper w = wrapper("slot-0", "a").attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+
+    assertThatThrownBy(() -> pool().startWorker(truncating.startRequest("1-1")))
+        .isInstanceOfSatisfying(StatusRuntimeException.class,
+            e -> assertThat(e.getStatus().getCode()).isEqualTo(Status.Code.FAILED_PRECONDITION));
+    assertThat(w.bootErrors).singleElement().asString().startsWith("UNAVAILABLE").contains("failed after");
+    assertThat(w.held).isEmpty();
+
+    ArtifactInformation lying = ArtifactInformation.newBuilder().setTypeUrn("beam:artifact:type:file:v1")
+        .setTypePayload(ArtifactFilePayload.newBuilder().setPath("/staging/m/bin").setSha256("ab".repeat(32)).build()
+            .toByteString()).setRoleUrn(BINARY_ROLE).build();
+    TestingRunner mismatching = TestingRunner.builder()
+        .provisionInfo(ProvisionInfo.newBuilder().addDependencies(lying).build())
+        .file("/staging/m/bin", binary).build();
+    closeables.add(mismatching);
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    assertThatThrownBy(() -> pool().startWorker(mismatching.startRequest("1-1")))
+        .isInstanceOf(StatusRuntimeException.class);
+    assertThat(w.bootErrors.get(1)).contains("sha256 mismatch");
+    assertThat(w.held).isEmpty();
+  }
+
+  @Test
+  void wrapperCallsAreFencedToTheCurrentGeneration() throws Exception {
+    start(1, Duration.ofSeconds(10));
+    TestingRunner runner = runner("/staging/a/bin");
+    wrapper("slot-0", "a").attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    pool().startWorker(runner.startRequest("1-1"));
+
+    assertThat(provisionCode("slot-0", "1")).isEqualTo(Status.Code.OK);
+    assertThat(provisionCode("slot-0", "0")).isEqualTo(Status.Code.FAILED_PRECONDITION);
+    assertThat(provisionCode("slot-0", "")).isEqualTo(Status.Code.INVALID_ARGUMENT);
+    assertThat(provisionCode("slot-9", "1")).isEqualTo(Status.Code.NOT_FOUND);
+
+    runner.controls.get("1-1").onCompleted();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    assertThat(provisionCode("slot-0", "1")).isEqualTo(Status.Code.FAILED_PRECONDITION);
+  }
+
+  private Status.Code provisionCode(String slot, String generation) {
+    Metadata md = new Metadata();
+    md.put(Metadata.Key.of("worker_id", Metadata.ASCII_STRING_MARSHALLER), slot);
+    if (!generation.isEmpty()) {
+      md.put(Metadata.Key.of("recycler-generation", Metadata.ASCII_STRING_MARSHALLER), generation);
+    }
+    try {
+      ProvisionServiceGrpc.newBlockingStub(runnerChannel).withInterceptors(MetadataUtils.newAttachHeadersInterceptor(md))
+          .withDeadlineAfter(5, TimeUnit.SECONDS).getProvisionInfo(GetProvisionInfoRequest.getDefaultInstance());
+      return Status.Code.OK;
+    } catch (StatusRuntimeException e) {
+      return e.getStatus().getCode();
+    }
+  }
+
+  @Test
+  void cancelledStartWorkerReleasesItsLease() throws Exception {
+    start(1, Duration.ofSeconds(30));
+    TestingRunner runner = runner("/staging/a/bin");
+    TestingWrapper w = wrapper("slot-0", "a").behavior(TestingWrapper.Behavior.NEVER_CONNECT).attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+
+    assertThatThrownBy(() -> BeamFnExternalWorkerPoolGrpc.newBlockingStub(runnerChannel)
+        .withDeadlineAfter(1500, TimeUnit.MILLISECONDS).startWorker(runner.startRequest("1-1")))
+        .isInstanceOfSatisfying(StatusRuntimeException.class,
+            e -> assertThat(e.getStatus().getCode()).isEqualTo(Status.Code.DEADLINE_EXCEEDED));
+
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    assertThat(w.received(KindCase.EXIT)).singleElement()
+        .satisfies(m -> assertThat(m.getExit().getReason()).isEqualTo(ExitReason.EXIT_REASON_CANCELLED));
+  }
+
+  @Test
+  void crashesAndBootFailuresFailStartWorkerWithinBoundedTime() throws Exception {
+    start(1, Duration.ofSeconds(2));
+    TestingRunner runner = runner("/staging/a/bin");
+    TestingWrapper w = wrapper("slot-0", "a").behavior(TestingWrapper.Behavior.CRASH_BEFORE_CONNECT).attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+
+    assertThatThrownBy(() -> pool().startWorker(runner.startRequest("1-1")))
+        .isInstanceOfSatisfying(StatusRuntimeException.class, e -> {
+          assertThat(e.getStatus().getCode()).isEqualTo(Status.Code.UNAVAILABLE);
+          assertThat(e.getStatus().getDescription()).contains("exited with code 2 before connecting");
+        });
+
+    w.behavior(TestingWrapper.Behavior.BOOT_FAIL);
+    assertThatThrownBy(() -> pool().startWorker(runner.startRequest("1-2")))
+        .isInstanceOfSatisfying(StatusRuntimeException.class, e -> {
+          assertThat(e.getStatus().getCode()).isEqualTo(Status.Code.FAILED_PRECONDITION);
+          assertThat(e.getStatus().getDescription()).contains("go_worker_binary");
+        });
+
+    // After two failures the slot backs off; once it is idle again, a worker that never connects times out.
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    w.behavior(TestingWrapper.Behavior.NEVER_CONNECT);
+    assertThatThrownBy(() -> pool().startWorker(runner.startRequest("1-3")))
+        .isInstanceOfSatisfying(StatusRuntimeException.class,
+            e -> assertThat(e.getStatus().getCode()).isEqualTo(Status.Code.DEADLINE_EXCEEDED));
+  }
+
+  @Test
+  void workerKilledMidJobFailsTheRunnersControlStream() throws Exception {
+    start(1, Duration.ofSeconds(10));
+    TestingRunner runner = runner("/staging/a/bin");
+    TestingWrapper w = wrapper("slot-0", "a").attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    pool().startWorker(runner.startRequest("1-1"));
+
+    w.reportExited(1, 137);
+
+    await().atMost(AWAIT).until(() -> runner.controlErrors.containsKey("1-1"));
+    assertThat(runner.controlErrors.get("1-1").getCode()).isNotEqualTo(Status.Code.OK);
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    assertThat(table().getLeasesList()).singleElement().satisfies(r -> {
+      assertThat(r.getEndReason()).isIn("WORKER_LOST", "WORKER_EXITED");
+    });
+  }
+
+  @Test
+  void secondLiveWrapperForASlotIsRefusedAndMalformedStartIsInvalid() throws Exception {
+    start(1, Duration.ofSeconds(10));
+    wrapper("slot-0", "a").attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+
+    TestingWrapper dup = wrapper("slot-0", "b").attach();
+
+    await().atMost(AWAIT).until(() -> dup.attachStatus != null);
+    assertThat(dup.attachStatus.getCode()).isEqualTo(Status.Code.ALREADY_EXISTS);
+    assertThat(table().getSlots(0).getIncarnationId()).isEqualTo("a");
+
+    assertThatThrownBy(() -> pool().startWorker(StartWorkerRequest.newBuilder().setWorkerId("1-1").build()))
+        .isInstanceOfSatisfying(StatusRuntimeException.class,
+            e -> assertThat(e.getStatus().getCode()).isEqualTo(Status.Code.INVALID_ARGUMENT));
+  }
+
+  @Test
+  void closeSendsExitInstructionsAndReleasesThePort() throws Exception {
+    start(1, Duration.ofSeconds(10));
+    TestingRunner runner = runner("/staging/a/bin");
+    TestingWrapper w = wrapper("slot-0", "a").attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    pool().startWorker(runner.startRequest("1-1"));
+    int port = recycler.port();
+
+    recycler.closeAsync().get(20, TimeUnit.SECONDS);
+
+    assertThat(w.received(KindCase.EXIT)).singleElement()
+        .satisfies(m -> assertThat(m.getExit().getReason()).isEqualTo(ExitReason.EXIT_REASON_SHUTDOWN));
+    assertThat(runner.controlErrors.get("1-1")).isNotNull();
+    try (ServerSocket s = new ServerSocket(port, 1, java.net.InetAddress.getLoopbackAddress())) {
+      assertThat(s.getLocalPort()).isEqualTo(port);
+    }
+    assertThat(recycler.closeAsync()).isCompleted();
+  }
+}

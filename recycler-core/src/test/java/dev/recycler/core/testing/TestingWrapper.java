@@ -1,0 +1,297 @@
+package dev.recycler.core.testing;
+
+import dev.recycler.proto.v1.BootStage;
+import dev.recycler.proto.v1.Hello;
+import dev.recycler.proto.v1.LeaseEnded;
+import dev.recycler.proto.v1.Outcome;
+import dev.recycler.proto.v1.Pong;
+import dev.recycler.proto.v1.RecyclerMessage;
+import dev.recycler.proto.v1.SlotControlGrpc;
+import dev.recycler.proto.v1.WorkerStarted;
+import dev.recycler.proto.v1.WrapperMessage;
+import io.grpc.CallOptions;
+import io.grpc.Channel;
+import io.grpc.ClientCall;
+import io.grpc.ClientInterceptor;
+import io.grpc.ForwardingClientCall.SimpleForwardingClientCall;
+import io.grpc.ForwardingClientCallListener.SimpleForwardingClientCallListener;
+import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
+import io.grpc.MethodDescriptor;
+import io.grpc.Status;
+import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
+import io.grpc.stub.ClientCallStreamObserver;
+import io.grpc.stub.ClientResponseObserver;
+import io.grpc.stub.MetadataUtils;
+import io.grpc.stub.StreamObserver;
+import java.io.ByteArrayOutputStream;
+import java.security.MessageDigest;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionResponse;
+import org.apache.beam.model.fnexecution.v1.BeamFnControlGrpc;
+import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoRequest;
+import org.apache.beam.model.fnexecution.v1.ProvisionApi.ProvisionInfo;
+import org.apache.beam.model.fnexecution.v1.ProvisionServiceGrpc;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactRequest;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactResponse;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.ResolveArtifactsRequest;
+import org.apache.beam.model.jobmanagement.v1.ArtifactRetrievalServiceGrpc;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactFilePayload;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactInformation;
+
+/**
+ * A fake go-boot-wrapper plus its inner worker, speaking the real protocols to a recycler over loopback: attaches,
+ * boots each lease (provision, resolve, download missing digests, verify), "starts" the worker by connecting its control
+ * stream, echoes instructions, and on Exit stops the worker and reports. Scriptable with {@link Behavior}.
+ */
+public final class TestingWrapper implements AutoCloseable {
+  /** What the next leases do. */
+  public enum Behavior {
+    /** Boot and connect the worker. */
+    NORMAL,
+    /** Report a boot failure at the artifact stage. */
+    BOOT_FAIL,
+    /** Report the worker exited with code 2 before connecting. */
+    CRASH_BEFORE_CONNECT,
+    /** Start "the worker" but never connect it. */
+    NEVER_CONNECT
+  }
+
+  private static final Metadata.Key<String> WORKER_ID = Metadata.Key.of("worker_id", Metadata.ASCII_STRING_MARSHALLER);
+  private static final Metadata.Key<String> GENERATION =
+      Metadata.Key.of("recycler-generation", Metadata.ASCII_STRING_MARSHALLER);
+  private static final Metadata.Key<String> LENGTH =
+      Metadata.Key.of("recycler-content-length", Metadata.ASCII_STRING_MARSHALLER);
+
+  private final String slot;
+  private final String incarnation;
+  private final ManagedChannel channel;
+  private final ExecutorService boots = Executors.newSingleThreadExecutor();
+  private volatile Behavior behavior = Behavior.NORMAL;
+  private volatile boolean answerPings = true;
+  private StreamObserver<WrapperMessage> toRecycler;
+
+  public final List<RecyclerMessage> received = new CopyOnWriteArrayList<>();
+  public final Set<String> held = ConcurrentHashMap.newKeySet();
+  public final AtomicInteger downloads = new AtomicInteger();
+  public final List<String> contentLengths = new CopyOnWriteArrayList<>();
+  public final List<ProvisionInfo> provisioned = new CopyOnWriteArrayList<>();
+  public final List<String> bootErrors = new CopyOnWriteArrayList<>();
+  public final List<InstructionRequest> instructions = new CopyOnWriteArrayList<>();
+  public final AtomicInteger workerEofs = new AtomicInteger();
+  public volatile Status attachStatus;
+  private final Map<Long, ClientCallStreamObserver<InstructionResponse>> workers = new ConcurrentHashMap<>();
+
+  public TestingWrapper(String slot, String incarnation, String endpoint) {
+    this.slot = slot;
+    this.incarnation = incarnation;
+    this.channel = NettyChannelBuilder.forTarget(endpoint).usePlaintext().build();
+  }
+
+  public TestingWrapper behavior(Behavior b) {
+    this.behavior = b;
+    return this;
+  }
+
+  /** Stop answering pings, as a hung or half-dead wrapper would. */
+  public TestingWrapper silent() {
+    this.answerPings = false;
+    return this;
+  }
+
+  /** Opens the Attach stream and says Hello. */
+  public TestingWrapper attach() {
+    toRecycler = SlotControlGrpc.newStub(channel).attach(new StreamObserver<>() {
+      @Override
+      public void onNext(RecyclerMessage m) {
+        received.add(m);
+        switch (m.getKindCase()) {
+          case LEASE -> boots.execute(() -> boot(m.getLease()));
+          case EXIT -> boots.execute(() -> exit(m.getExit().getGeneration()));
+          case PING -> {
+            if (answerPings) {
+              send(WrapperMessage.newBuilder().setPong(Pong.newBuilder().setNonce(m.getPing().getNonce())).build());
+            }
+          }
+          default -> { }
+        }
+      }
+
+      @Override
+      public void onError(Throwable t) {
+        attachStatus = Status.fromThrowable(t);
+      }
+
+      @Override
+      public void onCompleted() {
+        attachStatus = Status.OK;
+      }
+    });
+    send(WrapperMessage.newBuilder().setHello(Hello.newBuilder().setSlotId(slot).setIncarnationId(incarnation)
+        .addAllHeldDigests(held.stream().map(d -> "sha256:" + d).toList()).setWrapperPid(4000)).build());
+    return this;
+  }
+
+  private synchronized void send(WrapperMessage m) {
+    toRecycler.onNext(m);
+  }
+
+  private Channel fenced(long generation) {
+    Metadata md = new Metadata();
+    md.put(WORKER_ID, slot);
+    md.put(GENERATION, Long.toString(generation));
+    return io.grpc.ClientInterceptors.intercept(channel, MetadataUtils.newAttachHeadersInterceptor(md));
+  }
+
+  private void boot(dev.recycler.proto.v1.Lease lease) {
+    long gen = lease.getGeneration();
+    try {
+      ProvisionInfo info = ProvisionServiceGrpc.newBlockingStub(fenced(gen)).withDeadlineAfter(10, TimeUnit.SECONDS)
+          .getProvisionInfo(GetProvisionInfoRequest.getDefaultInstance()).getInfo();
+      provisioned.add(info);
+      List<ArtifactInformation> resolved = ArtifactRetrievalServiceGrpc.newBlockingStub(fenced(gen))
+          .withDeadlineAfter(10, TimeUnit.SECONDS)
+          .resolveArtifacts(ResolveArtifactsRequest.newBuilder().addAllArtifacts(info.getDependenciesList()).build())
+          .getReplacementsList();
+      for (ArtifactInformation a : resolved) {
+        String sha = ArtifactFilePayload.parseFrom(a.getTypePayload()).getSha256();
+        if (!held.contains(sha)) {
+          fetch(gen, a, sha);
+        }
+      }
+    } catch (Exception e) {
+      bootErrors.add(Status.fromThrowable(e).getCode() + ": " + Status.fromThrowable(e).getDescription());
+      ended(gen, Outcome.OUTCOME_BOOT_FAILED, 0, "artifacts: " + e.getMessage());
+      return;
+    }
+    switch (behavior) {
+      case BOOT_FAIL -> ended(gen, Outcome.OUTCOME_BOOT_FAILED, 0, "no artifact has role go_worker_binary");
+      case CRASH_BEFORE_CONNECT -> ended(gen, Outcome.OUTCOME_WORKER_EXITED, 2, "");
+      case NEVER_CONNECT -> send(WrapperMessage.newBuilder()
+          .setWorkerStarted(WorkerStarted.newBuilder().setGeneration(gen).setPid(1000 + gen)).build());
+      case NORMAL -> {
+        send(WrapperMessage.newBuilder()
+            .setWorkerStarted(WorkerStarted.newBuilder().setGeneration(gen).setPid(1000 + gen)).build());
+        startWorker(gen, lease.getWorkerId());
+      }
+    }
+  }
+
+  private void fetch(long gen, ArtifactInformation a, String sha) throws Exception {
+    ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+    String[] length = new String[1];
+    ClientInterceptor headers = new ClientInterceptor() {
+      @Override
+      public <Q, R> ClientCall<Q, R> interceptCall(MethodDescriptor<Q, R> m, CallOptions o, Channel next) {
+        return new SimpleForwardingClientCall<>(next.newCall(m, o)) {
+          @Override
+          public void start(Listener<R> l, Metadata h) {
+            super.start(new SimpleForwardingClientCallListener<>(l) {
+              @Override
+              public void onHeaders(Metadata md) {
+                length[0] = md.get(LENGTH);
+                super.onHeaders(md);
+              }
+            }, h);
+          }
+        };
+      }
+    };
+    java.util.Iterator<GetArtifactResponse> it = ArtifactRetrievalServiceGrpc
+        .newBlockingStub(io.grpc.ClientInterceptors.intercept(fenced(gen), headers))
+        .withDeadlineAfter(10, TimeUnit.SECONDS).getArtifact(GetArtifactRequest.newBuilder().setArtifact(a).build());
+    while (it.hasNext()) {
+      it.next().getData().writeTo(bytes);
+    }
+    downloads.incrementAndGet();
+    contentLengths.add(length[0]);
+    String actual = HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(bytes.toByteArray()));
+    if (!actual.equals(sha) || !Long.toString(bytes.size()).equals(length[0])) {
+      throw new IllegalStateException("artifact does not match its digest or length");
+    }
+    held.add(sha);
+  }
+
+  private void startWorker(long gen, String workerId) {
+    Metadata md = new Metadata();
+    md.put(WORKER_ID, workerId);
+    BeamFnControlGrpc.BeamFnControlStub stub = BeamFnControlGrpc.newStub(channel)
+        .withInterceptors(MetadataUtils.newAttachHeadersInterceptor(md));
+    stub.control(new ClientResponseObserver<InstructionResponse, InstructionRequest>() {
+      private ClientCallStreamObserver<InstructionResponse> out;
+
+      @Override
+      public void beforeStart(ClientCallStreamObserver<InstructionResponse> requestStream) {
+        out = requestStream;
+        workers.put(gen, requestStream);
+      }
+
+      @Override
+      public void onNext(InstructionRequest r) {
+        instructions.add(r);
+        synchronized (out) {
+          out.onNext(InstructionResponse.newBuilder().setInstructionId(r.getInstructionId()).build());
+        }
+      }
+
+      @Override
+      public void onError(Throwable t) {
+        workerEofs.incrementAndGet();
+      }
+
+      @Override
+      public void onCompleted() {
+        // The real Go worker prints "Worker exited successfully!" and sleeps forever here.
+        workerEofs.incrementAndGet();
+      }
+    });
+  }
+
+  /** Kills the running worker of {@code generation} as SIGKILL would: its control stream breaks. */
+  public void killWorker(long generation) {
+    ClientCallStreamObserver<InstructionResponse> w = workers.remove(generation);
+    if (w != null) {
+      w.cancel("killed", null);
+    }
+  }
+
+  private void exit(long generation) {
+    killWorker(generation);
+    ended(generation, Outcome.OUTCOME_EXITED_ON_INSTRUCTION, -1, "");
+  }
+
+  /** Reports that the worker of {@code generation} exited on its own with {@code code}. */
+  public void reportExited(long generation, int code) {
+    killWorker(generation);
+    ended(generation, Outcome.OUTCOME_WORKER_EXITED, code, "");
+  }
+
+  private void ended(long gen, Outcome outcome, int code, String message) {
+    send(WrapperMessage.newBuilder().setLeaseEnded(LeaseEnded.newBuilder().setGeneration(gen).setOutcome(outcome)
+        .setExitCode(code).setMessage(message).setStage(outcome == Outcome.OUTCOME_BOOT_FAILED
+            ? BootStage.BOOT_STAGE_ARTIFACTS : BootStage.BOOT_STAGE_UNSPECIFIED)
+        .addAllHeldDigests(held.stream().map(d -> "sha256:" + d).toList())).build());
+  }
+
+  /** Messages of one kind received so far. */
+  public List<RecyclerMessage> received(RecyclerMessage.KindCase kind) {
+    return received.stream().filter(m -> m.getKindCase() == kind).toList();
+  }
+
+  @Override
+  public void close() {
+    workers.values().forEach(w -> w.cancel("wrapper closed", null));
+    boots.shutdownNow();
+    channel.shutdownNow();
+  }
+}
