@@ -1,0 +1,190 @@
+package dev.recycler.core;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.awaitility.Awaitility.await;
+
+import dev.recycler.core.testing.RunnerEnvironment;
+import dev.recycler.proto.v1.LeaseRecord;
+import dev.recycler.proto.v1.SlotStatus;
+import io.grpc.ManagedChannel;
+import io.grpc.Status;
+import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
+import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.stream.Stream;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.StopWorkerRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The recycler with the real go-boot-wrapper (one process per slot) and a real Beam Go SDK v2.70 worker binary, driven
+ * by runner environments that behave like Beam's Flink TaskManager. Needs the Go binaries that {@code .ci/run} builds
+ * first (system properties {@code recycler.wrapper.binary} and {@code recycler.worker.binary}).
+ */
+@Timeout(value = 5, unit = TimeUnit.MINUTES)
+class GoHarnessIT {
+  private static final Duration AWAIT = Duration.ofSeconds(60);
+
+  @TempDir
+  Path tmp;
+
+  private Recycler recycler;
+  private ManagedChannel channel;
+  private final List<Process> wrappers = new ArrayList<>();
+  private final List<RunnerEnvironment> environments = new ArrayList<>();
+  private Path workerBinary;
+
+  @BeforeEach
+  void setUp() throws Exception {
+    Path wrapperBinary = Path.of(System.getProperty("recycler.wrapper.binary", "missing"));
+    workerBinary = Path.of(System.getProperty("recycler.worker.binary", "missing"));
+    assertThat(wrapperBinary).as("go-boot-wrapper binary (built by .ci/run)").isExecutable();
+    assertThat(workerBinary).as("Beam Go worker binary (built by .ci/run)").isExecutable();
+    recycler = Recycler.start(RecyclerConfig.builder().slots(2, "slot-").port(0).cacheDirectory(tmp.resolve("cache"))
+        .readyTimeout(Duration.ofSeconds(60)).leaseWaitTimeout(Duration.ofSeconds(60))
+        .shutdownTimeout(Duration.ofSeconds(20)).build(), new SimpleMeterRegistry());
+    channel = NettyChannelBuilder.forTarget(recycler.endpoint()).usePlaintext().build();
+    for (int i = 0; i < 2; i++) {
+      Path log = tmp.resolve("wrapper-" + i + ".log");
+      wrappers.add(new ProcessBuilder(wrapperBinary.toString(), "--slot", "slot-" + i, "--recycler",
+          recycler.endpoint(), "--work_dir", tmp.resolve("work").toString(), "--grace_period", "2s")
+          .redirectErrorStream(true).redirectOutput(log.toFile()).start());
+    }
+    await().atMost(AWAIT).until(() -> slots().stream().allMatch(s -> s.getState().equals("IDLE")));
+  }
+
+  @AfterEach
+  void tearDown() throws Exception {
+    for (RunnerEnvironment e : environments) {
+      e.close();
+    }
+    if (channel != null) {
+      channel.shutdownNow();
+    }
+    if (recycler != null) {
+      recycler.close();
+    }
+    for (Process p : wrappers) {
+      p.destroy();
+      if (!p.waitFor(20, TimeUnit.SECONDS)) {
+        p.destroyForcibly().waitFor();
+      }
+    }
+  }
+
+  private List<SlotStatus> slots() {
+    return recycler.slotTable().getSlotsList();
+  }
+
+  private RunnerEnvironment environment(String workerId, String job) throws IOException {
+    RunnerEnvironment env = new RunnerEnvironment(workerId, workerBinary, "/staging/" + job + "/go-worker-binary");
+    environments.add(env);
+    return env;
+  }
+
+  private CompletableFuture<Void> startWorker(RunnerEnvironment env) {
+    return CompletableFuture.runAsync(() -> BeamFnExternalWorkerPoolGrpc.newBlockingStub(channel)
+        .withDeadlineAfter(90, TimeUnit.SECONDS).startWorker(env.startRequest()));
+  }
+
+  /** Processes whose command line carries {@code --id=<workerId>}: the inner worker of one lease. */
+  private static List<Long> processesOf(String workerId) throws IOException {
+    List<Long> pids = new ArrayList<>();
+    try (Stream<Path> procs = Files.list(Path.of("/proc"))) {
+      for (Path p : procs.filter(p -> p.getFileName().toString().matches("\\d+")).toList()) {
+        try {
+          String cmd = Files.readString(p.resolve("cmdline")).replace('\0', ' ');
+          if (cmd.contains("--id=" + workerId + " ") || cmd.endsWith("--id=" + workerId)) {
+            pids.add(Long.parseLong(p.getFileName().toString()));
+          }
+        } catch (IOException gone) {
+          // the process exited meanwhile
+        }
+      }
+    }
+    return pids;
+  }
+
+  private void awaitIdle() {
+    await().atMost(AWAIT).alias("all slots IDLE").untilAsserted(() -> assertThat(slots())
+        .as("slot table %s", recycler.slotTable()).allMatch(s -> s.getState().equals("IDLE")));
+  }
+
+  @Test
+  void successiveAndConcurrentLeasesRecycleSlotsWithoutRestartingWrappers() throws Exception {
+    List<Long> wrapperPids = wrappers.stream().map(Process::pid).toList();
+
+    for (int job = 1; job <= 3; job++) {
+      RunnerEnvironment env = environment("1-1", "job-" + job);
+      startWorker(env).get(90, TimeUnit.SECONDS);
+      // StartWorker returned: the worker is connected to the proxy, whose upstream stream reaches the runner next.
+      env.connected().get(10, TimeUnit.SECONDS);
+      LeaseRecord live = recycler.slotTable().getLeasesList().stream().filter(r -> r.getEndUnixMillis() == 0)
+          .findFirst().orElseThrow();
+      assertThat(processesOf(live.getWorkerId())).isNotEmpty();
+
+      env.closeControl();
+      awaitIdle();
+      assertThat(processesOf(live.getWorkerId())).as("no process of lease %s survives", live.getWorkerId()).isEmpty();
+      BeamFnExternalWorkerPoolGrpc.newBlockingStub(channel).withDeadlineAfter(10, TimeUnit.SECONDS)
+          .stopWorker(StopWorkerRequest.newBuilder().setWorkerId("1-1").build());
+    }
+
+    RunnerEnvironment a = environment("1-1", "job-a");
+    RunnerEnvironment b = environment("1-1", "job-b");
+    CompletableFuture.allOf(startWorker(a), startWorker(b)).get(90, TimeUnit.SECONDS);
+    assertThat(slots()).extracting(SlotStatus::getState).containsOnly("ACTIVE");
+    a.closeControl();
+    b.closeControl();
+    awaitIdle();
+
+    assertThat(wrappers).allMatch(Process::isAlive);
+    assertThat(wrappers.stream().map(Process::pid).toList()).isEqualTo(wrapperPids);
+    List<LeaseRecord> leases = recycler.slotTable().getLeasesList();
+    assertThat(leases).hasSize(5).allSatisfy(r -> {
+      assertThat(r.getEndReason()).isEqualTo("RUNNER_CLOSED");
+      assertThat(r.getOutcome()).isEqualTo("EXITED_ON_INSTRUCTION");
+      assertThat(r.getReadyLatencyMillis()).isNotNegative();
+    });
+    assertThat(leases).extracting(LeaseRecord::getWorkerPid).doesNotHaveDuplicates();
+    // The binary reached each wrapper once: the second and later leases of a slot found it in its local cache.
+    assertThat(recycler.meterRegistry().get("recycler.artifact.served").summary().count()).isEqualTo(2);
+    try (Stream<Path> left = Files.list(tmp.resolve("work").resolve("leases"))) {
+      assertThat(left).as("per-lease directories").isEmpty();
+    }
+  }
+
+  @Test
+  void workerKilledMidLeaseFailsTheRunnersStreamAndTheSlotRecovers() throws Exception {
+    RunnerEnvironment env = environment("1-1", "job-kill");
+    startWorker(env).get(90, TimeUnit.SECONDS);
+    LeaseRecord live = recycler.slotTable().getLeasesList().get(0);
+
+    for (long pid : processesOf(live.getWorkerId())) {
+      new ProcessBuilder("kill", "-KILL", Long.toString(pid)).start().waitFor();
+    }
+
+    Status ended = env.controlEnded().get(30, TimeUnit.SECONDS);
+    assertThat(ended.isOk()).as("runner sees the worker's loss, status %s", ended).isFalse();
+    awaitIdle();
+    LeaseRecord record = recycler.slotTable().getLeasesList().get(0);
+    assertThat(record.getEndReason()).isIn("WORKER_LOST", "WORKER_EXITED");
+    assertThat(record.getSignal()).isEqualTo("SIGKILL");
+
+    RunnerEnvironment again = environment("1-1", "job-after-kill");
+    startWorker(again).get(90, TimeUnit.SECONDS);
+    again.closeControl();
+    awaitIdle();
+  }
+}

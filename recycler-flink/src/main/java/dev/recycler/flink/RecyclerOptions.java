@@ -1,0 +1,169 @@
+package dev.recycler.flink;
+
+import java.time.Duration;
+import java.util.List;
+import org.apache.flink.configuration.ConfigOption;
+import org.apache.flink.configuration.ConfigOptions;
+import org.apache.flink.configuration.MemorySize;
+
+/**
+ * Options of the recycler inside a Flink TaskManager.
+ *
+ * <p>Flink hands an external resource driver only the keys under {@code external-resource.<name>.param.}, with that
+ * prefix removed, so every key here is written in the Flink configuration as {@code
+ * external-resource.<name>.param.<key>} (for example {@code external-resource.recycler.param.port: 50000}). The number
+ * of slots is not an option of this class: it is Flink's own {@code external-resource.<name>.amount}.
+ *
+ * <p>{@link FlinkRecyclerConfig} maps these options to the core {@code RecyclerConfig}; the defaults here equal the
+ * core defaults (checked by {@code FlinkRecyclerConfigTest}). The configuration reference in {@code docs/flink.md}
+ * lists the same keys.
+ */
+public final class RecyclerOptions {
+
+  public static final ConfigOption<Integer> PORT =
+      ConfigOptions.key("port")
+          .intType()
+          .defaultValue(50000)
+          .withDescription("The fixed gRPC port of the recycler: the Beam runner's worker pool, the wrappers' attach,"
+              + " provision and artifact services and the inner workers' control proxy. Pipelines use"
+              + " --environment_config=localhost:<port>. Must be free on every TaskManager host (pod).");
+
+  public static final ConfigOption<String> BIND_HOST =
+      ConfigOptions.key("bind-host")
+          .stringType()
+          .defaultValue("127.0.0.1")
+          .withDescription("Address the fixed port binds to. Loopback suffices when the harness containers share the"
+              + " TaskManager's network namespace (sidecars in the same pod); 0.0.0.0 to serve other hosts.");
+
+  public static final ConfigOption<String> ADVERTISE_HOST =
+      ConfigOptions.key("advertise-host")
+          .stringType()
+          .noDefaultValue()
+          .withDescription("Host the wrappers and inner workers dial for the recycler's services. Default: the bind"
+              + " host, or 127.0.0.1 when binding to a wildcard address.");
+
+  public static final ConfigOption<String> SLOT_ID_PREFIX =
+      ConfigOptions.key("slot-id-prefix")
+          .stringType()
+          .defaultValue("slot-")
+          .withDescription("Slots are named <prefix>0 ... <prefix>(amount-1); each go-boot-wrapper is started with"
+              + " --slot <id>. Ignored when slot-ids is set.");
+
+  public static final ConfigOption<List<String>> SLOT_IDS =
+      ConfigOptions.key("slot-ids")
+          .stringType()
+          .asList()
+          .noDefaultValue()
+          .withDescription("Explicit slot ids, separated by ';' (for example a;b). Their number must equal"
+              + " external-resource.<name>.amount.");
+
+  public static final ConfigOption<String> CACHE_DIR =
+      ConfigOptions.key("cache-dir")
+          .stringType()
+          .noDefaultValue()
+          .withDescription("Directory for artifacts too large to keep in memory (worker binaries). Default:"
+              + " <java.io.tmpdir>/recycler-cache-<port>.");
+
+  public static final ConfigOption<MemorySize> CACHE_MAX_SIZE =
+      ConfigOptions.key("cache-max-size")
+          .memoryType()
+          .defaultValue(MemorySize.parse("2gb"))
+          .withDescription("Upper bound of the artifact cache (memory and disk together); least recently used content"
+              + " is evicted beyond it.");
+
+  public static final ConfigOption<MemorySize> MEMORY_BLOB_MAX_SIZE =
+      ConfigOptions.key("memory-blob-max-size")
+          .memoryType()
+          .defaultValue(MemorySize.parse("8mb"))
+          .withDescription("Artifacts up to this size stay in the TaskManager's heap; larger ones go to cache-dir.");
+
+  public static final ConfigOption<Duration> LEASE_WAIT_TIMEOUT =
+      ConfigOptions.key("lease-wait-timeout")
+          .durationType()
+          .defaultValue(Duration.ofSeconds(60))
+          .withDescription("Longest a StartWorker call waits for a free slot before it fails with"
+              + " RESOURCE_EXHAUSTED.");
+
+  public static final ConfigOption<Duration> READY_TIMEOUT =
+      ConfigOptions.key("ready-timeout")
+          .durationType()
+          .defaultValue(Duration.ofSeconds(120))
+          .withDescription("Longest from leasing a slot to the inner worker's control connection before the"
+              + " StartWorker call fails (covers provisioning, the artifact download and the worker's start).");
+
+  public static final ConfigOption<Duration> DRAIN_TIMEOUT =
+      ConfigOptions.key("drain-timeout")
+          .durationType()
+          .defaultValue(Duration.ofSeconds(60))
+          .withDescription("After an exit instruction, how long to wait for the wrapper to report the lease ended"
+              + " before re-sending it and warning.");
+
+  public static final ConfigOption<Duration> ATTACH_PROBE_TIMEOUT =
+      ConfigOptions.key("attach-probe-timeout")
+          .durationType()
+          .defaultValue(Duration.ofSeconds(2))
+          .withDescription("How long the current holder of a slot has to answer a ping when another wrapper claims"
+              + " the same slot id.");
+
+  public static final ConfigOption<Duration> FAILURE_BACKOFF_BASE =
+      ConfigOptions.key("failure-backoff-base")
+          .durationType()
+          .defaultValue(Duration.ofSeconds(1))
+          .withDescription("First back-off of a slot whose lease failed before its worker was ready; doubles per"
+              + " consecutive failure.");
+
+  public static final ConfigOption<Duration> FAILURE_BACKOFF_MAX =
+      ConfigOptions.key("failure-backoff-max")
+          .durationType()
+          .defaultValue(Duration.ofSeconds(60))
+          .withDescription("Cap of the failure back-off.");
+
+  public static final ConfigOption<Duration> UPSTREAM_CALL_TIMEOUT =
+      ConfigOptions.key("upstream-call-timeout")
+          .durationType()
+          .defaultValue(Duration.ofSeconds(30))
+          .withDescription("Deadline of unary calls to the Beam runner (provision info, artifact resolution).");
+
+  public static final ConfigOption<Duration> ARTIFACT_FETCH_TIMEOUT =
+      ConfigOptions.key("artifact-fetch-timeout")
+          .durationType()
+          .defaultValue(Duration.ofMinutes(10))
+          .withDescription("Deadline of one artifact download from the Beam runner.");
+
+  public static final ConfigOption<Duration> SHUTDOWN_TIMEOUT =
+      ConfigOptions.key("shutdown-timeout")
+          .durationType()
+          .defaultValue(Duration.ofSeconds(30))
+          .withDescription("When the TaskManager stops: how long to wait for the wrappers to report their leases"
+              + " ended after the exit instructions before the server closes anyway.");
+
+  public static final ConfigOption<Integer> ADMIN_PORT =
+      ConfigOptions.key("admin-port")
+          .intType()
+          .defaultValue(-1)
+          .withDescription("Port of the admin HTTP endpoint on the bind host: GET /metrics (Prometheus text of the"
+              + " recycler's meters), /slots (the slot table as JSON), /healthz. -1 disables it, 0 picks a free"
+              + " port (reported as the admin-endpoint property).");
+
+  public static final ConfigOption<Integer> LEASE_HISTORY_SIZE =
+      ConfigOptions.key("lease-history-size")
+          .intType()
+          .defaultValue(1000)
+          .withDescription("How many ended leases the slot table (RecyclerAdmin/GetSlotTable, /slots) keeps.");
+
+  public static final ConfigOption<Boolean> FAIL_TASK_MANAGER_ON_ERROR =
+      ConfigOptions.key("fail-task-manager-on-error")
+          .booleanType()
+          .defaultValue(true)
+          .withDescription("If the recycler cannot start (port in use, bad option), stop the TaskManager process"
+              + " with exit code 1 instead of letting it run without a recycler (Flink would only log a WARN and"
+              + " every Beam job scheduled there would fail later). Either way the TaskManager log has an ERROR"
+              + " that says what to fix.");
+
+  /** The full key of {@code option} for external resource {@code resourceName}, as written in the Flink configuration. */
+  public static String paramKey(String resourceName, ConfigOption<?> option) {
+    return "external-resource." + resourceName + ".param." + option.key();
+  }
+
+  private RecyclerOptions() {}
+}
