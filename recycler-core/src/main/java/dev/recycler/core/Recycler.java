@@ -28,6 +28,7 @@ import io.micrometer.core.instrument.MeterRegistry;
 import io.micrometer.prometheusmetrics.PrometheusConfig;
 import io.micrometer.prometheusmetrics.PrometheusMeterRegistry;
 import java.io.IOException;
+import java.net.BindException;
 import java.net.InetSocketAddress;
 import java.util.ArrayList;
 import java.util.List;
@@ -115,8 +116,11 @@ public final class Recycler implements AutoCloseable {
       this.server = builder.build().start();
     } catch (IOException e) {
       timer.shutdownNow();
-      throw new IOException("cannot bind the recycler port " + config.bindHost() + ":" + config.port() + ": "
-          + e.getMessage() + " (is another recycler or worker pool running? choose a free port)", e);
+      // A typed BindException whatever Netty's transport threw, so callers need not match message text.
+      BindException bind = new BindException("cannot bind the recycler port " + config.bindHost() + ":"
+          + config.port() + ": " + e.getMessage() + " (is another recycler or worker pool running? choose a free port)");
+      bind.initCause(e);
+      throw bind;
     }
     this.endpoint = config.advertiseHost() + ":" + server.getPort();
     AdminHttpServer http = null;
@@ -127,8 +131,10 @@ public final class Recycler implements AutoCloseable {
       } catch (IOException e) {
         server.shutdownNow();
         timer.shutdownNow();
-        throw new IOException("cannot bind the admin port " + config.bindHost() + ":" + config.adminPort() + ": "
-            + e.getMessage() + " (choose a free admin port or -1 to disable it)", e);
+        BindException bind = new BindException("cannot bind the admin port " + config.bindHost() + ":"
+            + config.adminPort() + ": " + e.getMessage() + " (choose a free admin port or -1 to disable it)");
+        bind.initCause(e);
+        throw bind;
       }
     }
     this.admin = http;
@@ -144,7 +150,8 @@ public final class Recycler implements AutoCloseable {
   /**
    * Starts a recycler reporting into {@code registry}.
    *
-   * @throws IOException when the port (or admin port) cannot be bound; the message says which and what to do
+   * @throws java.net.BindException when the port (or admin port) cannot be bound; the message says which and what to do
+   * @throws IOException when the cache directory cannot be prepared
    */
   public static Recycler start(RecyclerConfig config, MeterRegistry registry) throws IOException {
     return start(config, registry, ChannelFactory.netty());

@@ -203,6 +203,30 @@ class RecyclerGrpcTest {
   }
 
   @Test
+  void anUpstreamThatStatesACachedDigestIsNotDownloadedAgain() throws Exception {
+    start(1, Duration.ofSeconds(10));
+    TestingRunner first = runner("/staging/job-a/go-worker-binary");
+    TestingWrapper w = wrapper("slot-0", "a").attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    pool().startWorker(first.startRequest("1-1"));
+    first.controls.get("1-1").onCompleted();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+
+    ArtifactInformation stated = ArtifactInformation.newBuilder().setTypeUrn("beam:artifact:type:file:v1")
+        .setTypePayload(ArtifactFilePayload.newBuilder().setPath("/staging/job-b/bin").setSha256(sha(binary)).build()
+            .toByteString()).setRoleUrn(BINARY_ROLE).build();
+    TestingRunner second = TestingRunner.builder()
+        .provisionInfo(ProvisionInfo.newBuilder().addDependencies(stated).build())
+        .file("/staging/job-b/bin", binary).build();
+    closeables.add(second);
+    pool().startWorker(second.startRequest("1-1"));
+
+    assertThat(first.artifactDownloads.get()).isEqualTo(1);
+    assertThat(second.artifactDownloads.get()).isZero();
+    assertThat(w.downloads.get()).isEqualTo(1);
+  }
+
+  @Test
   void truncatedOrMismatchedUpstreamNeverReachesAWrapper() throws Exception {
     start(1, Duration.ofSeconds(10));
     TestingRunner truncating = TestingRunner.builder()
@@ -344,6 +368,17 @@ class RecyclerGrpcTest {
     assertThatThrownBy(() -> pool().startWorker(StartWorkerRequest.newBuilder().setWorkerId("1-1").build()))
         .isInstanceOfSatisfying(StatusRuntimeException.class,
             e -> assertThat(e.getStatus().getCode()).isEqualTo(Status.Code.INVALID_ARGUMENT));
+  }
+
+  @Test
+  void aTakenPortIsATypedBindErrorThatSaysWhatToDo() throws Exception {
+    try (ServerSocket taken = new ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress())) {
+      assertThatThrownBy(() -> Recycler.start(RecyclerConfig.builder().slots(1, "s").port(taken.getLocalPort())
+          .build(), new SimpleMeterRegistry()))
+          .isInstanceOf(java.net.BindException.class)
+          .hasMessageContaining("cannot bind the recycler port 127.0.0.1:" + taken.getLocalPort())
+          .hasMessageContaining("choose a free port");
+    }
   }
 
   @Test

@@ -225,7 +225,12 @@ public final class ArtifactCache {
     }
   }
 
-  /** Deletes the cache directory's contents. */
+  /** Runs pending evictions now (tests, metrics). */
+  void cleanUp() {
+    blobs.cleanUp();
+  }
+
+  /** Drops every blob (and its file). */
   public void clear() {
     blobs.invalidateAll();
     blobs.cleanUp();

@@ -163,6 +163,13 @@ public final class Artifacts {
   }
 
   private CompletableFuture<Blob> blobFor(Lease lease, ArtifactInformation artifact) {
+    String stated = digestOf(artifact);
+    Blob known = stated.isEmpty() ? null : cache.blob(stated);
+    if (known != null) {
+      // The upstream states its content (Beam's job server does not, other runners may): no download needed.
+      metrics.cacheHit();
+      return CompletableFuture.completedFuture(known);
+    }
     String key = upstreamKey(artifact);
     if (cache.contains(key)) {
       metrics.cacheHit();

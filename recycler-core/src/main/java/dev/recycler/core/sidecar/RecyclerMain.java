@@ -191,9 +191,9 @@ public final class RecyclerMain {
     try {
       for (String[] unit : List.of(new String[] {"ms", "MILLIS"}, new String[] {"s", "SECONDS"},
           new String[] {"m", "MINUTES"}, new String[] {"h", "HOURS"})) {
-        if (s.endsWith(unit[0]) && s.length() > unit[0].length()
-            && Character.isDigit(s.charAt(s.length() - unit[0].length() - 1))) {
-          long n = Long.parseLong(s.substring(0, s.length() - unit[0].length()));
+        String number = s.endsWith(unit[0]) ? s.substring(0, s.length() - unit[0].length()) : "";
+        if (!number.isEmpty() && number.chars().allMatch(Character::isDigit)) {
+          long n = Long.parseLong(number);
           return Duration.of(n, java.time.temporal.ChronoUnit.valueOf(unit[1]));
         }
       }

@@ -1,0 +1,121 @@
+package dev.recycler.core.artifact;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.MessageDigest;
+import java.util.HexFormat;
+import java.util.Random;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+@Timeout(value = 30, unit = TimeUnit.SECONDS)
+class ArtifactCacheTest {
+  @TempDir
+  Path dir;
+
+  private static byte[] bytes(int n, int seed) {
+    byte[] b = new byte[n];
+    new Random(seed).nextBytes(b);
+    return b;
+  }
+
+  private static String sha(byte[] b) throws Exception {
+    return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(b));
+  }
+
+  private static Blob store(ArtifactCache cache, byte[] content) throws IOException {
+    ArtifactCache.Writer w = cache.newWriter();
+    for (int off = 0; off < content.length; off += 1000) {
+      w.write(content, off, Math.min(1000, content.length - off));
+    }
+    return w.commit("");
+  }
+
+  private long filesIn(Path d) throws IOException {
+    try (Stream<Path> s = Files.list(d)) {
+      return s.filter(Files::isRegularFile).count();
+    }
+  }
+
+  @Test
+  void smallContentStaysInMemoryAndLargeContentSpillsToDisk() throws Exception {
+    ArtifactCache cache = new ArtifactCache(dir, 10L << 20, 4096);
+    byte[] small = bytes(1000, 1);
+    byte[] large = bytes(50_000, 2);
+
+    Blob s = store(cache, small);
+    Blob l = store(cache, large);
+
+    assertThat(s).isInstanceOf(Blob.InMemory.class);
+    assertThat(l).isInstanceOf(Blob.OnDisk.class);
+    assertThat(s.sha256()).isEqualTo(sha(small));
+    assertThat(l.sha256()).isEqualTo(sha(large));
+    assertThat(l.size()).isEqualTo(large.length);
+    try (var in = l.open()) {
+      assertThat(in.readAllBytes()).isEqualTo(large);
+    }
+    assertThat(cache.blob(sha(large))).isSameAs(l);
+  }
+
+  @Test
+  void evictionKeepsTheCacheWithinItsBoundAndDeletesSpilledFiles() throws Exception {
+    ArtifactCache cache = new ArtifactCache(dir, 1L << 20, 1024);
+    for (int i = 0; i < 8; i++) {
+      store(cache, bytes(300_000, i));
+    }
+    cache.cleanUp();
+
+    assertThat(cache.sizeBytes()).isLessThanOrEqualTo(1L << 20);
+    assertThat(filesIn(dir)).isLessThanOrEqualTo(3);
+  }
+
+  @Test
+  void concurrentRequestsForOneUpstreamArtifactShareOneFetch() throws Exception {
+    ArtifactCache cache = new ArtifactCache(null, 10L << 20, 0);
+    AtomicInteger fetches = new AtomicInteger();
+    CompletableFuture<Blob> gate = new CompletableFuture<>();
+
+    CompletableFuture<Blob> a = cache.get("key", () -> {
+      fetches.incrementAndGet();
+      return gate;
+    });
+    CompletableFuture<Blob> b = cache.get("key", () -> {
+      fetches.incrementAndGet();
+      return gate;
+    });
+    gate.complete(store(cache, bytes(100, 3)));
+
+    assertThat(fetches).hasValue(1);
+    assertThat(a.join()).isSameAs(b.join());
+    assertThat(cache.get("key", () -> CompletableFuture.failedFuture(new AssertionError("cached")))).isDone();
+  }
+
+  @Test
+  void failedFetchesAreNotCachedAndMismatchedContentIsRefused() throws Exception {
+    ArtifactCache cache = new ArtifactCache(dir, 10L << 20, 10);
+    CompletableFuture<Blob> failed = cache.get("k", () -> CompletableFuture.failedFuture(new IOException("reset")));
+    assertThat(failed).isCompletedExceptionally();
+    AtomicInteger fetches = new AtomicInteger();
+    cache.get("k", () -> {
+      fetches.incrementAndGet();
+      return CompletableFuture.completedFuture(null);
+    });
+    assertThat(fetches).as("a failed fetch is retried, not remembered").hasValue(1);
+
+    ArtifactCache.Writer w = cache.newWriter();
+    byte[] content = bytes(500, 4);
+    w.write(content, 0, content.length);
+    assertThatThrownBy(() -> w.commit("00".repeat(32))).hasMessageContaining("sha256 mismatch");
+    assertThat(cache.blob(sha(content))).isNull();
+    assertThat(filesIn(dir.resolve("tmp"))).as("the partial file is deleted").isZero();
+  }
+}

@@ -1,0 +1,289 @@
+package dev.recycler.core.bench;
+
+import dev.recycler.core.testing.RunnerEnvironment;
+import dev.recycler.proto.v1.GetSlotTableRequest;
+import dev.recycler.proto.v1.LeaseRecord;
+import dev.recycler.proto.v1.RecyclerAdminGrpc;
+import dev.recycler.proto.v1.SlotTable;
+import io.grpc.ManagedChannel;
+import io.grpc.StatusRuntimeException;
+import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.LockSupport;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import java.util.stream.Stream;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerResponse;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.StopWorkerRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
+
+/**
+ * This project: the recycler sidecar ({@code java -jar recycler-core.jar}) as its own process, plus one
+ * go-boot-wrapper process per slot. The runner reaches the recycler's fixed port with a fresh channel per environment,
+ * as Beam's {@code ExternalEnvironmentFactory} does.
+ */
+final class RecyclerSubject implements Subject {
+  private static final Pattern LISTENING = Pattern.compile("recycler listening on (\\S+) admin http://(\\S+)");
+
+  private final String name;
+  private final Path recyclerJar;
+  private final Path wrapperBinary;
+  private final int slots;
+  private final long wrapperCacheMaxMb;
+  private final Path dir;
+  private final List<String> jvmOptions;
+  private Process recycler;
+  private final List<Process> wrappers = new ArrayList<>();
+  private String endpoint;
+  private String adminUrl;
+  private ManagedChannel adminChannel;
+  private final HttpClient http = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build();
+
+  /**
+   * @param wrapperCacheMaxMb the wrappers' {@code --cache_max_mb}: 1 keeps only the newest binary (cold runs)
+   * @param dir a fresh directory for the cache, the wrappers' work dir and the logs
+   */
+  RecyclerSubject(String name, Path recyclerJar, Path wrapperBinary, int slots, long wrapperCacheMaxMb, Path dir,
+      List<String> jvmOptions) {
+    this.name = name;
+    this.recyclerJar = recyclerJar;
+    this.wrapperBinary = wrapperBinary;
+    this.slots = slots;
+    this.wrapperCacheMaxMb = wrapperCacheMaxMb;
+    this.dir = dir;
+    this.jvmOptions = jvmOptions;
+  }
+
+  @Override
+  public String name() {
+    return name;
+  }
+
+  Path recyclerLog() {
+    return dir.resolve("recycler.log");
+  }
+
+  Path wrapperLog(int i) {
+    return dir.resolve("wrapper-" + i + ".log");
+  }
+
+  @Override
+  public void start() throws Exception {
+    Files.createDirectories(dir);
+    List<String> cmd = new ArrayList<>();
+    cmd.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
+    cmd.addAll(jvmOptions);
+    // Timestamps on the recycler's log lines, for the lease breakdown.
+    cmd.add("-Dorg.slf4j.simpleLogger.showDateTime=true");
+    cmd.add("-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSXXX");
+    cmd.addAll(List.of("-jar", recyclerJar.toString(), "--port", "0", "--admin-port", "0", "--slots",
+        Integer.toString(slots), "--cache-dir", dir.resolve("recycler-cache").toString(), "--cache-max-bytes",
+        Long.toString(1L << 30), "--ready-timeout", "60s", "--lease-wait-timeout", "120s"));
+    recycler = new ProcessBuilder(cmd).redirectError(recyclerLog().toFile()).start();
+    BufferedReader out = new BufferedReader(new InputStreamReader(recycler.getInputStream(), StandardCharsets.UTF_8));
+    String line;
+    Matcher m = null;
+    while ((line = out.readLine()) != null) {
+      m = LISTENING.matcher(line);
+      if (m.find()) {
+        break;
+      }
+      m = null;
+    }
+    if (m == null) {
+      throw new IllegalStateException("recycler did not start; see " + recyclerLog());
+    }
+    endpoint = m.group(1);
+    adminUrl = "http://" + m.group(2);
+    Thread drain = new Thread(() -> {
+      try {
+        out.transferTo(java.io.Writer.nullWriter());
+      } catch (IOException ignored) {
+        // recycler stopped
+      }
+    }, "recycler-stdout");
+    drain.setDaemon(true);
+    drain.start();
+    adminChannel = NettyChannelBuilder.forTarget(endpoint).usePlaintext().build();
+    for (int i = 0; i < slots; i++) {
+      wrappers.add(new ProcessBuilder(wrapperBinary.toString(), "--slot", "slot-" + i, "--recycler", endpoint,
+          "--work_dir", dir.resolve("work").toString(), "--grace_period", "2s", "--log_format", "json",
+          "--cache_max_mb", Long.toString(wrapperCacheMaxMb))
+          .redirectErrorStream(true).redirectOutput(wrapperLog(i).toFile()).start());
+    }
+    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+    while (!table(0).getSlotsList().stream().allMatch(s -> s.getState().equals("IDLE"))) {
+      if (System.nanoTime() > deadline) {
+        throw new IllegalStateException("wrappers did not attach within 60 s: " + table(0));
+      }
+      LockSupport.parkNanos(TimeUnit.MILLISECONDS.toNanos(20));
+    }
+  }
+
+  private SlotTable table(int maxLeases) {
+    return RecyclerAdminGrpc.newBlockingStub(adminChannel).withDeadlineAfter(10, TimeUnit.SECONDS)
+        .getSlotTable(GetSlotTableRequest.newBuilder().setMaxLeases(maxLeases).build());
+  }
+
+  /** The whole slot table (with every kept lease record). */
+  SlotTable slotTable() {
+    return table(0);
+  }
+
+  @Override
+  public Map<Long, String> longLived() {
+    Map<Long, String> m = new LinkedHashMap<>();
+    m.put(recycler.pid(), "recycler (JVM)");
+    for (int i = 0; i < wrappers.size(); i++) {
+      m.put(wrappers.get(i).pid(), "go-boot-wrapper slot-" + i);
+    }
+    return m;
+  }
+
+  @Override
+  public LeaseSample lease(Lease l) throws Exception {
+    try (RunnerEnvironment env = new RunnerEnvironment(l.workerId(), l.binary(), l.stagingPath())) {
+      ManagedChannel ch = NettyChannelBuilder.forTarget(endpoint).usePlaintext().build();
+      try {
+        var pool = BeamFnExternalWorkerPoolGrpc.newBlockingStub(ch);
+        long t0 = System.nanoTime();
+        StartWorkerResponse r;
+        try {
+          r = pool.withDeadlineAfter(120, TimeUnit.SECONDS).startWorker(env.startRequest());
+        } catch (StatusRuntimeException e) {
+          return new LeaseSample(l.run(), l.index(), -1, -1, env.artifactBytes(), "StartWorker: " + e.getStatus());
+        }
+        if (!r.getError().isEmpty()) {
+          return new LeaseSample(l.run(), l.index(), -1, -1, env.artifactBytes(), "StartWorker: " + r.getError());
+        }
+        long ready = env.connected().get(60, TimeUnit.SECONDS);
+        Instant closedAt = Instant.now();
+        env.closeControl();
+        try {
+          pool.withDeadlineAfter(30, TimeUnit.SECONDS)
+              .stopWorker(StopWorkerRequest.newBuilder().setWorkerId(l.workerId()).build());
+        } catch (StatusRuntimeException e) {
+          // Beam ignores StopWorker errors too; the lease already ended with the control close.
+        }
+        LeaseRecord ended = awaitEnded(l.workerId());
+        double closedMs = closedAt.getEpochSecond() * 1e3 + closedAt.getNano() / 1e6;
+        double releaseMs = Math.max(0, ended.getEndUnixMillis() - closedMs);
+        String err = ended.getEndReason().equals("RUNNER_CLOSED") || ended.getEndReason().equals("STOP_WORKER")
+            ? "" : "lease ended with " + ended.getEndReason() + " " + ended.getOutcome();
+        return new LeaseSample(l.run(), l.index(), (ready - t0) / 1e6, releaseMs, env.artifactBytes(), err);
+      } finally {
+        ch.shutdownNow();
+        ch.awaitTermination(5, TimeUnit.SECONDS);
+      }
+    }
+  }
+
+  /** Polls the slot table (1 ms) until the runner's lease has ended and its slot is IDLE again. */
+  private LeaseRecord awaitEnded(String runnerWorkerId) {
+    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+    while (System.nanoTime() < deadline) {
+      SlotTable t = table(4 * slots + 4);
+      for (LeaseRecord r : t.getLeasesList()) {
+        if (r.getRunnerWorkerId().equals(runnerWorkerId) && r.getEndUnixMillis() != 0) {
+          boolean idle = t.getSlotsList().stream().filter(s -> s.getSlotId().equals(r.getSlotId()))
+              .allMatch(s -> s.getState().equals("IDLE") && s.getGeneration() == r.getGeneration());
+          if (idle) {
+            return r;
+          }
+        }
+      }
+      LockSupport.parkNanos(TimeUnit.MILLISECONDS.toNanos(1));
+    }
+    throw new IllegalStateException("lease of " + runnerWorkerId + " did not end within 60 s: " + table(8));
+  }
+
+  /** Sum of a Prometheus sample from the admin endpoint's /metrics. */
+  double metric(String sample) throws IOException, InterruptedException {
+    String body = http.send(HttpRequest.newBuilder(URI.create(adminUrl + "/metrics")).timeout(Duration.ofSeconds(10))
+        .build(), HttpResponse.BodyHandlers.ofString()).body();
+    double sum = 0;
+    for (String line : body.split("\n")) {
+      if (line.startsWith(sample + " ") || line.startsWith(sample + "{")) {
+        sum += Double.parseDouble(line.substring(line.lastIndexOf(' ') + 1));
+      }
+    }
+    return sum;
+  }
+
+  @Override
+  public long secondHopBytes() {
+    try {
+      return (long) metric("recycler_artifact_served_bytes_sum");
+    } catch (IOException | InterruptedException e) {
+      throw new IllegalStateException("cannot scrape the recycler's /metrics", e);
+    }
+  }
+
+  @Override
+  public Leftovers leftovers(boolean cleanUp) throws IOException {
+    List<ProcFs.Proc> all = ProcFs.all();
+    List<Long> roots = new ArrayList<>(longLived().keySet());
+    String work = dir.resolve("work").toString();
+    List<ProcFs.Proc> family = new ArrayList<>(ProcFs.descendants(roots, all));
+    // Also anything that escaped the tree but still runs from a lease directory.
+    all.stream().filter(p -> p.cmdline().contains(work) && !roots.contains(p.pid())
+        && family.stream().noneMatch(f -> f.pid() == p.pid())).forEach(family::add);
+    int procs = (int) family.stream().filter(p -> !p.zombie()).count();
+    int zombies = (int) family.stream().filter(ProcFs.Proc::zombie).count();
+    List<String> details = new ArrayList<>();
+    family.stream().limit(4).forEach(p -> details.add(p.pid() + " " + p.state() + " " + abbreviate(p.cmdline())));
+    int files = 0;
+    Path leases = dir.resolve("work").resolve("leases");
+    if (Files.isDirectory(leases)) {
+      try (Stream<Path> s = Files.list(leases)) {
+        files = (int) s.count();
+      }
+    }
+    if (files > 0) {
+      details.add(files + " lease directories under " + leases);
+    }
+    return new Leftovers(procs, zombies, files, 0, details);
+  }
+
+  static String abbreviate(String s) {
+    return s.length() > 100 ? s.substring(0, 100) + "..." : s;
+  }
+
+  @Override
+  public void close() throws Exception {
+    if (adminChannel != null) {
+      adminChannel.shutdownNow();
+    }
+    // SIGTERM: wrappers stop their workers and exit 0; the recycler closes cleanly.
+    for (Process w : wrappers) {
+      w.destroy();
+    }
+    for (Process w : wrappers) {
+      if (!w.waitFor(20, TimeUnit.SECONDS)) {
+        w.destroyForcibly().waitFor();
+      }
+    }
+    if (recycler != null) {
+      recycler.destroy();
+      if (!recycler.waitFor(30, TimeUnit.SECONDS)) {
+        recycler.destroyForcibly().waitFor();
+      }
+    }
+  }
+}

@@ -1,0 +1,59 @@
+package dev.recycler.core.bench;
+
+import java.util.List;
+import java.util.Map;
+
+/**
+ * One way of getting a Go SDK worker for a runner environment: this project, Beam's worker pool, or the bare exec
+ * floor. Implementations own every process they start and stop them all in {@link #close()}.
+ */
+interface Subject extends AutoCloseable {
+  /** Short name used in tables and file names. */
+  String name();
+
+  /** Starts the long-lived processes (if any) and waits until they serve. */
+  void start() throws Exception;
+
+  /** The long-lived processes whose CPU, fds, threads and RSS are reported, pid to label. */
+  Map<Long, String> longLived();
+
+  /**
+   * Runs one full lease for {@code env}'s worker id: start, wait for the runner's control connection, close control,
+   * release, wait until reusable. Thread-safe: the concurrent runs call it from several threads.
+   */
+  LeaseSample lease(Lease lease) throws Exception;
+
+  /**
+   * CPU ticks of processes of this subject that no long-lived process reaps (so their CPU is not in its cutime),
+   * read just before they were killed; cumulative.
+   */
+  default long unreapedTicks() {
+    return 0;
+  }
+
+  /** Bytes the recycler sent to wrappers so far (cumulative), or 0 where there is no second hop. */
+  default long secondHopBytes() {
+    return 0;
+  }
+
+  /**
+   * Counts what this subject left behind (processes, zombies, files) beyond its long-lived processes. When {@code
+   * cleanUp} is set, also removes what it can (Beam's pool: kills the leaked workers and deletes their binary copies).
+   */
+  Leftovers leftovers(boolean cleanUp) throws Exception;
+
+  /** What was left over at one moment. {@code details} lists examples for the report. */
+  record Leftovers(int processes, int zombies, int files, long fileBytes, List<String> details) {
+    static final Leftovers NONE = new Leftovers(0, 0, 0, 0, List.of());
+
+    Leftovers plus(Leftovers o) {
+      List<String> d = new java.util.ArrayList<>(details);
+      d.addAll(o.details);
+      return new Leftovers(processes + o.processes, zombies + o.zombies, files + o.files, fileBytes + o.fileBytes,
+          d.size() > 6 ? d.subList(0, 6) : d);
+    }
+  }
+
+  /** What a lease is run with. */
+  record Lease(String run, int index, String workerId, String stagingPath, java.nio.file.Path binary) {}
+}
