@@ -7,7 +7,6 @@ import dev.recycler.core.testing.RunnerEnvironment;
 import dev.recycler.proto.v1.LeaseRecord;
 import dev.recycler.proto.v1.SlotStatus;
 import io.grpc.ManagedChannel;
-import io.grpc.Status;
 import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
 import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
 import java.io.IOException;
@@ -19,6 +18,7 @@ import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.stream.Stream;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionResponse;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StopWorkerRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
 import org.junit.jupiter.api.AfterEach;
@@ -175,9 +175,12 @@ class GoHarnessIT {
       new ProcessBuilder("kill", "-KILL", Long.toString(pid)).start().waitFor();
     }
 
-    Status ended = env.controlEnded().get(30, TimeUnit.SECONDS);
-    assertThat(ended.isOk()).as("runner sees the worker's loss, status %s", ended).isFalse();
     awaitIdle();
+    // The runner is never left waiting: its next instruction is answered with an error (Beam then fails the bundle).
+    InstructionResponse answer = env.send("after-kill").get(30, TimeUnit.SECONDS);
+    assertThat(answer.getError()).contains("slot-0").contains("gone");
+    assertThat(env.controlEnded()).as("the runner closes its stream itself").isNotDone();
+    env.closeControl();
     LeaseRecord record = recycler.slotTable().getLeasesList().get(0);
     assertThat(record.getEndReason()).isIn("WORKER_LOST", "WORKER_EXITED");
     assertThat(record.getSignal()).isEqualTo("SIGKILL");

@@ -335,22 +335,33 @@ class RecyclerGrpcTest {
             e -> assertThat(e.getStatus().getCode()).isEqualTo(Status.Code.DEADLINE_EXCEEDED));
   }
 
+  /**
+   * Regression: the proxy used to cancel the runner's control stream when the worker died. Beam's FnApiControlClient
+   * never completes requests sent on a closed client (and a stream cancelled before it reached Beam left the runner
+   * waiting for a client), so jobs hung. Now every unanswered and later instruction gets an error response.
+   */
   @Test
-  void workerKilledMidJobFailsTheRunnersControlStream() throws Exception {
+  void workerKilledMidJobAnswersTheRunnersInstructionsWithErrors() throws Exception {
     start(1, Duration.ofSeconds(10));
     TestingRunner runner = runner("/staging/a/bin");
     TestingWrapper w = wrapper("slot-0", "a").attach();
     await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
     pool().startWorker(runner.startRequest("1-1"));
+    await().atMost(AWAIT).until(() -> runner.controls.containsKey("1-1"));
 
+    w.freezeWorker(1);
+    runner.controls.get("1-1").onNext(InstructionRequest.newBuilder().setInstructionId("in-flight").build());
+    await().atMost(AWAIT).until(() -> w.instructions.size() == 1);
     w.reportExited(1, 137);
-
-    await().atMost(AWAIT).until(() -> runner.controlErrors.containsKey("1-1"));
-    assertThat(runner.controlErrors.get("1-1").getCode()).isNotEqualTo(Status.Code.OK);
     await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
-    assertThat(table().getLeasesList()).singleElement().satisfies(r -> {
-      assertThat(r.getEndReason()).isIn("WORKER_LOST", "WORKER_EXITED");
-    });
+    runner.controls.get("1-1").onNext(InstructionRequest.newBuilder().setInstructionId("later").build());
+
+    await().atMost(AWAIT).until(() -> runner.responses.getOrDefault("1-1", List.of()).size() == 2);
+    assertThat(runner.responses.get("1-1")).extracting(r -> r.getInstructionId()).containsExactly("in-flight", "later");
+    assertThat(runner.responses.get("1-1")).allSatisfy(r -> assertThat(r.getError()).contains("slot-0"));
+    assertThat(runner.controlErrors).as("the runner closes the stream itself").doesNotContainKey("1-1");
+    assertThat(table().getLeasesList()).singleElement()
+        .satisfies(r -> assertThat(r.getEndReason()).isIn("WORKER_LOST", "WORKER_EXITED"));
   }
 
   @Test

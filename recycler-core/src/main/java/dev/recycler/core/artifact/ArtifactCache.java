@@ -30,7 +30,12 @@ import org.slf4j.LoggerFactory;
  * job server stages files without a sha256, so identity is computed here while downloading.
  *
  * <p>Concurrency: Caffeine's maps are thread-safe; concurrent {@link #get} calls for one upstream key share one fetch
- * through the {@code inflight} map (put-if-absent of a placeholder future, removed when the fetch ends).
+ * through the {@code inflight} map (put-if-absent of a placeholder future, removed when the fetch ends). Pins are
+ * counted under the {@code pins} map's monitor, which the removal listener also takes.
+ *
+ * <p>Pinning: a size-bounded Caffeine cache may evict a newly added entry at once. A blob resolved for a live lease
+ * is pinned until the lease ends: if it is evicted meanwhile, its file is kept and {@link #blob} still finds it; the
+ * file is deleted when the last pin goes (unless the content was cached again).
  *
  * <p>Failure handling: a fetch that fails, is truncated or does not match the sha256 its upstream stated never enters
  * the cache; its temporary file is deleted.
@@ -43,6 +48,18 @@ public final class ArtifactCache {
   private final Cache<String, Blob> blobs;
   private final Cache<String, String> digestByKey;
   private final Map<String, CompletableFuture<Blob>> inflight = new ConcurrentHashMap<>();
+  /** Pinned blobs by sha256: how many leases hold each, and whether the cache evicted it meanwhile. */
+  private final Map<String, Pin> pins = new java.util.HashMap<>();
+
+  private static final class Pin {
+    final Blob blob;
+    int count;
+    boolean evicted;
+
+    Pin(Blob blob) {
+      this.blob = blob;
+    }
+  }
 
   /**
    * @param dir where blobs larger than {@code memoryBlobMaxBytes} are spilled; {@code null} keeps all in memory.
@@ -59,21 +76,66 @@ public final class ArtifactCache {
         .maximumWeight(Math.max(1, maxBytes / 1024))
         .weigher((String k, Blob b) -> (int) Math.min(Integer.MAX_VALUE, Math.max(1, (b.size() + 1023) / 1024)))
         .removalListener((String k, Blob b, RemovalCause cause) -> {
-          if (b instanceof Blob.OnDisk d) {
-            try {
-              Files.deleteIfExists(d.path());
-            } catch (IOException e) {
-              LOG.warn("could not delete evicted artifact file={}: {}", d.path(), e.toString());
+          synchronized (pins) {
+            Pin pin = pins.get(k);
+            if (pin != null) {
+              pin.evicted = true;
+              return;
             }
           }
+          deleteFile(b);
         })
         .build();
     this.digestByKey = Caffeine.newBuilder().maximumSize(100_000).build();
   }
 
-  /** The blob with this sha256, if cached. */
+  /** The blob with this sha256, if cached or pinned. */
   public Blob blob(String sha256) {
-    return blobs.getIfPresent(sha256);
+    Blob b = blobs.getIfPresent(sha256);
+    if (b != null) {
+      return b;
+    }
+    synchronized (pins) {
+      Pin pin = pins.get(sha256);
+      return pin == null ? null : pin.blob;
+    }
+  }
+
+  /** Keeps {@code blob} available (its file undeleted) until a matching {@link #unpin}. */
+  public void pin(Blob blob) {
+    synchronized (pins) {
+      pins.computeIfAbsent(blob.sha256(), d -> new Pin(blob)).count++;
+    }
+  }
+
+  /** Releases one pin; the last one deletes the file of a blob the cache evicted meanwhile. */
+  public void unpin(String sha256) {
+    Blob orphan = null;
+    synchronized (pins) {
+      Pin pin = pins.get(sha256);
+      if (pin == null) {
+        return;
+      }
+      if (--pin.count == 0) {
+        pins.remove(sha256);
+        if (pin.evicted && blobs.getIfPresent(sha256) == null) {
+          orphan = pin.blob;
+        }
+      }
+    }
+    if (orphan != null) {
+      deleteFile(orphan);
+    }
+  }
+
+  private static void deleteFile(Blob b) {
+    if (b instanceof Blob.OnDisk d) {
+      try {
+        Files.deleteIfExists(d.path());
+      } catch (IOException e) {
+        LOG.warn("could not delete evicted artifact file={}: {}", d.path(), e.toString());
+      }
+    }
   }
 
   /** The cached blob for an upstream identity, if both the identity and its content are still cached. */

@@ -65,9 +65,23 @@ public final class Artifacts {
     return cache;
   }
 
-  /** Forgets the lease's scope. */
+  /** Forgets the lease's scope and releases its pinned blobs. */
   public void onEnded(Lease lease) {
-    scopes.remove(lease);
+    Map<String, ArtifactInformation> scope = scopes.remove(lease);
+    if (scope != null) {
+      scope.keySet().forEach(cache::unpin);
+    }
+  }
+
+  /** Adds a blob to the lease's scope, pinning it once per lease so eviction cannot take it from a booting wrapper. */
+  private void admit(Lease lease, Blob blob, ArtifactInformation origin) {
+    if (scope(lease).putIfAbsent(blob.sha256(), origin) == null) {
+      cache.pin(blob);
+      if (!lease.isLive()) {
+        // The lease ended while this blob was fetched; onEnded may have run already.
+        onEnded(lease);
+      }
+    }
   }
 
   /**
@@ -79,7 +93,7 @@ public final class Artifacts {
       List<CompletableFuture<ArtifactInformation>> each = new ArrayList<>();
       for (ArtifactInformation a : resolved) {
         each.add(blobFor(lease, a).thenApply(blob -> {
-          scope(lease).put(blob.sha256(), a);
+          admit(lease, blob, a);
           return named(a, blob);
         }));
       }
@@ -98,7 +112,7 @@ public final class Artifacts {
     String digest = digestOf(requested);
     if (digest.isEmpty()) {
       return blobFor(lease, requested).thenApply(b -> {
-        scope(lease).put(b.sha256(), requested);
+        admit(lease, b, requested);
         return b;
       });
     }

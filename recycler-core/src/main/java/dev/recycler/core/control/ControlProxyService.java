@@ -31,7 +31,13 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Why a proxy: the lease is ready exactly when the worker's control stream is connected (then StartWorker returns),
  * the runner's close is seen at once (then the slot gets its exit instruction), and a worker that dies fails the
- * runner's stream instead of leaving it waiting. Data, state and logging go from the worker to the runner directly.
+ * runner's bundles instead of leaving them waiting. Data, state and logging go from the worker to the runner directly.
+ *
+ * <p>When the worker is lost (crash, SIGKILL, wrapper gone) the runner's side is <b>not</b> closed: Beam's {@code
+ * FnApiControlClient.handle} never completes a request sent on a closed client, and a stream cancelled before it
+ * reached Beam leaves the runner waiting for a client forever. Instead the proxy stays as an orphan responder: every
+ * instruction the worker left unanswered, and every later one, gets an {@code InstructionResponse} with an error, so
+ * Beam fails the bundle and tears the environment down, closing the stream itself.
  */
 final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase {
   private static final Logger LOG = LoggerFactory.getLogger(ControlProxyService.class);
@@ -112,6 +118,10 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
     private ClientCallStreamObserver<InstructionResponse> toRunner;
     private boolean workerOpen = true;
     private boolean runnerOpen = true;
+    /** Set when the worker is gone: answer every instruction with this error. */
+    private String orphanError;
+    /** Instructions forwarded to the worker and not answered yet. */
+    private final java.util.Set<String> pending = new java.util.LinkedHashSet<>();
 
     Proxy(Lease lease, ServerCallStreamObserver<InstructionRequest> toWorker) {
       this.lease = lease;
@@ -130,7 +140,10 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       @Override
       public void onNext(InstructionRequest request) {
         synchronized (Proxy.this) {
-          if (workerOpen) {
+          if (orphanError != null) {
+            answerWithError(request.getInstructionId());
+          } else if (workerOpen) {
+            pending.add(request.getInstructionId());
             toWorker.onNext(request);
           }
         }
@@ -151,6 +164,7 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       @Override
       public void onNext(InstructionResponse response) {
         synchronized (Proxy.this) {
+          pending.remove(response.getInstructionId());
           if (runnerOpen) {
             toRunner.onNext(response);
           }
@@ -192,20 +206,35 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       pool.controlEnded(lease, EndReason.RUNNER_CLOSED);
     }
 
-    /** The worker's side ended first (crash, kill, clean close): fail the runner's side so it does not wait. */
+    /** The worker's side ended first (crash, kill, clean close): become the orphan responder for the runner. */
     private void workerGone(String why) {
       synchronized (this) {
         if (!workerOpen) {
           return;
         }
         workerOpen = false;
-        if (runnerOpen) {
-          runnerOpen = false;
-          toRunner.onError(Status.UNAVAILABLE.withDescription(why).asRuntimeException());
-        }
+        orphan("the Go worker of slot " + lease.slotId() + " (generation " + lease.generation() + ") is gone: " + why);
       }
       LOG.warn("worker lost slot={} generation={}: {}", lease.slotId(), lease.generation(), why);
       pool.controlEnded(lease, EndReason.WORKER_LOST);
+    }
+
+    /** Answers what the worker left unanswered and everything that follows with {@code error}. */
+    private void orphan(String error) {
+      if (orphanError != null) {
+        return;
+      }
+      orphanError = error;
+      for (String id : pending) {
+        answerWithError(id);
+      }
+      pending.clear();
+    }
+
+    private void answerWithError(String instructionId) {
+      if (runnerOpen) {
+        toRunner.onNext(InstructionResponse.newBuilder().setInstructionId(instructionId).setError(orphanError).build());
+      }
     }
 
     /** The lease could not become ready after all: refuse the worker, release the runner's stream. */
@@ -229,14 +258,22 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
           workerOpen = false;
           toWorker.onCompleted();
         }
-        if (runnerOpen) {
-          runnerOpen = false;
-          if (reason == EndReason.RUNNER_CLOSED || reason == EndReason.STOP_WORKER) {
+        if (!runnerOpen) {
+          return;
+        }
+        switch (reason) {
+          case RUNNER_CLOSED, STOP_WORKER -> {
+            runnerOpen = false;
             toRunner.onCompleted();
-          } else {
-            toRunner.onError(Status.UNAVAILABLE.withDescription("the harness lease ended: " + reason)
+          }
+          case SHUTDOWN -> {
+            // The recycler goes away with its port; nothing can answer for the worker any more.
+            runnerOpen = false;
+            toRunner.onError(Status.UNAVAILABLE.withDescription("the harness recycler is shutting down")
                 .asRuntimeException());
           }
+          default -> orphan("the Go worker of slot " + lease.slotId() + " (generation " + lease.generation()
+              + ") is gone: its lease ended with " + reason);
         }
       }
     }

@@ -78,6 +78,34 @@ class ArtifactCacheTest {
     assertThat(filesIn(dir)).isLessThanOrEqualTo(3);
   }
 
+  /**
+   * Regression: a size-bounded Caffeine cache evicted a freshly added binary at once and deleted its file before the
+   * booting wrapper read it (benchmark, cold leases: "evicted from the cache while being requested").
+   */
+  @Test
+  void aPinnedBlobSurvivesEvictionUntilUnpinned() throws Exception {
+    ArtifactCache cache = new ArtifactCache(dir, 1L << 20, 1024);
+    byte[] content = bytes(300_000, 42);
+    Blob pinned = store(cache, content);
+    cache.pin(pinned);
+
+    for (int i = 0; i < 8; i++) {
+      store(cache, bytes(300_000, i));
+    }
+    cache.cleanUp();
+
+    Blob still = cache.blob(pinned.sha256());
+    assertThat(still).isNotNull();
+    try (var in = still.open()) {
+      assertThat(in.readAllBytes()).isEqualTo(content);
+    }
+    Path file = ((Blob.OnDisk) pinned).path();
+    cache.unpin(pinned.sha256());
+    if (cache.blob(pinned.sha256()) == null) {
+      assertThat(file).doesNotExist();
+    }
+  }
+
   @Test
   void concurrentRequestsForOneUpstreamArtifactShareOneFetch() throws Exception {
     ArtifactCache cache = new ArtifactCache(null, 10L << 20, 0);

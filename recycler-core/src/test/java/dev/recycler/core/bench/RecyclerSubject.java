@@ -48,6 +48,7 @@ final class RecyclerSubject implements Subject {
   private final long wrapperCacheMaxMb;
   private final Path dir;
   private final List<String> jvmOptions;
+  private final long cacheMb;
   private Process recycler;
   private final List<Process> wrappers = new ArrayList<>();
   private String endpoint;
@@ -60,7 +61,7 @@ final class RecyclerSubject implements Subject {
    * @param dir a fresh directory for the cache, the wrappers' work dir and the logs
    */
   RecyclerSubject(String name, Path recyclerJar, Path wrapperBinary, int slots, long wrapperCacheMaxMb, Path dir,
-      List<String> jvmOptions) {
+      List<String> jvmOptions, long cacheMb) {
     this.name = name;
     this.recyclerJar = recyclerJar;
     this.wrapperBinary = wrapperBinary;
@@ -68,6 +69,7 @@ final class RecyclerSubject implements Subject {
     this.wrapperCacheMaxMb = wrapperCacheMaxMb;
     this.dir = dir;
     this.jvmOptions = jvmOptions;
+    this.cacheMb = cacheMb;
   }
 
   @Override
@@ -94,7 +96,7 @@ final class RecyclerSubject implements Subject {
     cmd.add("-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSXXX");
     cmd.addAll(List.of("-jar", recyclerJar.toString(), "--port", "0", "--admin-port", "0", "--slots",
         Integer.toString(slots), "--cache-dir", dir.resolve("recycler-cache").toString(), "--cache-max-bytes",
-        Long.toString(1L << 30), "--ready-timeout", "60s", "--lease-wait-timeout", "120s"));
+        Long.toString(cacheMb << 20), "--ready-timeout", "60s", "--lease-wait-timeout", "120s"));
     recycler = new ProcessBuilder(cmd).redirectError(recyclerLog().toFile()).start();
     BufferedReader out = new BufferedReader(new InputStreamReader(recycler.getInputStream(), StandardCharsets.UTF_8));
     String line;
@@ -162,15 +164,16 @@ final class RecyclerSubject implements Subject {
       ManagedChannel ch = NettyChannelBuilder.forTarget(endpoint).usePlaintext().build();
       try {
         var pool = BeamFnExternalWorkerPoolGrpc.newBlockingStub(ch);
+        double startMs = LeaseBenchmark.epochMillis();
         long t0 = System.nanoTime();
         StartWorkerResponse r;
         try {
           r = pool.withDeadlineAfter(120, TimeUnit.SECONDS).startWorker(env.startRequest());
         } catch (StatusRuntimeException e) {
-          return new LeaseSample(l.run(), l.index(), -1, -1, env.artifactBytes(), "StartWorker: " + e.getStatus());
+          return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, -1, -1, env.artifactBytes(), "StartWorker: " + e.getStatus());
         }
         if (!r.getError().isEmpty()) {
-          return new LeaseSample(l.run(), l.index(), -1, -1, env.artifactBytes(), "StartWorker: " + r.getError());
+          return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, -1, -1, env.artifactBytes(), "StartWorker: " + r.getError());
         }
         long ready = env.connected().get(60, TimeUnit.SECONDS);
         Instant closedAt = Instant.now();
@@ -186,7 +189,7 @@ final class RecyclerSubject implements Subject {
         double releaseMs = Math.max(0, ended.getEndUnixMillis() - closedMs);
         String err = ended.getEndReason().equals("RUNNER_CLOSED") || ended.getEndReason().equals("STOP_WORKER")
             ? "" : "lease ended with " + ended.getEndReason() + " " + ended.getOutcome();
-        return new LeaseSample(l.run(), l.index(), (ready - t0) / 1e6, releaseMs, env.artifactBytes(), err);
+        return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, (ready - t0) / 1e6, releaseMs, env.artifactBytes(), err);
       } finally {
         ch.shutdownNow();
         ch.awaitTermination(5, TimeUnit.SECONDS);

@@ -69,6 +69,8 @@ public final class RunnerEnvironment implements AutoCloseable {
   private final CompletableFuture<Status> controlEnded = new CompletableFuture<>();
   private final AtomicLong artifactBytes = new AtomicLong();
   private volatile StreamObserver<InstructionRequest> controlStream;
+  private final java.util.Map<String, CompletableFuture<InstructionResponse>> responses =
+      new java.util.concurrent.ConcurrentHashMap<>();
 
   /**
    * @param workerId the runner's worker id (Beam's {@code <factory>-<n>}, e.g. {@code 1-1})
@@ -126,6 +128,18 @@ public final class RunnerEnvironment implements AutoCloseable {
     return artifactBytes.get();
   }
 
+  /** Sends an instruction to the worker, as Beam's FnApiControlClient.handle does; completes with the response. */
+  public CompletableFuture<InstructionResponse> send(String instructionId) throws Exception {
+    connectedAtNanos.get(30, TimeUnit.SECONDS);
+    CompletableFuture<InstructionResponse> f = new CompletableFuture<>();
+    responses.put(instructionId, f);
+    StreamObserver<InstructionRequest> c = controlStream;
+    synchronized (c) {
+      c.onNext(InstructionRequest.newBuilder().setInstructionId(instructionId).build());
+    }
+    return f;
+  }
+
   /**
    * Closes the control stream as Beam's runner does when the job's work on this TaskManager is done. Waits (bounded)
    * for the stream to arrive first: StartWorker may return a moment before the proxied stream reaches this server.
@@ -164,7 +178,12 @@ public final class RunnerEnvironment implements AutoCloseable {
       connectedAtNanos.complete(now);
       return new StreamObserver<>() {
         @Override
-        public void onNext(InstructionResponse value) {}
+        public void onNext(InstructionResponse value) {
+          CompletableFuture<InstructionResponse> f = responses.get(value.getInstructionId());
+          if (f != null) {
+            f.complete(value);
+          }
+        }
 
         @Override
         public void onError(Throwable t) {

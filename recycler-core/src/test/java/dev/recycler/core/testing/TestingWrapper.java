@@ -91,6 +91,7 @@ public final class TestingWrapper implements AutoCloseable {
   public final AtomicInteger workerEofs = new AtomicInteger();
   public volatile Status attachStatus;
   private final Map<Long, ClientCallStreamObserver<InstructionResponse>> workers = new ConcurrentHashMap<>();
+  private final Set<Long> frozen = ConcurrentHashMap.newKeySet();
 
   public TestingWrapper(String slot, String incarnation, String endpoint) {
     this.slot = slot;
@@ -239,6 +240,9 @@ public final class TestingWrapper implements AutoCloseable {
       @Override
       public void onNext(InstructionRequest r) {
         instructions.add(r);
+        if (frozen.contains(gen)) {
+          return;
+        }
         synchronized (out) {
           out.onNext(InstructionResponse.newBuilder().setInstructionId(r.getInstructionId()).build());
         }
@@ -255,6 +259,11 @@ public final class TestingWrapper implements AutoCloseable {
         workerEofs.incrementAndGet();
       }
     });
+  }
+
+  /** The worker of {@code generation} stops answering instructions (it is busy, then dies). */
+  public void freezeWorker(long generation) {
+    frozen.add(generation);
   }
 
   /** Kills the running worker of {@code generation} as SIGKILL would: its control stream breaks. */

@@ -1,0 +1,118 @@
+package dev.recycler.core.bench;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.time.OffsetDateTime;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+/**
+ * Where the time of this project's leases goes, from the timestamps of the recycler's log lines (milliseconds) and the
+ * wrapper's JSON log lines (nanoseconds), matched to the harness's samples by the runner's worker id and the lease
+ * generation. Segments: StartWorker call to slot assigned; Lease message to the wrapper; GetProvisionInfo; resolve,
+ * link, options file and fork/exec; the worker's Go runtime init, beam.Init and control dial to the proxy; the proxy's
+ * upstream stream to the runner.
+ */
+final class Breakdown {
+  private static final Pattern RECYCLER_LINE = Pattern.compile("^(\\S+) \\[[^]]*\\] INFO \\S+ - (.*)$");
+  private static final Pattern ASSIGNED = Pattern.compile(
+      "lease assigned slot=(\\S+) generation=(\\d+) worker=\\S+ runner_worker=(\\S+)");
+  private static final Pattern CONNECTED = Pattern.compile("control connected slot=(\\S+) generation=(\\d+) ");
+  private static final Pattern WRAPPER_LINE = Pattern.compile(
+      "\"time\":\"([^\"]+)\".*\"msg\":\"([^\"]+)\",\"slot\":\"([^\"]+)\",\"generation\":(\\d+)");
+
+  static final List<String> SEGMENTS = List.of(
+      "StartWorker call -> slot assigned (recycler)",
+      "Lease message -> wrapper",
+      "wrapper GetProvisionInfo",
+      "resolve artifacts, link binary, options file, fork/exec",
+      "worker: Go runtime init, beam.Init, control dial (to the proxy)",
+      "proxy: upstream control stream -> runner",
+      "total (StartWorker call -> control at the runner)");
+
+  private Breakdown() {}
+
+  /** Median and p95 per segment, in ms; {@code leases} = how many leases had every timestamp. */
+  record Result(Map<String, double[]> segments, int leases) {
+    String markdown() {
+      StringBuilder b = new StringBuilder("| segment of a warm lease | p50 ms | p95 ms |\n|---|---:|---:|\n");
+      segments.forEach((k, v) -> b.append(String.format(Locale.ROOT, "| %s | %.1f | %.1f |%n", k, v[0], v[1])));
+      b.append(String.format(Locale.ROOT, "%n(%d leases; each segment's percentiles are taken separately, so they do "
+          + "not add up exactly; recycler timestamps have millisecond resolution)%n", leases));
+      return b.toString();
+    }
+  }
+
+  private static double epochMs(String iso) {
+    OffsetDateTime t = OffsetDateTime.parse(iso);
+    return t.toEpochSecond() * 1e3 + t.getNano() / 1e6;
+  }
+
+  static Result analyse(RecyclerSubject s, LeaseBenchmark.RunResult run) throws IOException {
+    // key slot/generation -> event -> epoch ms
+    Map<String, Map<String, Double>> ev = new HashMap<>();
+    Map<String, String> genOfRunner = new HashMap<>();
+    for (String line : Files.readAllLines(s.recyclerLog())) {
+      Matcher m = RECYCLER_LINE.matcher(line);
+      if (!m.matches()) {
+        continue;
+      }
+      double t = epochMs(m.group(1));
+      Matcher a = ASSIGNED.matcher(m.group(2));
+      if (a.find()) {
+        String key = a.group(1) + "/" + a.group(2);
+        genOfRunner.put(a.group(3), key);
+        ev.computeIfAbsent(key, k -> new HashMap<>()).put("assigned", t);
+      }
+      Matcher c = CONNECTED.matcher(m.group(2));
+      if (c.find()) {
+        ev.computeIfAbsent(c.group(1) + "/" + c.group(2), k -> new HashMap<>()).put("connected", t);
+      }
+    }
+    for (int i = 0; Files.exists(s.wrapperLog(i)); i++) {
+      for (String line : Files.readAllLines(s.wrapperLog(i))) {
+        Matcher w = WRAPPER_LINE.matcher(line);
+        if (w.find()) {
+          ev.computeIfAbsent(w.group(3) + "/" + w.group(4), k -> new HashMap<>())
+              .putIfAbsent(w.group(2), epochMs(w.group(1)));
+        }
+      }
+    }
+    List<List<Double>> seg = new ArrayList<>();
+    for (int i = 0; i < SEGMENTS.size(); i++) {
+      seg.add(new ArrayList<>());
+    }
+    int n = 0;
+    for (LeaseSample x : run.samples()) {
+      if (!x.ok()) {
+        continue;
+      }
+      String key = genOfRunner.get(x.runnerWorkerId());
+      Map<String, Double> e = key == null ? null : ev.get(key);
+      if (e == null || !e.keySet().containsAll(List.of("assigned", "lease", "provisioned", "worker started",
+          "connected"))) {
+        continue;
+      }
+      n++;
+      double ready = x.startEpochMs() + x.readyMs();
+      double[] v = {e.get("assigned") - x.startEpochMs(), e.get("lease") - e.get("assigned"),
+          e.get("provisioned") - e.get("lease"), e.get("worker started") - e.get("provisioned"),
+          e.get("connected") - e.get("worker started"), ready - e.get("connected"), x.readyMs()};
+      for (int i = 0; i < v.length; i++) {
+        seg.get(i).add(Math.max(0, v[i]));
+      }
+    }
+    Map<String, double[]> out = new LinkedHashMap<>();
+    for (int i = 0; i < SEGMENTS.size(); i++) {
+      Stats st = new Stats(seg.get(i));
+      out.put(SEGMENTS.get(i), new double[] {st.p(50), st.p(95)});
+    }
+    return new Result(out, n);
+  }
+}

@@ -1,0 +1,902 @@
+package dev.recycler.e2e;
+
+import dev.recycler.e2e.EndToEndResult.Check;
+import dev.recycler.e2e.EndToEndResult.JobRun;
+import dev.recycler.e2e.EndToEndResult.Scenario;
+import dev.recycler.e2e.EndToEndResult.Transfers;
+import dev.recycler.e2e.EndToEndResult.Verdict;
+import dev.recycler.e2e.GoJob.Outcome;
+import dev.recycler.e2e.GoJob.Spec;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.ByteBuffer;
+import java.nio.channels.SeekableByteChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Objects;
+import java.util.Optional;
+import java.util.Set;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.locks.LockSupport;
+import java.util.function.Consumer;
+import java.util.function.Predicate;
+import java.util.stream.IntStream;
+import java.util.stream.Stream;
+
+/**
+ * The end-to-end run with real parts, on 127.0.0.1 with free ports: a Flink 1.19.3 session cluster (JobManager and
+ * TaskManager as separate JVMs) with the recycler plugin in the TaskManager and N harness slots, N {@code
+ * go-boot-wrapper} processes, Beam's Flink job server, and Beam Go jobs of the sample pipelines binary submitted with
+ * {@code --environment_type=EXTERNAL --environment_config=localhost:<recycler port>}.
+ *
+ * <p>Scenarios, in order: successive jobs; N jobs at once; the failing pipeline, then a job on the same slot; a job
+ * cancelled through Flink's REST API while its worker holds, then a job; a worker SIGKILLed mid-job, then a job. After
+ * every job the run waits (bounded) for all slots to be IDLE and then checks, without retrying, that no process of
+ * any lease is left (by {@code --id=<lease worker id>} in {@code /proc}, and no child or zombie of any wrapper) and
+ * that no per-lease directory is left. At the end it stops everything it started and checks the PIDs are gone.
+ *
+ * <p>{@link #run()} returns an {@link EndToEndResult}; a violated property is a {@link Check} with verdict FAIL, not an
+ * exception. Exceptions mean the run could not be carried out (a part did not start, a bound was exceeded where no
+ * verdict is possible); everything started is stopped then too. Every wait is bounded. Not thread-safe: one run per
+ * instance.
+ */
+public final class EndToEndRun {
+  static final String SLOT_PREFIX = "slot-";
+  static final String FAIL_MARKER = "beam-pipelines deliberate failure";
+  private static final Duration POLL = Duration.ofMillis(100);
+  /** What Beam's runner logs (TaskManager log, INFO) when a worker fetches a bundle's descriptor: a bundle started. */
+  static final String BUNDLE_STARTED = "getProcessBundleDescriptor request with id";
+  /** Keeps concurrent jobs' first leases open long enough to overlap whatever the submission jitter. */
+  private static final Duration CONCURRENT_HOLD = Duration.ofSeconds(4);
+
+  private final Settings s;
+  private final Consumer<String> progress;
+  private final List<JobRun> jobs = new ArrayList<>();
+  private final List<Check> checks = new ArrayList<>();
+  private final List<String> settleViolations = new ArrayList<>();
+  private final Map<String, String> expected = new HashMap<>();
+  private final Set<String> knownWorkerIds = new LinkedHashSet<>();
+  private final Map<String, Long> launcherPids = new LinkedHashMap<>();
+  /** Also read by the shutdown hook. */
+  private final List<GoJob> launchers = new CopyOnWriteArrayList<>();
+  private long originMillis;
+
+  private FlinkSessionCluster cluster;
+  private JobServerProcess jobServer;
+  private WrapperProcesses wrappers;
+  private AdminEndpoint admin;
+  private int recyclerPort;
+  private Path work;
+  private int jobCounter;
+
+  private EndToEndRun(Settings s) {
+    this.s = s;
+    this.progress = s.progress;
+  }
+
+  public static Settings settings() {
+    return new Settings();
+  }
+
+  /** Runs everything once and stops everything it started, also on failure. */
+  public EndToEndResult run() throws IOException, InterruptedException {
+    long t0 = System.nanoTime();
+    originMillis = System.currentTimeMillis();
+    work = Files.createDirectories(s.workDirectory.resolve("run-" + originMillis));
+    Duration clusterStart;
+    Duration jobServerStart;
+    Map<String, Long> startPids;
+    AdminEndpoint.Table last;
+    Transfers transfers;
+    Map<String, Long> processPids = new LinkedHashMap<>();
+    List<String> slots = IntStream.range(0, s.slots).mapToObj(i -> SLOT_PREFIX + i).toList();
+    // The other parts have their own hooks; launchers must not outlive a JVM that is stopped mid-run either.
+    Thread hook = new Thread(() -> launchers.forEach(GoJob::destroyNow), "e2e-launchers-shutdown");
+    Runtime.getRuntime().addShutdownHook(hook);
+    try {
+      recyclerPort = FlinkSessionCluster.freePort();
+      int adminPort = FlinkSessionCluster.freePort();
+      admin = new AdminEndpoint("127.0.0.1:" + adminPort);
+
+      // 1. The harness containers first, as in a pod: they retry attaching until the recycler is up.
+      progress.accept("start " + s.slots + " go-boot-wrapper processes (slots " + String.join(", ", slots) + ")");
+      wrappers = WrapperProcesses.start(s.wrapperBinary, slots, "localhost:" + recyclerPort,
+          Path.of(wrappersRoot()), Duration.ofSeconds(5), Duration.ofSeconds(30));
+      wrappers.pids().forEach((slot, pid) -> processPids.put("wrapper " + slot, pid));
+
+      // 2. The Flink session cluster with the recycler plugin in the TaskManager.
+      progress.accept("start Flink " + BuildPaths.flinkVersion() + " session cluster (JobManager + TaskManager JVMs),"
+          + " recycler plugin on 127.0.0.1:" + recyclerPort + ", admin 127.0.0.1:" + adminPort);
+      cluster = FlinkSessionCluster.builder()
+          .workDirectory(work.resolve("flink"))
+          .flinkLibDirectory(s.flinkLib)
+          .taskManagerSlots(Math.max(s.slots, s.concurrentJobs))
+          .taskManagerMemory("2048m")
+          .plugin(RecyclerPlugin.DIRECTORY, s.pluginJar)
+          .config(RecyclerPlugin.config(s.slots, recyclerPort, adminPort))
+          .config(RecyclerPlugin.param("cache-dir"), work.resolve("recycler-cache").toString())
+          // The runner sends a whole artifact (the worker binary) into Netty direct buffers: give it room.
+          .config("taskmanager.memory.task.off-heap.size", "384m")
+          .stopTimeout(Duration.ofSeconds(60))
+          .start();
+      clusterStart = cluster.coldStartTime();
+      processPids.put("jobmanager", cluster.jobManagerPid().orElse(-1));
+      processPids.put("taskmanager", cluster.taskManagerPid().orElse(-1));
+      progress.accept(String.format("cluster up in %.1f s, REST %s", clusterStart.toMillis() / 1000.0,
+          cluster.restAddress()));
+
+      // 3. Beam's job server pointed at the cluster.
+      progress.accept("start Beam's Flink job server (--flink-master " + cluster.restAddress() + ")");
+      jobServer = JobServerProcess.builder(s.jobServerJar)
+          .flinkMaster(cluster.restAddress())
+          .flinkConfDir(cluster.configDirectory())
+          .artifactsDir(work.resolve("job-server-artifacts"))
+          .logFile(work.resolve("job-server.log"))
+          .startTimeout(Duration.ofSeconds(120))
+          .start();
+      jobServerStart = jobServer.startupTime();
+      processPids.put("job server", jobServer.pid());
+      progress.accept(String.format("job server up in %.1f s at %s", jobServerStart.toMillis() / 1000.0,
+          jobServer.jobEndpoint()));
+
+      startPids = awaitAttached(slots);
+      progress.accept("all slots attached and IDLE; wrapper pids " + startPids);
+
+      // 4. The scenarios.
+      successive();
+      concurrent();
+      failing();
+      cancelled();
+      workerKilled();
+
+      checkWrappers(startPids);
+      checkWorkerPids();
+      checkSettled();
+      last = admin.table();
+      transfers = transfers(last);
+      checkTransfers(transfers);
+    } catch (IOException | InterruptedException | RuntimeException | Error e) {
+      progress.accept("run aborted: " + e);
+      stopAll();
+      Runtime.getRuntime().removeShutdownHook(hook);
+      throw e;
+    }
+
+    progress.accept("stop everything: job server, wrappers, TaskManager, JobManager");
+    stopAll();
+    checkStopped(processPids);
+    Runtime.getRuntime().removeShutdownHook(hook);
+    deleteBulk();
+
+    Duration total = Duration.ofNanos(System.nanoTime() - t0);
+    List<LeaseRecord> leases = last.leases();
+    return new EndToEndResult(s.slots, List.copyOf(jobs), leases, List.copyOf(checks), startPids, transfers,
+        clusterStart, jobServerStart, total, originMillis, work.toString());
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Scenarios
+
+  private void successive() throws IOException, InterruptedException {
+    List<String> pipelines = List.of("wordcount", "groupside");
+    for (int i = 0; i < s.successiveJobs; i++) {
+      runToEnd(Scenario.SUCCESSIVE, pipelines.get(i % 2));
+    }
+    List<JobRun> runs = jobsOf(Scenario.SUCCESSIVE);
+    check("successive jobs: " + runs.size() + " jobs one after another, each exactly the expected output",
+        runs.size() >= 5 && runs.stream().allMatch(JobRun::succeeded), describe(runs));
+  }
+
+  private void concurrent() throws IOException, InterruptedException {
+    int n = s.concurrentJobs;
+    progress.accept("submit " + n + " jobs at the same time (each worker holds " + CONCURRENT_HOLD.toSeconds()
+        + " s before its first element, so the jobs overlap)");
+    List<GoJob> started = new ArrayList<>();
+    for (int i = 0; i < n; i++) {
+      started.add(start(i % 2 == 0 ? "wordcount" : "groupside", "--hold=" + CONCURRENT_HOLD.toSeconds() + "s"));
+    }
+    for (GoJob job : started) {
+      finish(Scenario.CONCURRENT, job, s.jobTimeout, true);
+    }
+    settle("concurrent jobs");
+    List<JobRun> runs = jobsOf(Scenario.CONCURRENT);
+    int overlap = EndToEndResult.maxConcurrentJobs(runs);
+    Set<String> slotsUsed = new LinkedHashSet<>();
+    runs.forEach(r -> r.leases().forEach(l -> slotsUsed.add(l.slot())));
+    check(n + " concurrent jobs: each exactly the expected output, leases of different jobs at the same time",
+        runs.stream().allMatch(JobRun::succeeded) && overlap >= 2,
+        describe(runs) + "; leases of " + overlap + " jobs at once; slots used " + slotsUsed);
+  }
+
+  private void failing() throws IOException, InterruptedException {
+    JobRun failed = runToEnd(Scenario.FAILING, "fail");
+    String marker = expected.get("fail").strip();
+    boolean ownError = failed.exitCode() == 1 && failed.note().contains("own error");
+    JobRun next = runToEnd(Scenario.AFTER_FAILING, "wordcount");
+    boolean sameSlot = sameSlot(failed, next);
+    check("failing pipeline fails with its own error (\"" + marker + "\") and leaves its slot healthy",
+        ownError && next.succeeded() && sameSlot,
+        "failed job: " + failed.note() + "; next job: " + describe(List.of(next)) + slotNote(failed, next));
+  }
+
+  private void cancelled() throws IOException, InterruptedException {
+    GoJob job = start("groupside", "--hold=" + s.hold.toSeconds() + "s");
+    Optional<LeaseRecord> running = awaitActiveLease(job, s.jobTimeout);
+    String note;
+    boolean ok = false;
+    if (running.isEmpty()) {
+      note = "the job's lease never became ACTIVE within " + s.jobTimeout;
+      finish(Scenario.CANCELLED, job, Duration.ofSeconds(1), false);
+    } else {
+      String flinkId = awaitFlinkJob(job.spec().name(), "RUNNING", Duration.ofSeconds(60));
+      progress.accept("cancel " + job.spec().name() + " through Flink REST (job " + flinkId + ") while worker "
+          + running.get().workerId() + " (pid " + running.get().workerPid() + ") holds");
+      long cancelAt = System.nanoTime();
+      cluster.cancelJob(flinkId);
+      JobRun run = finish(Scenario.CANCELLED, job, Duration.ofSeconds(90), false);
+      Duration cancelToExit = Duration.ofNanos(System.nanoTime() - cancelAt);
+      Duration idle = settle("cancelled job");
+      ok = run.flinkState().equals("CANCELED") && run.exitCode() != 0 && run.exitCode() != -1 && idle != null;
+      note = "Flink state " + run.flinkState() + ", launcher exit " + run.exitCode() + " " + ms(cancelToExit)
+          + " after the cancel, " + (idle == null ? "slots NOT idle" : "all slots IDLE " + ms(idle) + " later")
+          + "; lease ended " + leaseOf(job.spec().name()).map(LeaseRecord::exitDescription).orElse("?");
+    }
+    JobRun cancelledRun = jobs.get(jobs.size() - 1);
+    JobRun next = runToEnd(Scenario.AFTER_CANCELLED, "groupside");
+    check("a job cancelled through Flink's REST API while running frees its slot (the next job on it succeeds)",
+        ok && next.succeeded() && sameSlot(cancelledRun, next),
+        note + "; next job: " + describe(List.of(next)) + slotNote(cancelledRun, next));
+  }
+
+  private void workerKilled() throws IOException, InterruptedException {
+    long logOffset = Files.size(cluster.taskManagerLog());
+    GoJob job = start("wordcount", "--hold=" + s.hold.toSeconds() + "s");
+    Optional<LeaseRecord> running = awaitActiveLease(job, s.jobTimeout);
+    String note;
+    boolean ok = false;
+    if (running.isEmpty()) {
+      note = "the job's lease never became ACTIVE within " + s.jobTimeout;
+      finish(Scenario.WORKER_KILLED, job, Duration.ofSeconds(1), false);
+    } else {
+      LeaseRecord l = running.get();
+      // Mid-job: the worker is inside a bundle (it asked the runner for the bundle's descriptor and now holds in the
+      // pace DoFn). Killing it earlier, before the runner has registered its control connection, is another case:
+      // see docs/e2e.md ("a worker that dies right after connecting").
+      boolean inBundle = awaitLogLine(cluster.taskManagerLog(), logOffset, BUNDLE_STARTED, Duration.ofSeconds(60));
+      progress.accept("SIGKILL worker " + l.workerId() + " (pid " + l.workerPid() + ") of " + job.spec().name()
+          + (inBundle ? " mid-bundle" : " (no bundle seen in the TaskManager log within 60 s)"));
+      long killAt = System.nanoTime();
+      boolean signalled = ProcessHandle.of(l.workerPid()).map(ProcessHandle::destroyForcibly).orElse(false);
+      // No hang: the launcher must end by itself (job failed, or restarted and then failed) within the bound.
+      Optional<Outcome> byItself = job.await(s.killBound);
+      Duration killToExit = Duration.ofNanos(System.nanoTime() - killAt);
+      // A hung job is cancelled through REST at once; one that ended is only collected.
+      JobRun run = finish(Scenario.WORKER_KILLED, job, Duration.ofSeconds(1), false);
+      Duration idle = settle("killed worker");
+      List<LeaseRecord> leases = leasesOf(job.spec().name());
+      ok = signalled && byItself.isPresent() && run.exitCode() != 0 && idle != null
+          && !run.flinkState().equals("RUNNING");
+      note = (inBundle ? "" : "no bundle start seen before the kill; ") + "signal sent " + signalled + "; job "
+          + (byItself.isPresent() ? "ended by itself " + ms(killToExit) + " after the kill"
+              : "did NOT end within " + s.killBound + " (cancelled by the run)")
+          + ", Flink state " + run.flinkState() + ", launcher exit " + run.exitCode() + "; leases of the job: "
+          + leases.stream().map(x -> x.workerId() + " " + x.exitDescription()).toList();
+    }
+    JobRun killedRun = jobs.get(jobs.size() - 1);
+    JobRun next = runToEnd(Scenario.AFTER_WORKER_KILLED, "wordcount");
+    check("a worker killed with SIGKILL mid-job makes the job fail or restart, never hang; the slot recovers",
+        ok && next.succeeded() && sameSlot(killedRun, next),
+        note + "; next job: " + describe(List.of(next)) + slotNote(killedRun, next));
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Jobs
+
+  private GoJob start(String pipeline, String... flags) throws IOException, InterruptedException {
+    jobCounter++;
+    // Letters and digits only: Beam turns other characters of a job name into '0' and appends "-<user>-<time>-<hash>".
+    String name = String.format("e2e%02d%s", jobCounter, pipeline);
+    Spec spec = Spec.of(name, pipeline, flags);
+    String key = pipeline;
+    if (!expected.containsKey(key)) {
+      expected.put(key, GoJob.expectedOutput(s.pipelinesBinary, pipeline, List.of()));
+    }
+    progress.accept("job " + name + ": submit" + (flags.length > 0 ? " " + String.join(" ", flags) : ""));
+    GoJob job = GoJob.start(s.pipelinesBinary, spec, jobServer.jobEndpoint(), recyclerPort, work.resolve("outputs"),
+        work.resolve("launchers"));
+    launcherPids.put(name, job.pid());
+    launchers.add(job);
+    return job;
+  }
+
+  /** Starts a job, waits for it, settles, records it. */
+  private JobRun runToEnd(Scenario scenario, String pipeline) throws IOException, InterruptedException {
+    GoJob job = start(pipeline);
+    JobRun run = finish(scenario, job, s.jobTimeout, true);
+    settle(run.name());
+    return run;
+  }
+
+  /**
+   * Waits up to {@code timeout} for the launcher; if it still runs, cancels its Flink job through REST and kills it.
+   * Records and returns the run.
+   */
+  private JobRun finish(Scenario scenario, GoJob job, Duration timeout, boolean report)
+      throws IOException, InterruptedException {
+    String name = job.spec().name();
+    Optional<Outcome> done = job.await(timeout);
+    String extra = "";
+    if (done.isEmpty()) {
+      extra = "; did not end within " + timeout + ": cancelled through Flink REST";
+      String id = flinkJobId(name);
+      if (id != null) {
+        cluster.cancelJob(id);
+      }
+      done = job.await(Duration.ofSeconds(60));
+      if (done.isEmpty()) {
+        done = Optional.of(job.kill());
+        extra += ", launcher killed";
+      }
+    }
+    Outcome o = done.get();
+    String flinkId = flinkJobId(name);
+    String state = "?";
+    if (flinkId != null) {
+      try {
+        state = cluster.awaitJobTerminal(flinkId, Duration.ofSeconds(60)).state();
+      } catch (IllegalStateException e) {
+        state = cluster.job(flinkId).state();
+      }
+    }
+    String want = expected.get(job.spec().pipeline());
+    boolean matches = o.output().isPresent() && o.output().get().equals(want);
+    Optional<LeaseRecord> lease = leaseOf(name);
+    String note;
+    if (scenario == Scenario.FAILING) {
+      boolean own = o.launcherOutput().contains(FAIL_MARKER);
+      note = own ? "failed with its own error: \"" + fromMarker(o.launcherOutput()) + "\""
+          : "launcher output lacks \"" + FAIL_MARKER + "\"";
+      matches = false;
+    } else if (o.exitCode() == 0) {
+      note = matches ? "output exactly as expected" : o.output().isPresent() ? "output DIFFERS from the expected"
+          : "no output file";
+    } else {
+      note = "launcher exit " + o.exitCode() + ": " + cause(o.launcherOutput());
+    }
+    note += extra;
+    List<LeaseRecord> all = leasesOf(name);
+    JobRun run = new JobRun(scenario, name, job.spec().pipeline(), o.exitCode(), o.wallTime(), matches, flinkId,
+        state, lease, all, note);
+    jobs.add(run);
+    all.forEach(l -> knownWorkerIds.add(l.workerId()));
+    if (report) {
+      progress.accept(String.format("job %s: %s in %.1f s (Flink %s%s) %s", name,
+          o.exitCode() == 0 ? "succeeded" : "exit " + o.exitCode(), o.wallTime().toMillis() / 1000.0, state,
+          lease.map(l -> ", " + l.slot() + " " + l.workerId() + " ready " + l.readyLatencyMillis() + " ms").orElse(""),
+          note));
+    } else {
+      progress.accept(String.format("job %s: exit %d after %.1f s (Flink %s)", name, o.exitCode(),
+          o.wallTime().toMillis() / 1000.0, state));
+    }
+    return run;
+  }
+
+  /** Waits for the job's lease to be ACTIVE with a worker pid; empty if the launcher ends or the bound passes. */
+  private Optional<LeaseRecord> awaitActiveLease(GoJob job, Duration bound) throws IOException, InterruptedException {
+    long deadline = System.nanoTime() + bound.toNanos();
+    while (System.nanoTime() < deadline && job.isRunning()) {
+      AdminEndpoint.Table t = admin.table();
+      for (AdminEndpoint.Slot slot : t.slots()) {
+        if (slot.state().equals("ACTIVE") && matchesJob(slot.jobName(), job.spec().name())) {
+          Optional<LeaseRecord> l = t.leases().stream()
+              .filter(r -> r.workerId().equals(slot.workerId()) && r.workerPid() > 0 && !r.ended()).findFirst();
+          if (l.isPresent()) {
+            knownWorkerIds.add(l.get().workerId());
+            return l;
+          }
+        }
+      }
+      pause();
+    }
+    return Optional.empty();
+  }
+
+  /** Waits until {@code text} appears in {@code log} after byte {@code offset}; false if the bound passes. */
+  private static boolean awaitLogLine(Path log, long offset, String text, Duration bound)
+      throws IOException, InterruptedException {
+    long deadline = System.nanoTime() + bound.toNanos();
+    while (true) {
+      try (SeekableByteChannel ch = Files.newByteChannel(log)) {
+        long size = ch.size();
+        if (size > offset) {
+          ByteBuffer buf = ByteBuffer.allocate((int) Math.min(size - offset, 16 << 20));
+          ch.position(offset);
+          while (buf.hasRemaining() && ch.read(buf) > 0) {
+            // fill
+          }
+          if (new String(buf.array(), 0, buf.position(), StandardCharsets.UTF_8).contains(text)) {
+            return true;
+          }
+        }
+      }
+      if (System.nanoTime() > deadline) {
+        return false;
+      }
+      pause();
+    }
+  }
+
+  /** The Flink job whose name carries {@code jobName}, in {@code state}, waiting up to {@code bound}. */
+  private String awaitFlinkJob(String jobName, String state, Duration bound) throws IOException, InterruptedException {
+    long deadline = System.nanoTime() + bound.toNanos();
+    while (true) {
+      for (JobSummary j : cluster.jobs()) {
+        if (matchesJob(j.name(), jobName) && j.state().equals(state)) {
+          return j.id();
+        }
+      }
+      if (System.nanoTime() > deadline) {
+        throw new IllegalStateException("no Flink job named like " + jobName + " in state " + state + " after "
+            + bound + "; jobs: " + cluster.jobs());
+      }
+      pause();
+    }
+  }
+
+  private String flinkJobId(String jobName) throws IOException, InterruptedException {
+    for (JobSummary j : cluster.jobs()) {
+      if (matchesJob(j.name(), jobName)) {
+        return j.id();
+      }
+    }
+    return null;
+  }
+
+  /**
+   * Beam's job server names the Flink job {@code <job_name>-<user>-<MMddHHmmss>-<hash>}; the recycler's lease records
+   * carry the same name (from the pipeline options).
+   */
+  static boolean matchesJob(String actual, String jobName) {
+    return actual != null && (actual.equals(jobName) || actual.startsWith(jobName + "-"));
+  }
+
+  private Optional<LeaseRecord> leaseOf(String jobName) throws IOException, InterruptedException {
+    return leasesOf(jobName).stream().findFirst();
+  }
+
+  private List<LeaseRecord> leasesOf(String jobName) throws IOException, InterruptedException {
+    return admin.table().leases().stream().filter(l -> matchesJob(l.jobName(), jobName)).toList();
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // After each job: slots IDLE, nothing of any lease left
+
+  /**
+   * Waits (bounded) for every slot to be IDLE, then checks once, without retrying, that no process of any lease
+   * survives and no lease directory is left. Returns the time to IDLE, or null if the bound passed.
+   */
+  private Duration settle(String after) throws IOException, InterruptedException {
+    long t = System.nanoTime();
+    long deadline = t + s.settleBound.toNanos();
+    AdminEndpoint.Table table = admin.table();
+    while (!table.allIdle() && System.nanoTime() < deadline) {
+      pause();
+      table = admin.table();
+    }
+    Duration took = Duration.ofNanos(System.nanoTime() - t);
+    List<String> problems = new ArrayList<>();
+    if (!table.allIdle()) {
+      problems.add("slots not IDLE within " + s.settleBound + ": " + table.states());
+    }
+    table.leases().forEach(l -> knownWorkerIds.add(l.workerId()));
+    ProcessTable procs = ProcessTable.snapshot();
+    for (String id : knownWorkerIds) {
+      procs.withWorkerId(id, wrappersRoot()).forEach(p -> problems.add("process of lease " + id + " alive: " + p));
+    }
+    List<Long> wrapperPids = List.copyOf(wrappers.pids().values());
+    procs.descendantsOf(wrapperPids).forEach(p -> problems.add(
+        (p.isZombie() ? "zombie" : "process") + " under a wrapper: " + p));
+    wrappers.leaseDirectories().forEach(d -> problems.add("lease directory left: " + d));
+    if (!problems.isEmpty()) {
+      settleViolations.add("after " + after + ": " + String.join("; ", problems));
+      progress.accept("  !! after " + after + ": " + String.join("; ", problems));
+    }
+    return table.allIdle() ? took : null;
+  }
+
+  private Map<String, Long> awaitAttached(List<String> slots) throws IOException, InterruptedException {
+    long deadline = System.nanoTime() + Duration.ofSeconds(60).toNanos();
+    while (true) {
+      AdminEndpoint.Table t = admin.table();
+      if (t.allIdle() && t.slots().size() == slots.size()) {
+        Map<String, Long> pids = new LinkedHashMap<>();
+        t.slots().forEach(x -> pids.put(x.slot(), x.wrapperPid()));
+        return pids;
+      }
+      if (System.nanoTime() > deadline) {
+        throw new IllegalStateException("wrappers did not attach within 60 s: " + t.states() + "; exited: "
+            + wrappers.exited() + "; logs under " + work.resolve("wrappers"));
+      }
+      pause();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Checks at the end
+
+  private void checkWrappers(Map<String, Long> startPids) throws IOException, InterruptedException {
+    AdminEndpoint.Table t = admin.table();
+    Map<String, Long> now = new LinkedHashMap<>();
+    t.slots().forEach(x -> now.put(x.slot(), x.wrapperPid()));
+    Map<String, Long> started = wrappers.pids();
+    long leases = t.slots().stream().mapToLong(AdminEndpoint.Slot::leasesServed).sum();
+    check("every wrapper kept its PID across all " + jobs.size() + " jobs (" + leases + " leases)",
+        now.equals(startPids) && startPids.equals(started) && wrappers.exited().isEmpty(),
+        "at attach " + startPids + ", at the end " + now + ", processes started " + started + ", exited "
+            + wrappers.exited());
+  }
+
+  private void checkWorkerPids() throws IOException, InterruptedException {
+    List<LeaseRecord> leases = admin.table().leases();
+    List<Long> pids = leases.stream().map(LeaseRecord::workerPid).filter(p -> p > 0).toList();
+    Set<Long> distinct = new LinkedHashSet<>(pids);
+    Set<Long> wrapperPids = new LinkedHashSet<>(wrappers.pids().values());
+    Set<String> workerIds = new LinkedHashSet<>();
+    leases.forEach(l -> workerIds.add(l.workerId()));
+    long started = leases.stream().filter(l -> l.readyLatencyMillis() >= 0).count();
+    check("each lease ran a new inner worker process (distinct worker pids and worker ids)",
+        pids.size() == distinct.size() && distinct.stream().noneMatch(wrapperPids::contains)
+            && workerIds.size() == leases.size() && pids.size() >= started && !pids.isEmpty(),
+        leases.size() + " leases, " + started + " became ready, " + distinct.size() + " distinct worker pids of "
+            + pids.size() + ", " + workerIds.size() + " distinct worker ids");
+  }
+
+  private void checkSettled() {
+    int n = jobs.size();
+    check("after every job all slots returned to IDLE; no worker, boot or zombie process and no lease directory"
+            + " survived a lease", settleViolations.isEmpty(),
+        settleViolations.isEmpty() ? "checked after each of " + n + " jobs" : String.join(" | ", settleViolations));
+  }
+
+  private Transfers transfers(AdminEndpoint.Table t) throws IOException, InterruptedException {
+    Map<String, Double> m = admin.metrics();
+    long size = Files.size(s.pipelinesBinary);
+    Set<String> slotsLeased = new LinkedHashSet<>();
+    Set<String> jobsLeased = new LinkedHashSet<>();
+    t.leases().stream().filter(l -> l.readyLatencyMillis() >= 0).forEach(l -> {
+      slotsLeased.add(l.slot());
+      jobsLeased.add(l.jobName());
+    });
+    return new Transfers(size, 1,
+        (long) AdminEndpoint.sum(m, "recycler_artifact_upstream_bytes_count"),
+        (long) AdminEndpoint.sum(m, "recycler_artifact_upstream_bytes_sum"),
+        (long) AdminEndpoint.sum(m, "recycler_artifact_served_bytes_count"),
+        (long) AdminEndpoint.sum(m, "recycler_artifact_served_bytes_sum"),
+        slotsLeased.size(), jobsLeased.size());
+  }
+
+  private void checkTransfers(Transfers x) {
+    check("the worker binary crossed from the recycler to each wrapper once per slot",
+        x.servedTransfers() == x.slotsLeased() && x.servedBytes() == x.binaryBytes() * x.slotsLeased(),
+        x.servedTransfers() + " transfers, " + x.servedBytes() + " bytes to " + x.slotsLeased()
+            + " slots (binary " + x.binaryBytes() + " bytes)");
+    String figures = x.upstreamFetches() + " fetches, " + x.upstreamBytes() + " bytes for " + x.distinctBinaries()
+        + " distinct binary over " + x.jobsLeased() + " jobs with leases";
+    if (x.upstreamFetches() == x.distinctBinaries() && x.upstreamBytes() == x.binaryBytes()) {
+      check("the worker binary crossed from the runner to the recycler once per distinct binary", Verdict.PASS,
+          figures);
+    } else if (x.upstreamFetches() <= x.jobsLeased() && x.upstreamBytes() == x.binaryBytes() * x.upstreamFetches()) {
+      check("the worker binary crossed from the runner to the recycler once per distinct binary", Verdict.LIMITATION,
+          figures + ": once per job, because Beam's job server stages every job under a fresh path without a sha256,"
+              + " so the recycler cannot know the content before fetching it (docs/e2e.md)");
+    } else {
+      check("the worker binary crossed from the runner to the recycler once per distinct binary", Verdict.FAIL,
+          figures);
+    }
+  }
+
+  private void checkStopped(Map<String, Long> pids) {
+    List<String> alive = new ArrayList<>();
+    pids.forEach((what, pid) -> {
+      if (pid > 0 && ProcessTable.isAlive(pid)) {
+        alive.add(what + " pid " + pid);
+      }
+    });
+    launcherPids.forEach((name, pid) -> {
+      if (ProcessTable.isAlive(pid)) {
+        alive.add("launcher " + name + " pid " + pid);
+      }
+    });
+    ProcessTable procs = ProcessTable.snapshot();
+    for (String id : knownWorkerIds) {
+      procs.withWorkerId(id, wrappersRoot()).forEach(p -> alive.add("worker of lease " + id + ": " + p));
+    }
+    Map<String, Integer> codes = wrappers.exitCodes();
+    boolean cleanExit = codes.values().stream().allMatch(c -> c == 0);
+    check("every process the run started is stopped (" + pids.size() + " long-lived processes, "
+            + jobs.size() + " launchers, their workers)",
+        alive.isEmpty() && cleanExit,
+        (alive.isEmpty() ? "none alive" : "alive: " + alive) + "; wrapper exit codes " + codes
+            + "; pids " + pids);
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Helpers
+
+  private void stopAll() {
+    for (GoJob job : launchers) {
+      if (job.isRunning()) {
+        try {
+          job.kill();
+        } catch (IOException | InterruptedException e) {
+          progress.accept("cannot stop launcher " + job.spec().name() + ": " + e);
+        }
+      }
+    }
+    if (jobServer != null) {
+      jobServer.close();
+    }
+    if (wrappers != null) {
+      wrappers.close();
+    }
+    if (cluster != null) {
+      cluster.close();
+    }
+  }
+
+  /**
+   * Deletes what is big and no longer needed once everything has stopped (a run stages a copy of the worker binary
+   * and of the job server jar per job: gigabytes), keeping logs, outputs and configuration for post-mortems.
+   */
+  private void deleteBulk() {
+    List<Path> bulk = new ArrayList<>(List.of(work.resolve("job-server-artifacts"), work.resolve("flink/tmp"),
+        work.resolve("recycler-cache")));
+    for (int i = 0; i < s.slots; i++) {
+      bulk.add(work.resolve("wrappers").resolve(SLOT_PREFIX + i).resolve("cache"));
+    }
+    for (Path p : bulk) {
+      if (!Files.exists(p)) {
+        continue;
+      }
+      try (Stream<Path> walk = Files.walk(p)) {
+        for (Path f : walk.sorted(Comparator.reverseOrder()).toList()) {
+          Files.deleteIfExists(f);
+        }
+      } catch (IOException | UncheckedIOException e) {
+        progress.accept("cannot delete " + p + ": " + e);
+      }
+    }
+  }
+
+  /** This run's wrappers' work directories: every worker of theirs runs from a lease directory below it. */
+  private String wrappersRoot() {
+    return work.resolve("wrappers").toString();
+  }
+
+  private void check(String name, boolean ok, String detail) {
+    check(name, ok ? Verdict.PASS : Verdict.FAIL, detail);
+  }
+
+  private void check(String name, Verdict v, String detail) {
+    checks.add(new Check(name, v, detail));
+    progress.accept("check " + v + ": " + name + " -- " + detail);
+  }
+
+  private List<JobRun> jobsOf(Scenario scenario) {
+    return jobs.stream().filter(j -> j.scenario() == scenario).toList();
+  }
+
+  private static boolean sameSlot(JobRun a, JobRun b) {
+    return a.lease().isPresent() && b.lease().isPresent() && a.lease().get().slot().equals(b.lease().get().slot());
+  }
+
+  private static String slotNote(JobRun a, JobRun b) {
+    return " (slots: " + a.lease().map(LeaseRecord::slot).orElse("none") + " then "
+        + b.lease().map(LeaseRecord::slot).orElse("none") + ")";
+  }
+
+  private static String describe(List<JobRun> runs) {
+    StringBuilder b = new StringBuilder();
+    for (JobRun r : runs) {
+      b.append(b.isEmpty() ? "" : ", ").append(r.name()).append(r.succeeded() ? " ok" : " NOT ok (" + r.note() + ")");
+    }
+    return b.toString();
+  }
+
+  /** The DoFn's message as the launcher printed it: from the marker to the end of its line. */
+  private static String fromMarker(String text) {
+    int i = text.lastIndexOf(FAIL_MARKER);
+    int end = text.indexOf('\n', i);
+    return ProcessTable.abbreviate(text.substring(i, end < 0 ? text.length() : end).strip());
+  }
+
+  /** The most telling line of a failed launcher's output: the last exception named, else the last line. */
+  private static String cause(String text) {
+    List<String> lines = text.lines().map(String::strip).filter(Predicate.not(String::isBlank)).toList();
+    String pick = lines.isEmpty() ? "(no output)" : lines.get(lines.size() - 1);
+    for (String l : lines) {
+      if (l.matches(".*\\b[\\w.]+(Exception|Error)\\b.*")) {
+        pick = l;
+      }
+    }
+    return ProcessTable.abbreviate(pick.replaceAll("org\\.apache\\.beam\\.vendor\\.grpc\\.v\\w+\\.", ""));
+  }
+
+  private static String ms(Duration d) {
+    return d.toMillis() + " ms";
+  }
+
+  private static void pause() throws InterruptedException {
+    // Polling REST and the slot table: neither pushes state changes.
+    LockSupport.parkNanos(POLL.toNanos());
+    if (Thread.interrupted()) {
+      throw new InterruptedException();
+    }
+  }
+
+  /** What to run and where. Setters validate at once; {@link #build()} checks the files exist. Not thread-safe. */
+  public static final class Settings {
+    private int slots = 3;
+    private int successiveJobs = 5;
+    private int concurrentJobs = -1;
+    private Path workDirectory;
+    private Path wrapperBinary;
+    private Path pipelinesBinary;
+    private Path jobServerJar;
+    private Path pluginJar;
+    private Path flinkLib;
+    private Duration jobTimeout = Duration.ofMinutes(3);
+    private Duration hold = Duration.ofMinutes(5);
+    private Duration killBound = Duration.ofSeconds(60);
+    private Duration settleBound = Duration.ofSeconds(60);
+    private Consumer<String> progress = line -> { };
+
+    private Settings() {}
+
+    /**
+     * The binaries and jar of a checkout at {@code repoRoot}, each overridable by a system property: {@code
+     * recycler.e2e.wrapperBinary} (default {@code go-boot-wrapper/bin/go-boot-wrapper}), {@code
+     * recycler.e2e.pipelinesBinary} ({@code go-boot-wrapper/examples/pipelines/bin/beam-pipelines}), {@code
+     * recycler.e2e.jobServerJar} ({@code recycler-flink/e2e/jobserver/target/beam-flink-job-server.jar}).
+     */
+    public Settings checkout(Path repoRoot) {
+      Path root = repoRoot.toAbsolutePath().normalize();
+      wrapperBinary(property("recycler.e2e.wrapperBinary", root.resolve("go-boot-wrapper/bin/go-boot-wrapper")));
+      pipelinesBinary(property("recycler.e2e.pipelinesBinary",
+          root.resolve("go-boot-wrapper/examples/pipelines/bin/beam-pipelines")));
+      jobServerJar(property("recycler.e2e.jobServerJar",
+          root.resolve("recycler-flink/e2e/jobserver/target/beam-flink-job-server.jar")));
+      return this;
+    }
+
+    private static Path property(String name, Path fallback) {
+      String v = System.getProperty(name);
+      return v == null || v.isBlank() ? fallback : Path.of(v);
+    }
+
+    /** Harness slots (= wrappers) on the TaskManager; default 3. */
+    public Settings slots(int n) {
+      if (n < 2 || n > 16) {
+        throw new IllegalArgumentException("slots must be between 2 and 16 (2 are needed for concurrent jobs), got "
+            + n);
+      }
+      this.slots = n;
+      return this;
+    }
+
+    /** Jobs run one after another at the start; default 5 (at least 5). */
+    public Settings successiveJobs(int n) {
+      if (n < 5) {
+        throw new IllegalArgumentException("successive jobs must be at least 5, got " + n);
+      }
+      this.successiveJobs = n;
+      return this;
+    }
+
+    /** Jobs submitted at once; default the number of slots, so every slot serves a lease. At least 2. */
+    public Settings concurrentJobs(int n) {
+      if (n < 2) {
+        throw new IllegalArgumentException("concurrent jobs must be at least 2, got " + n);
+      }
+      this.concurrentJobs = n;
+      return this;
+    }
+
+    /** Root of the run's directories (a new {@code run-<millis>} below it per run). Required. */
+    public Settings workDirectory(Path dir) {
+      this.workDirectory = dir.toAbsolutePath();
+      return this;
+    }
+
+    /** {@code go-boot-wrapper/bin/go-boot-wrapper}. Required. */
+    public Settings wrapperBinary(Path p) {
+      this.wrapperBinary = p.toAbsolutePath();
+      return this;
+    }
+
+    /** {@code go-boot-wrapper/examples/pipelines/bin/beam-pipelines}. Required. */
+    public Settings pipelinesBinary(Path p) {
+      this.pipelinesBinary = p.toAbsolutePath();
+      return this;
+    }
+
+    /** The shaded job server jar ({@code recycler-flink/e2e/jobserver/target/beam-flink-job-server.jar}). Required. */
+    public Settings jobServerJar(Path p) {
+      this.jobServerJar = p.toAbsolutePath();
+      return this;
+    }
+
+    /** The plugin jar; default {@link BuildPaths#recyclerPluginJar()}. */
+    public Settings pluginJar(Path p) {
+      this.pluginJar = p.toAbsolutePath();
+      return this;
+    }
+
+    /** The Flink JVMs' classpath directory; default {@link BuildPaths#flinkLibDirectory()}. */
+    public Settings flinkLib(Path p) {
+      this.flinkLib = p.toAbsolutePath();
+      return this;
+    }
+
+    /** Longest a normal job may take before the run cancels it; default 3 min. */
+    public Settings jobTimeout(Duration d) {
+      this.jobTimeout = positive(d);
+      return this;
+    }
+
+    /** Longest a job may take to end by itself after its worker is SIGKILLed; default 60 s (it takes about 1 s). */
+    public Settings killBound(Duration d) {
+      this.killBound = positive(d);
+      return this;
+    }
+
+    /** Receives one line per step (the demo prints them); default none. */
+    public Settings progress(Consumer<String> listener) {
+      this.progress = Objects.requireNonNull(listener, "progress");
+      return this;
+    }
+
+    /** Checks the files and returns the run. */
+    public EndToEndRun build() {
+      Objects.requireNonNull(workDirectory, "workDirectory is required");
+      BuildPaths.requireFile(Objects.requireNonNull(wrapperBinary, "wrapperBinary is required"),
+          "go-boot-wrapper binary", "cd go-boot-wrapper && go build -o bin/go-boot-wrapper ./cmd/go-boot-wrapper");
+      BuildPaths.requireFile(Objects.requireNonNull(pipelinesBinary, "pipelinesBinary is required"),
+          "beam-pipelines binary", "cd go-boot-wrapper/examples/pipelines && go build -trimpath -ldflags='-s -w'"
+              + " -o bin/beam-pipelines ./cmd/beam-pipelines");
+      BuildPaths.requireFile(Objects.requireNonNull(jobServerJar, "jobServerJar is required"), "Beam job server jar",
+          "cd recycler-flink/e2e/jobserver && mvn -B -q package");
+      if (pluginJar == null) {
+        pluginJar = BuildPaths.recyclerPluginJar();
+      }
+      BuildPaths.requireFile(pluginJar, "recycler plugin jar", "mvn -B -pl recycler-flink -am package -DskipTests");
+      if (flinkLib == null) {
+        flinkLib = BuildPaths.flinkLibDirectory();
+      }
+      if (concurrentJobs < 0) {
+        concurrentJobs = slots;
+      }
+      if (concurrentJobs > slots) {
+        throw new IllegalArgumentException("concurrent jobs (" + concurrentJobs + ") must not exceed slots (" + slots
+            + ")");
+      }
+      return new EndToEndRun(this);
+    }
+
+    private static Duration positive(Duration d) {
+      if (d == null || d.isNegative() || d.isZero()) {
+        throw new IllegalArgumentException("duration must be positive, got " + d);
+      }
+      return d;
+    }
+  }
+}

@@ -1,0 +1,136 @@
+package dev.recycler.e2e;
+
+import java.io.File;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.stream.Stream;
+
+/**
+ * The "harness containers": one {@code go-boot-wrapper} process per slot ({@code --slot slot-<i> --recycler
+ * localhost:<port> --work_dir <root>/slot-<i>}), each with its log in {@code <root>/slot-<i>.log}.
+ *
+ * <p>Lifecycle: {@link #start} launches all of them; {@link #close()} sends SIGTERM to each (the wrapper stops its
+ * worker and exits 0), waits up to the grace period, then SIGKILLs. Idempotent. A JVM shutdown hook kills them if the
+ * owner never closes. Not thread-safe except {@link #close()}.
+ */
+final class WrapperProcesses implements AutoCloseable {
+  private final Map<String, Process> bySlot;
+  private final Map<String, Path> workDirs;
+  private final Path root;
+  private final Duration stopGrace;
+  private final Map<String, Integer> exitCodes = new LinkedHashMap<>();
+  private final Thread hook;
+  private boolean closed;
+
+  private WrapperProcesses(Map<String, Process> bySlot, Map<String, Path> workDirs, Path root, Duration stopGrace) {
+    this.bySlot = bySlot;
+    this.workDirs = workDirs;
+    this.root = root;
+    this.stopGrace = stopGrace;
+    this.hook = new Thread(() -> bySlot.values().forEach(Process::destroyForcibly), "wrappers-shutdown");
+    Runtime.getRuntime().addShutdownHook(hook);
+  }
+
+  /**
+   * Starts one wrapper for each of {@code slots}.
+   *
+   * @param graceInsideWrapper the wrappers' {@code --grace_period} (SIGTERM to SIGKILL of a worker)
+   */
+  static WrapperProcesses start(Path binary, List<String> slots, String recyclerEndpoint, Path root,
+      Duration graceInsideWrapper, Duration stopGrace) throws IOException {
+    BuildPaths.requireFile(binary, "go-boot-wrapper binary",
+        "cd go-boot-wrapper && go build -o bin/go-boot-wrapper ./cmd/go-boot-wrapper");
+    Files.createDirectories(root);
+    Map<String, Process> procs = new LinkedHashMap<>();
+    Map<String, Path> dirs = new LinkedHashMap<>();
+    try {
+      for (String slot : slots) {
+        Path work = Files.createDirectories(root.resolve(slot));
+        Path log = root.resolve(slot + ".log");
+        ProcessBuilder pb = new ProcessBuilder(binary.toString(), "--slot", slot, "--recycler", recyclerEndpoint,
+            "--work_dir", work.toString(), "--grace_period", graceInsideWrapper.toMillis() + "ms")
+            .redirectErrorStream(true)
+            .redirectOutput(ProcessBuilder.Redirect.appendTo(log.toFile()))
+            .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")));
+        // The wrapper's own settings come from flags only: no RECYCLER_* variable of ours leaks in.
+        pb.environment().keySet().removeIf(k -> k.startsWith("RECYCLER_"));
+        procs.put(slot, pb.start());
+        dirs.put(slot, work);
+      }
+    } catch (IOException | RuntimeException e) {
+      procs.values().forEach(Process::destroyForcibly);
+      throw e;
+    }
+    return new WrapperProcesses(procs, dirs, root, stopGrace);
+  }
+
+  /** Slot id to wrapper PID. */
+  Map<String, Long> pids() {
+    Map<String, Long> m = new LinkedHashMap<>();
+    bySlot.forEach((s, p) -> m.put(s, p.pid()));
+    return m;
+  }
+
+  /** Slot ids whose wrapper process has exited. */
+  List<String> exited() {
+    return bySlot.entrySet().stream().filter(e -> !e.getValue().isAlive()).map(Map.Entry::getKey).toList();
+  }
+
+  Path logFile(String slot) {
+    return root.resolve(slot + ".log");
+  }
+
+  /** Per-lease directories ({@code <work_dir>/leases/*}) that exist now, over all wrappers. */
+  List<Path> leaseDirectories() throws IOException {
+    List<Path> found = new ArrayList<>();
+    for (Path work : workDirs.values()) {
+      Path leases = work.resolve("leases");
+      if (Files.isDirectory(leases)) {
+        try (Stream<Path> s = Files.list(leases)) {
+          s.forEach(found::add);
+        }
+      }
+    }
+    return found;
+  }
+
+  /** Exit code of each wrapper after {@link #close()} (143/137 when it had to be signalled to death by the JVM). */
+  synchronized Map<String, Integer> exitCodes() {
+    return Map.copyOf(exitCodes);
+  }
+
+  /** SIGTERM to all, wait up to the grace period each, SIGKILL the rest. Idempotent. */
+  @Override
+  public synchronized void close() {
+    if (closed) {
+      return;
+    }
+    closed = true;
+    bySlot.values().forEach(Process::destroy);
+    for (Map.Entry<String, Process> e : bySlot.entrySet()) {
+      Process p = e.getValue();
+      try {
+        if (!p.waitFor(stopGrace.toMillis(), TimeUnit.MILLISECONDS)) {
+          p.destroyForcibly();
+          p.waitFor(10, TimeUnit.SECONDS);
+        }
+        exitCodes.put(e.getKey(), p.isAlive() ? -1 : p.exitValue());
+      } catch (InterruptedException ie) {
+        p.destroyForcibly();
+        Thread.currentThread().interrupt();
+      }
+    }
+    try {
+      Runtime.getRuntime().removeShutdownHook(hook);
+    } catch (IllegalStateException ignored) {
+      // the JVM is shutting down
+    }
+  }
+}
