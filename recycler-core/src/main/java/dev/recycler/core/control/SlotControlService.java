@@ -59,7 +59,7 @@ final class SlotControlService extends SlotControlGrpc.SlotControlImplBase {
       @Override
       public void onCompleted() {
         link.close(new RecyclerException(RecyclerException.Kind.CANCELLED, "the wrapper closed the stream"));
-        pool.detached(link);
+        pool.detached(link, true);
       }
     };
   }

@@ -233,8 +233,16 @@ public final class SlotPool {
     dispatch(after);
   }
 
-  /** The wrapper's stream ended (or failed). Any lease it held ends: its processes are the wrapper's to stop. */
+  /** The wrapper's stream failed. Any lease it held ends: its processes are the wrapper's to stop. */
   public void detached(WrapperLink link) {
+    detached(link, false);
+  }
+
+  /**
+   * The wrapper's stream ended: {@code clean} when the wrapper closed it (a normal shutdown), else it failed. Any lease it
+   * held ends: its processes are the wrapper's to stop.
+   */
+  public void detached(WrapperLink link, boolean clean) {
     List<Runnable> after = new ArrayList<>();
     lock.lock();
     try {
@@ -245,7 +253,12 @@ public final class SlotPool {
           claim.timeout.cancel();
         }
         if (slot.attachment != null && slot.attachment.link() == link) {
-          LOG.warn("wrapper detached slot={} incarnation={}", slot.id, slot.attachment.incarnation());
+          if (clean && slot.lease == null) {
+            LOG.info("wrapper detached slot={} incarnation={}", slot.id, slot.attachment.incarnation());
+          } else {
+            LOG.warn("wrapper detached slot={} incarnation={} clean={} leased={}", slot.id,
+                slot.attachment.incarnation(), clean, slot.lease != null);
+          }
           detach(slot, after);
           if (claim != null && claim.link != link && !closed) {
             slot.pendingClaim = null;
