@@ -73,6 +73,9 @@ public final class ArtifactCache {
       wipe(dir);
     }
     this.blobs = Caffeine.newBuilder()
+        // Maintenance and the removal listener run on the calling thread: an evicted file is gone when the write that
+        // evicted it returns (deterministic disk use), not later on the shared common pool.
+        .executor(Runnable::run)
         .maximumWeight(Math.max(1, maxBytes / 1024))
         .weigher((String k, Blob b) -> (int) Math.min(Integer.MAX_VALUE, Math.max(1, (b.size() + 1023) / 1024)))
         .removalListener((String k, Blob b, RemovalCause cause) -> {
@@ -200,7 +203,6 @@ public final class ArtifactCache {
     private Path tmp;
     private OutputStream file;
     private long size;
-    private boolean done;
 
     private Writer() {}
 
@@ -235,7 +237,6 @@ public final class ArtifactCache {
      * @throws IOException on a digest mismatch or a failed write
      */
     public Blob commit(String expectedSha256) throws IOException {
-      done = true;
       String digest = HexFormat.of().formatHex(sha.digest());
       if (expectedSha256 != null && !expectedSha256.isEmpty() && !expectedSha256.equalsIgnoreCase(digest)) {
         abortQuietly();
@@ -260,7 +261,6 @@ public final class ArtifactCache {
 
     /** Discards everything written. Idempotent. */
     public void abort() {
-      done = true;
       abortQuietly();
     }
 
@@ -280,10 +280,6 @@ public final class ArtifactCache {
 
     public long size() {
       return size;
-    }
-
-    boolean done() {
-      return done;
     }
   }
 

@@ -204,7 +204,7 @@ final class BeamPoolSubject implements Subject {
         LockSupport.parkNanos(TimeUnit.MILLISECONDS.toNanos(10));
       }
       for (String b : bins) {
-        deleteTree(Path.of("/tmp", b));
+        Subject.deleteTree(Path.of("/tmp", b));
       }
       for (String s : staged) {
         Files.deleteIfExists(Path.of("/tmp/staged", s));
@@ -240,17 +240,6 @@ final class BeamPoolSubject implements Subject {
       }
     }
     return out;
-  }
-
-  private static void deleteTree(Path p) throws IOException {
-    if (!Files.exists(p)) {
-      return;
-    }
-    try (Stream<Path> s = Files.walk(p)) {
-      for (Path q : s.sorted(Comparator.reverseOrder()).toList()) {
-        Files.deleteIfExists(q);
-      }
-    }
   }
 
   /** Kills the leaked workers, deletes the copies, then ends the pool (its zombie boots are reaped by init). */

@@ -82,7 +82,7 @@ final class FloorSubject implements Subject {
         if (p.isAlive()) {
           p.destroyForcibly().waitFor();
         }
-        deleteTree(d);
+        Subject.deleteTree(d);
       }
     }
   }
@@ -104,17 +104,6 @@ final class FloorSubject implements Subject {
     }
     return new Leftovers((int) left.stream().filter(p -> !p.zombie()).count(),
         (int) left.stream().filter(ProcFs.Proc::zombie).count(), files, 0, details);
-  }
-
-  private static void deleteTree(Path p) throws IOException {
-    if (!Files.exists(p)) {
-      return;
-    }
-    try (Stream<Path> s = Files.walk(p)) {
-      for (Path q : s.sorted(Comparator.reverseOrder()).toList()) {
-        Files.deleteIfExists(q);
-      }
-    }
   }
 
   @Override

@@ -56,4 +56,16 @@ interface Subject extends AutoCloseable {
 
   /** What a lease is run with. */
   record Lease(String run, int index, String workerId, String stagingPath, java.nio.file.Path binary) {}
+
+  /** Deletes a directory tree (leftovers of a subject's runs); absent is fine. */
+  static void deleteTree(java.nio.file.Path p) throws java.io.IOException {
+    if (!java.nio.file.Files.exists(p)) {
+      return;
+    }
+    try (java.util.stream.Stream<java.nio.file.Path> s = java.nio.file.Files.walk(p)) {
+      for (java.nio.file.Path q : s.sorted(java.util.Comparator.reverseOrder()).toList()) {
+        java.nio.file.Files.deleteIfExists(q);
+      }
+    }
+  }
 }
