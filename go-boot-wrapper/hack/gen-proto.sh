@@ -11,6 +11,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 root=$(cd "$here/.." && pwd)
 protoc_version=3.25.5
+beam_version=2.70.0
+protobuf_java_version=3.25.9
 protoc_gen_go=google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.10
 protoc_gen_go_grpc=google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
 
@@ -23,6 +25,17 @@ if [ ! -x "$protoc" ]; then
   mv "$tools/protoc-$protoc_version-linux-x86_64.exe" "$protoc"
   chmod +x "$protoc"
 fi
+# slot_control.proto imports Beam's model protos (from the beam-model jars, as the Java build does) and protobuf's
+# well-known types (from the protobuf-java jar); their Go code is the Beam Go SDK's, named by their go_package.
+includes="$tools/protos-beam-$beam_version"
+if [ ! -f "$includes/.complete" ]; then
+  rm -rf "$includes"
+  for a in org.apache.beam:beam-model-pipeline:$beam_version org.apache.beam:beam-model-fn-execution:$beam_version \
+      com.google.protobuf:protobuf-java:$protobuf_java_version; do
+    mvn -q -B dependency:unpack -Dartifact="$a" -DoutputDirectory="$includes" -Dmdep.unpack.includes='**/*.proto' >/dev/null
+  done
+  touch "$includes/.complete"
+fi
 GOBIN="$tools/bin" go install "$protoc_gen_go"
 GOBIN="$tools/bin" go install "$protoc_gen_go_grpc"
 
@@ -32,7 +45,7 @@ if [ "${1:-}" = "--check" ]; then
   trap 'rm -rf "$out"' EXIT
 fi
 PATH="$tools/bin:$PATH" "$protoc" \
-  -I "$root/recycler-core/src/main/proto" \
+  -I "$root/recycler-core/src/main/proto" -I "$includes" \
   --go_out="$out" --go_opt=module=recycler.dev/go-boot-wrapper/internal/recyclerpb \
   --go-grpc_out="$out" --go-grpc_opt=module=recycler.dev/go-boot-wrapper/internal/recyclerpb \
   recycler/v1/slot_control.proto

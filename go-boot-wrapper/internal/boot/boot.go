@@ -4,6 +4,9 @@
 //
 // Differences from Beam's boot, all deliberate:
 //   - provision and artifact calls go to the recycler and carry the slot id and lease generation as metadata;
+//   - the recycler usually sends the provision info and the resolved artifacts with the Lease (Lease.prepared); the
+//     boot then uses them as the answers of GetProvisionInfo and ResolveArtifacts and makes neither call, so a lease
+//     whose artifacts are all cached starts its worker without a single round trip;
 //   - artifacts come through a local content-addressed cache, verified by size and sha256, so an unchanged binary is
 //     never transferred twice; they are hard-linked into the lease directory, never downloaded into a shared one;
 //   - every lease gets a fresh directory (semi_persist_dir, cwd, TMPDIR) that the wrapper deletes afterwards, and the
@@ -121,6 +124,11 @@ type Lease struct {
 	Generation int64
 	WorkerID   string
 	JobName    string
+	// Prepared, when set, is the provision info and the resolved artifacts the recycler fetched for this lease: the
+	// boot uses them instead of calling GetProvisionInfo and ResolveArtifacts, and validates them the same way. Nil
+	// (an older recycler, or one that could not fetch them) means the boot makes both calls. It holds the pipeline
+	// options: never log it.
+	Prepared *recyclerpb.PreparedLease
 }
 
 // Prepared is a booted lease, ready to start.
@@ -159,13 +167,14 @@ func (b *Booter) Boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, error) {
 	ctx = metadata.AppendToOutgoingContext(ctx, HeaderWorkerID, b.cfg.SlotID, HeaderGeneration, strconv.FormatInt(lease.Generation, 10))
 
-	// (1) Provision info.
-	info, ferr := b.provision(ctx)
+	// (1) Provision info: from the Lease, else from the recycler.
+	info, ferr := b.provision(ctx, lease.Prepared)
 	if ferr != nil {
 		return nil, ferr
 	}
 	log.ConnectBeam(info.GetLoggingEndpoint().GetUrl(), lease.WorkerID)
-	log.Info("provisioned", "control_endpoint", info.GetControlEndpoint().GetUrl(), "artifacts", len(info.GetDependencies()))
+	log.Info("provisioned", "control_endpoint", info.GetControlEndpoint().GetUrl(), "artifacts", len(info.GetDependencies()),
+		"prepared", lease.Prepared != nil)
 
 	// (2) A fresh lease directory: nothing of a previous lease (or a previous wrapper) survives in it.
 	dir := b.LeaseDir(lease.Generation)
@@ -181,7 +190,7 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 	// (3) Artifacts into the cache, then into the lease directory.
 	actx, cancel := context.WithTimeout(ctx, b.cfg.ArtifactTimeout)
 	defer cancel()
-	worker, ferr := b.artifacts(actx, info, dir, log)
+	worker, ferr := b.artifacts(actx, info, lease.Prepared, dir, log)
 	if ferr != nil {
 		return nil, ferr
 	}
@@ -217,23 +226,37 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 	}}, nil
 }
 
-func (b *Booter) provision(ctx context.Context) (*fnpb.ProvisionInfo, *Failure) {
-	pctx, cancel := context.WithTimeout(ctx, b.cfg.ProvisionTimeout)
-	defer cancel()
-	resp, err := fnpb.NewProvisionServiceClient(b.conn).GetProvisionInfo(pctx, &fnpb.GetProvisionInfoRequest{})
-	if err != nil {
-		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_PROVISION, err,
-			"GetProvisionInfo from recycler %s failed (%s: %s); the lease may have been revoked or the runner's provision service is unreachable",
-			b.cfg.RecyclerEndpoint, status.Code(err), status.Convert(err).Message())
+// Where a lease's boot inputs came from, as named in failure messages.
+const (
+	fromPrepared         = "Lease.prepared"
+	fromGetProvisionInfo = "GetProvisionInfo"
+	fromResolveArtifacts = "ResolveArtifacts"
+)
+
+// provision returns the lease's provision info: prepared's when the Lease carried it, else GetProvisionInfo's answer.
+// Either way it must name a control and a logging endpoint.
+func (b *Booter) provision(ctx context.Context, prepared *recyclerpb.PreparedLease) (*fnpb.ProvisionInfo, *Failure) {
+	stage := recyclerpb.BootStage_BOOT_STAGE_PROVISION
+	info, source := prepared.GetProvisionInfo(), fromPrepared
+	if prepared == nil {
+		source = fromGetProvisionInfo
+		pctx, cancel := context.WithTimeout(ctx, b.cfg.ProvisionTimeout)
+		defer cancel()
+		resp, err := fnpb.NewProvisionServiceClient(b.conn).GetProvisionInfo(pctx, &fnpb.GetProvisionInfoRequest{})
+		if err != nil {
+			return nil, fail(stage, err,
+				"GetProvisionInfo from recycler %s failed (%s: %s); the lease may have been revoked or the runner's provision service is unreachable",
+				b.cfg.RecyclerEndpoint, status.Code(err), status.Convert(err).Message())
+		}
+		info = resp.GetInfo()
 	}
-	info := resp.GetInfo()
 	switch {
 	case info == nil:
-		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_PROVISION, nil, "recycler returned empty provision info; the recycler must forward the runner's ProvisionInfo")
+		return nil, fail(stage, nil, "provision info from %s is empty; the recycler must forward the runner's ProvisionInfo", source)
 	case info.GetControlEndpoint().GetUrl() == "":
-		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_PROVISION, nil, "provision info has no control endpoint; the recycler must set control_endpoint")
+		return nil, fail(stage, nil, "provision info from %s has no control endpoint; the recycler must set control_endpoint", source)
 	case info.GetLoggingEndpoint().GetUrl() == "":
-		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_PROVISION, nil, "provision info has no logging endpoint; the runner must provide logging_endpoint")
+		return nil, fail(stage, nil, "provision info from %s has no logging endpoint; the runner must provide logging_endpoint", source)
 	}
 	return info, nil
 }
@@ -245,34 +268,45 @@ type artifact struct {
 	staged string // file name under <lease>/staged, as Beam's materialize names it
 }
 
-// artifacts resolves, fetches and links the lease's artifacts and returns the path of the worker binary.
-func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, dir string, log *Log) (string, *Failure) {
+// artifacts resolves, fetches and links the lease's artifacts and returns the path of the worker binary. The resolved
+// artifacts are prepared's when the Lease carried them, else ResolveArtifacts' answer; either way each must be a file
+// artifact with a valid sha256, and only the digests the local cache lacks are fetched.
+func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, prepared *recyclerpb.PreparedLease, dir string, log *Log) (string, *Failure) {
 	stage := recyclerpb.BootStage_BOOT_STAGE_ARTIFACTS
 	if len(info.GetDependencies()) == 0 {
 		return "", fail(stage, nil, "the job staged no artifacts (no Go worker binary); submit the pipeline with the Go SDK so it stages its binary")
 	}
-	conn, endpoint, closeConn, err := b.artifactConn(info)
-	if err != nil {
-		return "", fail(stage, err, "cannot connect to artifact endpoint %s: %v", endpoint, err)
+	svc := b.artifactService(info)
+	defer svc.close()
+	resolved, source := prepared.GetArtifacts(), fromPrepared
+	if prepared == nil {
+		source = fromResolveArtifacts
+		client, err := svc.client()
+		if err != nil {
+			return "", fail(stage, err, "cannot connect to artifact endpoint %s: %v", svc.endpoint, err)
+		}
+		resp, err := client.ResolveArtifacts(ctx, &jobpb.ResolveArtifactsRequest{Artifacts: info.GetDependencies()})
+		if err != nil {
+			return "", fail(stage, err, "ResolveArtifacts at %s failed (%s: %s)", svc.endpoint, status.Code(err), status.Convert(err).Message())
+		}
+		resolved = resp.GetReplacements()
 	}
-	defer closeConn()
-	client := jobpb.NewArtifactRetrievalServiceClient(conn)
-	resp, err := client.ResolveArtifacts(ctx, &jobpb.ResolveArtifactsRequest{Artifacts: info.GetDependencies()})
-	if err != nil {
-		return "", fail(stage, err, "ResolveArtifacts at %s failed (%s: %s)", endpoint, status.Code(err), status.Convert(err).Message())
+	if len(resolved) == 0 {
+		return "", fail(stage, nil, "%s has no artifacts for the job's %d dependencies; the recycler must resolve each to a %s artifact with its sha256",
+			source, len(info.GetDependencies()), URNFileArtifact)
 	}
 	var arts []artifact
-	for i, a := range resp.GetReplacements() {
+	for i, a := range resolved {
 		if a.GetTypeUrn() != URNFileArtifact {
-			return "", fail(stage, nil, "resolved artifact %d has type %q; the recycler must resolve every artifact to %s with a sha256", i, a.GetTypeUrn(), URNFileArtifact)
+			return "", fail(stage, nil, "artifact %d from %s has type %q; the recycler must resolve every artifact to %s with a sha256", i, source, a.GetTypeUrn(), URNFileArtifact)
 		}
 		var fp pipepb.ArtifactFilePayload
 		if err := proto.Unmarshal(a.GetTypePayload(), &fp); err != nil {
-			return "", fail(stage, err, "resolved artifact %d has an unreadable file payload: %v", i, err)
+			return "", fail(stage, err, "artifact %d from %s has an unreadable file payload: %v", i, source, err)
 		}
 		h := strings.ToLower(artifactcache.HexOf(fp.GetSha256()))
 		if err := artifactcache.ValidHex(h); err != nil {
-			return "", fail(stage, err, "resolved artifact %d (%s) has no valid sha256 (%q); the recycler must compute it", i, fp.GetPath(), fp.GetSha256())
+			return "", fail(stage, err, "artifact %d (%s) from %s has no valid sha256 (%q); the recycler must compute it", i, fp.GetPath(), source, fp.GetSha256())
 		}
 		arts = append(arts, artifact{info: a, hex: h, staged: stagedName(i, a, fp.GetPath())})
 	}
@@ -284,10 +318,14 @@ func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, dir st
 		if b.cache.Has(a.hex) {
 			continue
 		}
+		client, err := svc.client()
+		if err != nil {
+			return "", fail(stage, err, "cannot connect to artifact endpoint %s: %v", svc.endpoint, err)
+		}
 		start := time.Now()
 		n, err := b.fetch(ctx, client, a)
 		if err != nil {
-			return "", fail(stage, err, "fetching artifact %s (%s) from %s failed: %v", artifactcache.DigestPrefix+a.hex, a.staged, endpoint, err)
+			return "", fail(stage, err, "fetching artifact %s (%s) from %s failed: %v", artifactcache.DigestPrefix+a.hex, a.staged, svc.endpoint, err)
 		}
 		log.Info("fetched artifact", "digest", artifactcache.DigestPrefix+a.hex, "bytes", n, "took", time.Since(start).Round(time.Millisecond))
 	}
@@ -303,16 +341,43 @@ func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, dir st
 	return bin, nil
 }
 
-func (b *Booter) artifactConn(info *fnpb.ProvisionInfo) (grpc.ClientConnInterface, string, func(), error) {
+// artifactService is the lease's ArtifactRetrievalService: over the recycler connection, or over a connection of its
+// own when info.artifact_endpoint names another address. That connection is created on first use, so a boot that
+// makes no artifact call (prepared, everything cached) creates none. Not safe for concurrent use.
+type artifactService struct {
+	b        *Booter
+	endpoint string
+	own      *grpc.ClientConn // nil unless client created it
+	c        jobpb.ArtifactRetrievalServiceClient
+}
+
+func (b *Booter) artifactService(info *fnpb.ProvisionInfo) *artifactService {
 	endpoint := info.GetArtifactEndpoint().GetUrl()
-	if endpoint == "" || endpoint == b.cfg.RecyclerEndpoint {
-		return b.conn, b.cfg.RecyclerEndpoint, func() {}, nil
+	if endpoint == "" {
+		endpoint = b.cfg.RecyclerEndpoint
 	}
-	cc, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, endpoint, nil, err
+	return &artifactService{b: b, endpoint: endpoint}
+}
+
+func (s *artifactService) client() (jobpb.ArtifactRetrievalServiceClient, error) {
+	if s.c == nil {
+		conn := s.b.conn
+		if s.endpoint != s.b.cfg.RecyclerEndpoint {
+			cc, err := grpc.NewClient(s.endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return nil, err
+			}
+			s.own, conn = cc, cc
+		}
+		s.c = jobpb.NewArtifactRetrievalServiceClient(conn)
 	}
-	return cc, endpoint, func() { _ = cc.Close() }, nil
+	return s.c, nil
+}
+
+func (s *artifactService) close() {
+	if s.own != nil {
+		_ = s.own.Close()
+	}
 }
 
 // fetch streams one artifact into the cache, verifying the size from the response header and the sha256.

@@ -78,6 +78,7 @@ type Fake struct {
 	artifacts  []Artifact
 	gate       chan struct{}  // when set, GetArtifact waits for it to close
 	fetches    map[string]int // digest -> GetArtifact calls
+	calls      map[string]int // method name -> calls with valid lease metadata
 	hellos     []*recyclerpb.Hello
 	logLines   []string
 	badCalls   []string // calls that lacked the required metadata
@@ -88,7 +89,7 @@ func Start(t testing.TB, slots ...string) *Fake {
 	t.Helper()
 	f := &Fake{
 		t: t, sessions: make(chan *Session, 16), slots: map[string]bool{}, generation: map[string]int64{},
-		info: map[int64]*fnpb.ProvisionInfo{}, fetches: map[string]int{},
+		info: map[int64]*fnpb.ProvisionInfo{}, fetches: map[string]int{}, calls: map[string]int{},
 	}
 	for _, s := range slots {
 		f.slots[s] = true
@@ -202,6 +203,21 @@ func (f *Fake) Fetches(digest string) int {
 	return f.fetches[digest]
 }
 
+// Method names for Calls.
+const (
+	MethodGetProvisionInfo = "GetProvisionInfo"
+	MethodResolveArtifacts = "ResolveArtifacts"
+	MethodGetArtifact      = "GetArtifact"
+)
+
+// Calls is how many calls of method (MethodGetProvisionInfo, ...) arrived with lease metadata, for any generation,
+// whether or not they succeeded.
+func (f *Fake) Calls(method string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[method]
+}
+
 // Hellos returns every Hello received so far.
 func (f *Fake) Hellos() []*recyclerpb.Hello {
 	f.mu.Lock()
@@ -245,14 +261,48 @@ func (f *Fake) ProvisionInfo(options map[string]any) *fnpb.ProvisionInfo {
 	return info
 }
 
-// Lease makes generation the slot's current lease with info, and sends Lease on the session.
-func (f *Fake) Lease(s *Session, generation int64, workerID string, info *fnpb.ProvisionInfo) {
+// Resolved is what ResolveArtifacts answers now: every staged artifact as a file artifact with its sha256.
+func (f *Fake) Resolved() []*pipepb.ArtifactInformation {
 	f.mu.Lock()
-	f.generation[s.Hello.GetSlotId()] = generation
+	defer f.mu.Unlock()
+	var out []*pipepb.ArtifactInformation
+	for _, a := range f.artifacts {
+		out = append(out, &pipepb.ArtifactInformation{
+			TypeUrn:     "beam:artifact:type:file:v1",
+			TypePayload: mustMarshal(&pipepb.ArtifactFilePayload{Path: a.Path, Sha256: a.Digest()}),
+			RoleUrn:     a.Role,
+		})
+	}
+	return out
+}
+
+// Prepared is what a recycler that fetched the lease's inputs in advance puts in Lease.prepared: info and Resolved().
+// Tests may alter it before passing it to LeasePrepared.
+func (f *Fake) Prepared(info *fnpb.ProvisionInfo) *recyclerpb.PreparedLease {
+	return &recyclerpb.PreparedLease{ProvisionInfo: info, Artifacts: f.Resolved()}
+}
+
+// Assign makes generation slotID's current lease with info (what GetProvisionInfo answers for it), without sending
+// anything: for tests that drive a boot.Booter directly. Lease and LeasePrepared do it before sending the Lease.
+func (f *Fake) Assign(slotID string, generation int64, info *fnpb.ProvisionInfo) {
+	f.mu.Lock()
+	f.generation[slotID] = generation
 	f.info[generation] = info
 	f.mu.Unlock()
+}
+
+// Lease makes generation the slot's current lease with info, and sends Lease without prepared (an older recycler, or
+// one that could not fetch the inputs): the wrapper must call GetProvisionInfo and ResolveArtifacts.
+func (f *Fake) Lease(s *Session, generation int64, workerID string, info *fnpb.ProvisionInfo) {
+	f.LeasePrepared(s, generation, workerID, info, nil)
+}
+
+// LeasePrepared is Lease with Lease.prepared set to prepared (nil: none). GetProvisionInfo and ResolveArtifacts still
+// answer info and the staged artifacts, so a wrapper that ignored prepared would still boot; Calls tells.
+func (f *Fake) LeasePrepared(s *Session, generation int64, workerID string, info *fnpb.ProvisionInfo, prepared *recyclerpb.PreparedLease) {
+	f.Assign(s.Hello.GetSlotId(), generation, info)
 	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Lease{Lease: &recyclerpb.Lease{
-		Generation: generation, WorkerId: workerID, JobName: "test-job"}}})
+		Generation: generation, WorkerId: workerID, JobName: "test-job", Prepared: prepared}}})
 }
 
 // NextSession waits for the next accepted Attach.
@@ -278,6 +328,7 @@ func (f *Fake) checkLease(ctx context.Context, call string) (int64, error) {
 		f.badCalls = append(f.badCalls, fmt.Sprintf("%s: metadata %v", call, md))
 		return 0, status.Error(codes.InvalidArgument, "missing worker_id or recycler-generation metadata")
 	}
+	f.calls[call]++
 	if cur, ok := f.generation[slot]; !ok || cur != gen {
 		return 0, status.Errorf(codes.FailedPrecondition, "generation %d is not slot %s's current lease", gen, slot)
 	}
@@ -286,7 +337,7 @@ func (f *Fake) checkLease(ctx context.Context, call string) (int64, error) {
 
 // GetProvisionInfo implements ProvisionService.
 func (f *Fake) GetProvisionInfo(ctx context.Context, _ *fnpb.GetProvisionInfoRequest) (*fnpb.GetProvisionInfoResponse, error) {
-	gen, err := f.checkLease(ctx, "GetProvisionInfo")
+	gen, err := f.checkLease(ctx, MethodGetProvisionInfo)
 	if err != nil {
 		return nil, err
 	}
@@ -300,25 +351,15 @@ func (f *Fake) GetProvisionInfo(ctx context.Context, _ *fnpb.GetProvisionInfoReq
 
 // ResolveArtifacts implements ArtifactRetrievalService: every staged artifact as a file artifact with its sha256.
 func (f *Fake) ResolveArtifacts(ctx context.Context, _ *jobpb.ResolveArtifactsRequest) (*jobpb.ResolveArtifactsResponse, error) {
-	if _, err := f.checkLease(ctx, "ResolveArtifacts"); err != nil {
+	if _, err := f.checkLease(ctx, MethodResolveArtifacts); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	resp := &jobpb.ResolveArtifactsResponse{}
-	for _, a := range f.artifacts {
-		resp.Replacements = append(resp.Replacements, &pipepb.ArtifactInformation{
-			TypeUrn:     "beam:artifact:type:file:v1",
-			TypePayload: mustMarshal(&pipepb.ArtifactFilePayload{Path: a.Path, Sha256: a.Digest()}),
-			RoleUrn:     a.Role,
-		})
-	}
-	return resp, nil
+	return &jobpb.ResolveArtifactsResponse{Replacements: f.Resolved()}, nil
 }
 
 // GetArtifact implements ArtifactRetrievalService, serving each artifact as its Mode says.
 func (f *Fake) GetArtifact(req *jobpb.GetArtifactRequest, stream jobpb.ArtifactRetrievalService_GetArtifactServer) error {
-	if _, err := f.checkLease(stream.Context(), "GetArtifact"); err != nil {
+	if _, err := f.checkLease(stream.Context(), MethodGetArtifact); err != nil {
 		return err
 	}
 	var fp pipepb.ArtifactFilePayload

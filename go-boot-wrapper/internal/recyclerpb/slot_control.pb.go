@@ -9,9 +9,13 @@
 //   1. Attach: open the stream and send Hello{slot_id, incarnation_id, held_digests}. The recycler answers Attached or
 //      ends the call with a status (INVALID_ARGUMENT bad hello, NOT_FOUND unknown slot id, ALREADY_EXISTS another live
 //      wrapper holds the slot).
-//   2. Lease{generation, worker_id}: run Beam's boot contract for this generation. Every ProvisionService and
-//      ArtifactRetrievalService call carries the metadata `worker_id: <slot id>` and `recycler-generation: <generation>`;
-//      calls for a generation that is not the slot's current one fail with FAILED_PRECONDITION.
+//   2. Lease{generation, worker_id, prepared}: run Beam's boot contract for this generation. The recycler normally
+//      sends the Lease only once it has the lease's provision info and resolved artifacts, and puts both in
+//      `prepared`: the wrapper then needs no call before starting the worker unless an artifact is missing from its
+//      local cache. Without `prepared` (the recycler could not get them) the wrapper asks GetProvisionInfo and
+//      ResolveArtifacts itself, and a failure there is the boot failure to report. Every ProvisionService and
+//      ArtifactRetrievalService call carries the metadata `worker_id: <slot id>` and `recycler-generation:
+//      <generation>`; calls for a generation that is not the slot's current one fail with FAILED_PRECONDITION.
 //      Report WorkerStarted{generation, pid} once the inner worker runs.
 //   3. Exit{generation}: stop the inner process group (SIGTERM, grace period, SIGKILL), reap, delete the lease directory.
 //   4. LeaseEnded{generation}: sent exactly once per Lease, only when no process of that lease is alive and its
@@ -28,6 +32,8 @@
 package recyclerpb
 
 import (
+	fnexecution_v1 "github.com/apache/beam/sdks/v2/go/pkg/beam/model/fnexecution_v1"
+	pipeline_v1 "github.com/apache/beam/sdks/v2/go/pkg/beam/model/pipeline_v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -585,7 +591,9 @@ type Lease struct {
 	// The id the inner worker must use: its --id flag and the worker_id header on its control connection.
 	WorkerId string `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// Informational, for logs: the job name from the pipeline options, when known. Never the options themselves.
-	JobName       string `protobuf:"bytes,3,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
+	JobName string `protobuf:"bytes,3,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
+	// What the wrapper would otherwise ask for; absent when the recycler could not get it before the Lease.
+	Prepared      *PreparedLease `protobuf:"bytes,4,opt,name=prepared,proto3" json:"prepared,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -641,6 +649,70 @@ func (x *Lease) GetJobName() string {
 	return ""
 }
 
+func (x *Lease) GetPrepared() *PreparedLease {
+	if x != nil {
+		return x.Prepared
+	}
+	return nil
+}
+
+// A lease's boot inputs, fetched by the recycler from the runner while the slot was being assigned.
+type PreparedLease struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly what GetProvisionInfo answers for this lease: endpoints already point at the recycler (control, artifacts)
+	// and the runner (logging). Holds the pipeline options: never log it.
+	ProvisionInfo *fnexecution_v1.ProvisionInfo `protobuf:"bytes,1,opt,name=provision_info,json=provisionInfo,proto3" json:"provision_info,omitempty"`
+	// Exactly what ResolveArtifacts answers for provision_info.dependencies: one beam:artifact:type:file:v1 entry per
+	// artifact, with its sha256, in the same order. Fetch with GetArtifact the digests the local cache lacks.
+	Artifacts     []*pipeline_v1.ArtifactInformation `protobuf:"bytes,2,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreparedLease) Reset() {
+	*x = PreparedLease{}
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreparedLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreparedLease) ProtoMessage() {}
+
+func (x *PreparedLease) ProtoReflect() protoreflect.Message {
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreparedLease.ProtoReflect.Descriptor instead.
+func (*PreparedLease) Descriptor() ([]byte, []int) {
+	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PreparedLease) GetProvisionInfo() *fnexecution_v1.ProvisionInfo {
+	if x != nil {
+		return x.ProvisionInfo
+	}
+	return nil
+}
+
+func (x *PreparedLease) GetArtifacts() []*pipeline_v1.ArtifactInformation {
+	if x != nil {
+		return x.Artifacts
+	}
+	return nil
+}
+
 type Exit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Generation    int64                  `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
@@ -651,7 +723,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[5]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +735,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[5]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +748,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{5}
+	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Exit) GetGeneration() int64 {
@@ -704,7 +776,7 @@ type WorkerStarted struct {
 
 func (x *WorkerStarted) Reset() {
 	*x = WorkerStarted{}
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[6]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +788,7 @@ func (x *WorkerStarted) String() string {
 func (*WorkerStarted) ProtoMessage() {}
 
 func (x *WorkerStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[6]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +801,7 @@ func (x *WorkerStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerStarted.ProtoReflect.Descriptor instead.
 func (*WorkerStarted) Descriptor() ([]byte, []int) {
-	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{6}
+	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WorkerStarted) GetGeneration() int64 {
@@ -766,7 +838,7 @@ type LeaseEnded struct {
 
 func (x *LeaseEnded) Reset() {
 	*x = LeaseEnded{}
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[7]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +850,7 @@ func (x *LeaseEnded) String() string {
 func (*LeaseEnded) ProtoMessage() {}
 
 func (x *LeaseEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[7]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +863,7 @@ func (x *LeaseEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseEnded.ProtoReflect.Descriptor instead.
 func (*LeaseEnded) Descriptor() ([]byte, []int) {
-	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{7}
+	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LeaseEnded) GetGeneration() int64 {
@@ -852,7 +924,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[8]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +936,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[8]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +949,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{8}
+	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Ping) GetNonce() int64 {
@@ -896,7 +968,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[9]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -908,7 +980,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[9]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -921,7 +993,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{9}
+	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Pong) GetNonce() int64 {
@@ -941,7 +1013,7 @@ type GetSlotTableRequest struct {
 
 func (x *GetSlotTableRequest) Reset() {
 	*x = GetSlotTableRequest{}
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[10]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1025,7 @@ func (x *GetSlotTableRequest) String() string {
 func (*GetSlotTableRequest) ProtoMessage() {}
 
 func (x *GetSlotTableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[10]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1038,7 @@ func (x *GetSlotTableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSlotTableRequest.ProtoReflect.Descriptor instead.
 func (*GetSlotTableRequest) Descriptor() ([]byte, []int) {
-	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{10}
+	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetSlotTableRequest) GetMaxLeases() int32 {
@@ -987,7 +1059,7 @@ type SlotTable struct {
 
 func (x *SlotTable) Reset() {
 	*x = SlotTable{}
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[11]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1071,7 @@ func (x *SlotTable) String() string {
 func (*SlotTable) ProtoMessage() {}
 
 func (x *SlotTable) ProtoReflect() protoreflect.Message {
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[11]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1084,7 @@ func (x *SlotTable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SlotTable.ProtoReflect.Descriptor instead.
 func (*SlotTable) Descriptor() ([]byte, []int) {
-	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{11}
+	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SlotTable) GetSlots() []*SlotStatus {
@@ -1050,7 +1122,7 @@ type SlotStatus struct {
 
 func (x *SlotStatus) Reset() {
 	*x = SlotStatus{}
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[12]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1134,7 @@ func (x *SlotStatus) String() string {
 func (*SlotStatus) ProtoMessage() {}
 
 func (x *SlotStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[12]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1147,7 @@ func (x *SlotStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SlotStatus.ProtoReflect.Descriptor instead.
 func (*SlotStatus) Descriptor() ([]byte, []int) {
-	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{12}
+	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SlotStatus) GetSlotId() string {
@@ -1182,7 +1254,7 @@ type LeaseRecord struct {
 
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[13]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1266,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_recycler_v1_slot_control_proto_msgTypes[13]
+	mi := &file_recycler_v1_slot_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1279,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{13}
+	return file_recycler_v1_slot_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LeaseRecord) GetSlotId() string {
@@ -1312,7 +1384,7 @@ var File_recycler_v1_slot_control_proto protoreflect.FileDescriptor
 
 const file_recycler_v1_slot_control_proto_rawDesc = "" +
 	"\n" +
-	"\x1erecycler/v1/slot_control.proto\x12\vrecycler.v1\"\xee\x01\n" +
+	"\x1erecycler/v1/slot_control.proto\x12\vrecycler.v1\x1a>org/apache/beam/model/fn_execution/v1/beam_provision_api.proto\x1a7org/apache/beam/model/pipeline/v1/beam_runner_api.proto\"\xee\x01\n" +
 	"\x0eWrapperMessage\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.recycler.v1.HelloH\x00R\x05hello\x12C\n" +
 	"\x0eworker_started\x18\x02 \x01(\v2\x1a.recycler.v1.WorkerStartedH\x00R\rworkerStarted\x12:\n" +
@@ -1336,13 +1408,17 @@ const file_recycler_v1_slot_control_proto_rawDesc = "" +
 	"\bAttached\x12\x1f\n" +
 	"\vrecycler_id\x18\x01 \x01(\tR\n" +
 	"recyclerId\x12'\n" +
-	"\x0flast_generation\x18\x02 \x01(\x03R\x0elastGeneration\"_\n" +
+	"\x0flast_generation\x18\x02 \x01(\x03R\x0elastGeneration\"\x97\x01\n" +
 	"\x05Lease\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
 	"generation\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x19\n" +
-	"\bjob_name\x18\x03 \x01(\tR\ajobName\"W\n" +
+	"\bjob_name\x18\x03 \x01(\tR\ajobName\x126\n" +
+	"\bprepared\x18\x04 \x01(\v2\x1a.recycler.v1.PreparedLeaseR\bprepared\"\xc2\x01\n" +
+	"\rPreparedLease\x12[\n" +
+	"\x0eprovision_info\x18\x01 \x01(\v24.org.apache.beam.model.fn_execution.v1.ProvisionInfoR\rprovisionInfo\x12T\n" +
+	"\tartifacts\x18\x02 \x03(\v26.org.apache.beam.model.pipeline.v1.ArtifactInformationR\tartifacts\"W\n" +
 	"\x04Exit\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
@@ -1449,49 +1525,55 @@ func file_recycler_v1_slot_control_proto_rawDescGZIP() []byte {
 }
 
 var file_recycler_v1_slot_control_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_recycler_v1_slot_control_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_recycler_v1_slot_control_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_recycler_v1_slot_control_proto_goTypes = []any{
-	(ExitReason)(0),             // 0: recycler.v1.ExitReason
-	(Outcome)(0),                // 1: recycler.v1.Outcome
-	(BootStage)(0),              // 2: recycler.v1.BootStage
-	(*WrapperMessage)(nil),      // 3: recycler.v1.WrapperMessage
-	(*RecyclerMessage)(nil),     // 4: recycler.v1.RecyclerMessage
-	(*Hello)(nil),               // 5: recycler.v1.Hello
-	(*Attached)(nil),            // 6: recycler.v1.Attached
-	(*Lease)(nil),               // 7: recycler.v1.Lease
-	(*Exit)(nil),                // 8: recycler.v1.Exit
-	(*WorkerStarted)(nil),       // 9: recycler.v1.WorkerStarted
-	(*LeaseEnded)(nil),          // 10: recycler.v1.LeaseEnded
-	(*Ping)(nil),                // 11: recycler.v1.Ping
-	(*Pong)(nil),                // 12: recycler.v1.Pong
-	(*GetSlotTableRequest)(nil), // 13: recycler.v1.GetSlotTableRequest
-	(*SlotTable)(nil),           // 14: recycler.v1.SlotTable
-	(*SlotStatus)(nil),          // 15: recycler.v1.SlotStatus
-	(*LeaseRecord)(nil),         // 16: recycler.v1.LeaseRecord
+	(ExitReason)(0),                         // 0: recycler.v1.ExitReason
+	(Outcome)(0),                            // 1: recycler.v1.Outcome
+	(BootStage)(0),                          // 2: recycler.v1.BootStage
+	(*WrapperMessage)(nil),                  // 3: recycler.v1.WrapperMessage
+	(*RecyclerMessage)(nil),                 // 4: recycler.v1.RecyclerMessage
+	(*Hello)(nil),                           // 5: recycler.v1.Hello
+	(*Attached)(nil),                        // 6: recycler.v1.Attached
+	(*Lease)(nil),                           // 7: recycler.v1.Lease
+	(*PreparedLease)(nil),                   // 8: recycler.v1.PreparedLease
+	(*Exit)(nil),                            // 9: recycler.v1.Exit
+	(*WorkerStarted)(nil),                   // 10: recycler.v1.WorkerStarted
+	(*LeaseEnded)(nil),                      // 11: recycler.v1.LeaseEnded
+	(*Ping)(nil),                            // 12: recycler.v1.Ping
+	(*Pong)(nil),                            // 13: recycler.v1.Pong
+	(*GetSlotTableRequest)(nil),             // 14: recycler.v1.GetSlotTableRequest
+	(*SlotTable)(nil),                       // 15: recycler.v1.SlotTable
+	(*SlotStatus)(nil),                      // 16: recycler.v1.SlotStatus
+	(*LeaseRecord)(nil),                     // 17: recycler.v1.LeaseRecord
+	(*fnexecution_v1.ProvisionInfo)(nil),    // 18: org.apache.beam.model.fn_execution.v1.ProvisionInfo
+	(*pipeline_v1.ArtifactInformation)(nil), // 19: org.apache.beam.model.pipeline.v1.ArtifactInformation
 }
 var file_recycler_v1_slot_control_proto_depIdxs = []int32{
 	5,  // 0: recycler.v1.WrapperMessage.hello:type_name -> recycler.v1.Hello
-	9,  // 1: recycler.v1.WrapperMessage.worker_started:type_name -> recycler.v1.WorkerStarted
-	10, // 2: recycler.v1.WrapperMessage.lease_ended:type_name -> recycler.v1.LeaseEnded
-	12, // 3: recycler.v1.WrapperMessage.pong:type_name -> recycler.v1.Pong
+	10, // 1: recycler.v1.WrapperMessage.worker_started:type_name -> recycler.v1.WorkerStarted
+	11, // 2: recycler.v1.WrapperMessage.lease_ended:type_name -> recycler.v1.LeaseEnded
+	13, // 3: recycler.v1.WrapperMessage.pong:type_name -> recycler.v1.Pong
 	6,  // 4: recycler.v1.RecyclerMessage.attached:type_name -> recycler.v1.Attached
 	7,  // 5: recycler.v1.RecyclerMessage.lease:type_name -> recycler.v1.Lease
-	8,  // 6: recycler.v1.RecyclerMessage.exit:type_name -> recycler.v1.Exit
-	11, // 7: recycler.v1.RecyclerMessage.ping:type_name -> recycler.v1.Ping
-	0,  // 8: recycler.v1.Exit.reason:type_name -> recycler.v1.ExitReason
-	1,  // 9: recycler.v1.LeaseEnded.outcome:type_name -> recycler.v1.Outcome
-	2,  // 10: recycler.v1.LeaseEnded.stage:type_name -> recycler.v1.BootStage
-	15, // 11: recycler.v1.SlotTable.slots:type_name -> recycler.v1.SlotStatus
-	16, // 12: recycler.v1.SlotTable.leases:type_name -> recycler.v1.LeaseRecord
-	3,  // 13: recycler.v1.SlotControl.Attach:input_type -> recycler.v1.WrapperMessage
-	13, // 14: recycler.v1.RecyclerAdmin.GetSlotTable:input_type -> recycler.v1.GetSlotTableRequest
-	4,  // 15: recycler.v1.SlotControl.Attach:output_type -> recycler.v1.RecyclerMessage
-	14, // 16: recycler.v1.RecyclerAdmin.GetSlotTable:output_type -> recycler.v1.SlotTable
-	15, // [15:17] is the sub-list for method output_type
-	13, // [13:15] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	9,  // 6: recycler.v1.RecyclerMessage.exit:type_name -> recycler.v1.Exit
+	12, // 7: recycler.v1.RecyclerMessage.ping:type_name -> recycler.v1.Ping
+	8,  // 8: recycler.v1.Lease.prepared:type_name -> recycler.v1.PreparedLease
+	18, // 9: recycler.v1.PreparedLease.provision_info:type_name -> org.apache.beam.model.fn_execution.v1.ProvisionInfo
+	19, // 10: recycler.v1.PreparedLease.artifacts:type_name -> org.apache.beam.model.pipeline.v1.ArtifactInformation
+	0,  // 11: recycler.v1.Exit.reason:type_name -> recycler.v1.ExitReason
+	1,  // 12: recycler.v1.LeaseEnded.outcome:type_name -> recycler.v1.Outcome
+	2,  // 13: recycler.v1.LeaseEnded.stage:type_name -> recycler.v1.BootStage
+	16, // 14: recycler.v1.SlotTable.slots:type_name -> recycler.v1.SlotStatus
+	17, // 15: recycler.v1.SlotTable.leases:type_name -> recycler.v1.LeaseRecord
+	3,  // 16: recycler.v1.SlotControl.Attach:input_type -> recycler.v1.WrapperMessage
+	14, // 17: recycler.v1.RecyclerAdmin.GetSlotTable:input_type -> recycler.v1.GetSlotTableRequest
+	4,  // 18: recycler.v1.SlotControl.Attach:output_type -> recycler.v1.RecyclerMessage
+	15, // 19: recycler.v1.RecyclerAdmin.GetSlotTable:output_type -> recycler.v1.SlotTable
+	18, // [18:20] is the sub-list for method output_type
+	16, // [16:18] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_recycler_v1_slot_control_proto_init() }
@@ -1517,7 +1599,7 @@ func file_recycler_v1_slot_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_recycler_v1_slot_control_proto_rawDesc), len(file_recycler_v1_slot_control_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -237,7 +237,8 @@ func (r *leaseRun) abort() { r.abortOnce.Do(func() { close(r.abortReq) }) }
 
 func (w *Wrapper) startLease(s *attach.Session, l *recyclerpb.Lease) *leaseRun {
 	r := &leaseRun{
-		lease:    boot.Lease{Generation: l.GetGeneration(), WorkerID: l.GetWorkerId(), JobName: l.GetJobName()},
+		lease: boot.Lease{Generation: l.GetGeneration(), WorkerID: l.GetWorkerId(), JobName: l.GetJobName(),
+			Prepared: l.GetPrepared()},
 		done:     make(chan struct{}),
 		exitReq:  make(chan struct{}),
 		abortReq: make(chan struct{}),

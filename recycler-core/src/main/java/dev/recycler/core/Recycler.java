@@ -19,6 +19,7 @@ import dev.recycler.core.slot.WrapperLink;
 import dev.recycler.core.wire.CallerContext;
 import dev.recycler.core.wire.ChannelFactory;
 import dev.recycler.core.wire.RunnerChannels;
+import dev.recycler.proto.v1.PreparedLease;
 import dev.recycler.proto.v1.SlotTable;
 import io.grpc.BindableService;
 import io.grpc.Server;
@@ -76,14 +77,15 @@ public final class Recycler implements AutoCloseable {
       return t;
     });
     RecyclerMetrics<SlotState, EndReason> metrics = new RecyclerMetrics<>(registry, SlotState.class, EndReason.class);
-    this.channels = new RunnerChannels(channelFactory);
+    this.channels = new RunnerChannels(channelFactory,
+        owner -> owner instanceof Lease l && l.state() != Lease.State.ENDED);
     this.artifacts = new Artifacts(
         new ArtifactCache(config.cacheDirectory(), config.cacheMaxBytes(), config.memoryBlobMaxBytes()), channels,
         metrics, config.upstreamCallTimeout(), config.artifactFetchTimeout());
     LeaseListener listener = new LeaseListener() {
       @Override
-      public void onAssigned(Lease lease) {
-        provisioner.onAssigned(lease);
+      public CompletableFuture<PreparedLease> onAssigned(Lease lease) {
+        return prepare(lease);
       }
 
       @Override
@@ -96,8 +98,7 @@ public final class Recycler implements AutoCloseable {
     String recyclerId = UUID.randomUUID().toString().substring(0, 8);
     this.pool = new SlotPool(config, Scheduler.system(timer), metrics, listener, recyclerId);
     // The advertised endpoint needs the bound port (port 0 picks one), so the provisioner reads it lazily.
-    this.provisioner = new Provisioner(pool, channels, this::endpoint, config.upstreamCallTimeout(),
-        (lease, info) -> artifacts.prefetch(lease, info.getDependenciesList()));
+    this.provisioner = new Provisioner(pool, channels, this::endpoint, config.upstreamCallTimeout());
     List<BindableService> services = new ArrayList<>(
         ControlServices.create(pool, channels, config.upstreamCallTimeout()));
     services.add(new ProvisionService(pool, provisioner));
@@ -140,6 +141,25 @@ public final class Recycler implements AutoCloseable {
     this.admin = http;
     LOG.info("recycler serving endpoint={} bind={}:{} slots={} admin_port={} id={}", endpoint, config.bindHost(),
         server.getPort(), config.slotIds().size(), adminPort(), recyclerId);
+  }
+
+  /**
+   * A newly assigned lease's boot inputs, so that its wrapper needs no call before starting the worker: the runner's
+   * provision info (rewritten) and its dependencies resolved into the cache. Meanwhile the channels to the runner's
+   * artifact and control endpoints connect, so the artifact call and the worker's control stream find them ready.
+   */
+  private CompletableFuture<PreparedLease> prepare(Lease lease) {
+    channels.connect(lease, lease.request().getArtifactEndpoint().getUrl());
+    channels.connect(lease, lease.request().getControlEndpoint().getUrl());
+    return provisioner.provisionInfo(lease)
+        .thenCompose(info -> artifacts.resolve(lease, info.getDependenciesList())
+            .thenApply(resolved -> PreparedLease.newBuilder().setProvisionInfo(info).addAllArtifacts(resolved).build()))
+        .whenComplete((prepared, failure) -> {
+          if (failure != null) {
+            LOG.warn("could not prepare lease slot={} generation={} (the wrapper will ask itself): {}",
+                lease.slotId(), lease.generation(), RecyclerException.unwrap(failure).getMessage());
+          }
+        });
   }
 
   /** Starts a recycler with its own Prometheus registry (scraped at the admin endpoint's {@code /metrics}). */

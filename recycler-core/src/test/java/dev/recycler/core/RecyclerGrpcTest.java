@@ -136,6 +136,16 @@ class RecyclerGrpcTest {
     // Upstream calls carry the runner's worker id; the worker used the minted one.
     assertThat(runner.controlCallers).containsExactly("1-1");
     assertThat(runner.provisionCallers).containsExactly("1-1");
+    assertThat(runner.resolveCalls.get()).isEqualTo(1);
+    // The Lease carried the provision info and the resolved binary: the wrapper asked for nothing but the bytes.
+    assertThat(w.bootCalls.get()).isZero();
+    assertThat(w.received(KindCase.LEASE)).singleElement().satisfies(m -> {
+      assertThat(m.getLease().getJobName()).isEqualTo("wordcount");
+      assertThat(m.getLease().getPrepared().getArtifactsList()).singleElement().satisfies(a -> {
+        assertThat(a.getRoleUrn()).isEqualTo(BINARY_ROLE);
+        assertThat(ArtifactFilePayload.parseFrom(a.getTypePayload()).getSha256()).isEqualTo(sha(binary));
+      });
+    });
     ProvisionInfo seen = w.provisioned.get(0);
     assertThat(seen.getControlEndpoint().getUrl()).isEqualTo(recycler.endpoint());
     assertThat(seen.getArtifactEndpoint().getUrl()).isEqualTo(recycler.endpoint());
@@ -200,6 +210,25 @@ class RecyclerGrpcTest {
     pool().startWorker(jobB.startRequest("1-1"));
     assertThat(jobB.artifactDownloads.get()).isEqualTo(1);
     assertThat(w0.downloads.get() + w1.downloads.get()).isEqualTo(2);
+  }
+
+  @Test
+  void aWrapperThatIgnoresThePreparedLeaseGetsTheSameAnswersFromOneUpstreamResolution() throws Exception {
+    start(1, Duration.ofSeconds(10));
+    TestingRunner runner = runner("/staging/job-a/go-worker-binary");
+    TestingWrapper w = wrapper("slot-0", "a").ignorePrepared().attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+
+    assertThat(pool().startWorker(runner.startRequest("1-1")).getError()).isEmpty();
+
+    assertThat(w.bootCalls.get()).isEqualTo(2);
+    assertThat(w.provisioned).singleElement()
+        .isEqualTo(w.received(KindCase.LEASE).get(0).getLease().getPrepared().getProvisionInfo());
+    assertThat(w.held).containsExactly(sha(binary));
+    // The recycler's preparation and the wrapper's ResolveArtifacts share one upstream call and one download.
+    assertThat(runner.provisionCallers).hasSize(1);
+    assertThat(runner.resolveCalls.get()).isEqualTo(1);
+    assertThat(runner.artifactDownloads.get()).isEqualTo(1);
   }
 
   @Test

@@ -33,9 +33,16 @@ import org.slf4j.LoggerFactory;
  * through the {@code inflight} map (put-if-absent of a placeholder future, removed when the fetch ends). Pins are
  * counted under the {@code pins} map's monitor, which the removal listener also takes.
  *
- * <p>Pinning: a size-bounded Caffeine cache may evict a newly added entry at once. A blob resolved for a live lease
- * is pinned until the lease ends: if it is evicted meanwhile, its file is kept and {@link #blob} still finds it; the
- * file is deleted when the last pin goes (unless the content was cached again).
+ * <p>Pinning: a size-bounded Caffeine cache may evict any entry at any write, a newly added one included. So every
+ * blob this cache hands out ({@link #get}, {@link #pinned}, {@link Writer#commit}) comes pinned for the caller, who
+ * releases it with {@link #unpin} (a lease keeps its blobs pinned until it ends). A pinned blob that is evicted keeps
+ * its file and {@link #blob} still finds it; the file is deleted when the last pin goes (unless the content was cached
+ * again). Pins are taken under the {@code pins} monitor, which the removal listener also takes, so a blob is either
+ * pinned before its eviction is handled or not handed out at all.
+ *
+ * <p>Memory: a blob stays on the heap only if it is at most {@code memoryBlobMaxBytes} and the heap-held blobs stay
+ * within {@link #MEMORY_BLOBS_FACTOR} times that and within a quarter of the JVM's maximum heap in total; everything
+ * else is a file, so the heap needed does not depend on what jobs stage.
  *
  * <p>Failure handling: a fetch that fails, is truncated or does not match the sha256 its upstream stated never enters
  * the cache; its temporary file is deleted.
@@ -43,8 +50,17 @@ import org.slf4j.LoggerFactory;
 public final class ArtifactCache {
   private static final Logger LOG = LoggerFactory.getLogger(ArtifactCache.class);
 
+  /**
+   * Heap-held blobs total at most this many times {@code memoryBlobMaxBytes} (64 MiB with the default 8 MiB), and at
+   * most a quarter of the maximum heap.
+   */
+  static final int MEMORY_BLOBS_FACTOR = 8;
+
   private final Path dir;
   private final long memoryBlobMaxBytes;
+  private final long memoryBlobsMaxBytes;
+  /** Bytes of the {@link Blob.InMemory} blobs the cache holds (or a pin keeps). */
+  private final java.util.concurrent.atomic.AtomicLong memoryBytes = new java.util.concurrent.atomic.AtomicLong();
   private final Cache<String, Blob> blobs;
   private final Cache<String, String> digestByKey;
   private final Map<String, CompletableFuture<Blob>> inflight = new ConcurrentHashMap<>();
@@ -68,6 +84,10 @@ public final class ArtifactCache {
   public ArtifactCache(Path dir, long maxBytes, long memoryBlobMaxBytes) throws IOException {
     this.dir = dir;
     this.memoryBlobMaxBytes = dir == null ? Long.MAX_VALUE : memoryBlobMaxBytes;
+    this.memoryBlobsMaxBytes = dir == null ? Long.MAX_VALUE
+        : Math.min(Runtime.getRuntime().maxMemory() / 4,
+            memoryBlobMaxBytes > Long.MAX_VALUE / MEMORY_BLOBS_FACTOR ? Long.MAX_VALUE
+                : memoryBlobMaxBytes * MEMORY_BLOBS_FACTOR);
     if (dir != null) {
       Files.createDirectories(dir);
       wipe(dir);
@@ -104,6 +124,29 @@ public final class ArtifactCache {
     }
   }
 
+  /**
+   * The blob with this sha256, if cached or pinned, pinned for the caller (release with {@link #unpin}); else null.
+   * Reads the Caffeine index under the {@code pins} monitor: reads never wait for Caffeine's eviction lock.
+   */
+  public Blob pinned(String sha256) {
+    synchronized (pins) {
+      Pin pin = pins.get(sha256);
+      Blob b = pin != null ? pin.blob : blobs.getIfPresent(sha256);
+      if (b != null) {
+        pin(b);
+      }
+      return b;
+    }
+  }
+
+  /** How many pins hold this sha256 (tests). */
+  int pinCount(String sha256) {
+    synchronized (pins) {
+      Pin pin = pins.get(sha256);
+      return pin == null ? 0 : pin.count;
+    }
+  }
+
   /** Keeps {@code blob} available (its file undeleted) until a matching {@link #unpin}. */
   public void pin(Blob blob) {
     synchronized (pins) {
@@ -131,7 +174,10 @@ public final class ArtifactCache {
     }
   }
 
-  private static void deleteFile(Blob b) {
+  private void deleteFile(Blob b) {
+    if (b instanceof Blob.InMemory m) {
+      memoryBytes.addAndGet(-m.bytes().length);
+    }
     if (b instanceof Blob.OnDisk d) {
       try {
         Files.deleteIfExists(d.path());
@@ -141,49 +187,70 @@ public final class ArtifactCache {
     }
   }
 
-  /** The cached blob for an upstream identity, if both the identity and its content are still cached. */
-  public Blob forKey(String upstreamKey) {
+  /** The cached blob for an upstream identity, pinned for the caller, if the identity and its content are known. */
+  private Blob pinnedForKey(String upstreamKey) {
     String digest = digestByKey.getIfPresent(upstreamKey);
-    return digest == null ? null : blobs.getIfPresent(digest);
+    return digest == null ? null : pinned(digest);
   }
 
   /**
-   * The blob for an upstream identity: from the cache, or from {@code fetch}, which concurrent callers for the same
-   * key share. {@code fetch} must complete with a blob from {@link #newWriter()}.
+   * The blob for an upstream identity, pinned for the caller (release with {@link #unpin}): from the cache, or from
+   * {@code fetch}, which concurrent callers for the same key share. {@code fetch} must complete with a blob from
+   * {@link Writer#commit}, whose pin this method takes over.
    */
   public CompletableFuture<Blob> get(String upstreamKey, Supplier<CompletableFuture<Blob>> fetch) {
-    Blob cached = forKey(upstreamKey);
+    return get(upstreamKey, fetch, 3);
+  }
+
+  private CompletableFuture<Blob> get(String upstreamKey, Supplier<CompletableFuture<Blob>> fetch, int attempts) {
+    Blob cached = pinnedForKey(upstreamKey);
     if (cached != null) {
       return CompletableFuture.completedFuture(cached);
     }
-    CompletableFuture<Blob> mine = new CompletableFuture<>();
-    CompletableFuture<Blob> existing = inflight.putIfAbsent(upstreamKey, mine);
-    if (existing != null) {
-      return existing;
-    }
-    CompletableFuture<Blob> started;
-    try {
-      started = fetch.get();
-    } catch (RuntimeException e) {
-      started = CompletableFuture.failedFuture(e);
-    }
-    started.whenComplete((blob, failure) -> {
-      if (blob != null) {
-        digestByKey.put(upstreamKey, blob.sha256());
+    CompletableFuture<Blob> shared = new CompletableFuture<>();
+    CompletableFuture<Blob> existing = inflight.putIfAbsent(upstreamKey, shared);
+    // Each caller gets its own pin, taken as the fetch completes, while the commit's pin still holds the blob. A
+    // caller that joins just after that finds the blob cached, or evicted (maybe deleted), and then fetches it again.
+    CompletableFuture<Blob> mine = (existing == null ? shared : existing).thenCompose(blob -> {
+      Blob pinned = pinned(blob.sha256());
+      if (pinned != null) {
+        return CompletableFuture.completedFuture(pinned);
       }
-      inflight.remove(upstreamKey, mine);
-      if (failure != null) {
-        mine.completeExceptionally(failure);
-      } else {
-        mine.complete(blob);
-      }
+      return attempts > 1 ? get(upstreamKey, fetch, attempts - 1) : CompletableFuture.failedFuture(
+          new IOException("artifact " + blob.sha256() + " was evicted again and again before it could be used;"
+              + " the artifact cache is too small for the artifacts in use: raise its maximum size"));
     });
+    if (existing == null) {
+      CompletableFuture<Blob> started;
+      try {
+        started = fetch.get();
+      } catch (RuntimeException e) {
+        started = CompletableFuture.failedFuture(e);
+      }
+      started.whenComplete((blob, failure) -> {
+        if (blob != null) {
+          digestByKey.put(upstreamKey, blob.sha256());
+        }
+        inflight.remove(upstreamKey, shared);
+        if (failure != null || blob == null) {
+          shared.completeExceptionally(failure != null ? failure
+              : new IllegalStateException("the fetch of " + upstreamKey + " completed without content"));
+          return;
+        }
+        try {
+          shared.complete(blob); // every caller waiting on it pins the blob now
+        } finally {
+          unpin(blob.sha256());
+        }
+      });
+    }
     return mine;
   }
 
   /** Whether the identity is known and cached (for hit/miss accounting before {@link #get}). */
   public boolean contains(String upstreamKey) {
-    return forKey(upstreamKey) != null;
+    String digest = digestByKey.getIfPresent(upstreamKey);
+    return digest != null && blobs.getIfPresent(digest) != null;
   }
 
   /** Bytes held (approximate: weights are kept in KiB). */
@@ -210,11 +277,7 @@ public final class ArtifactCache {
       sha.update(b, off, len);
       size += len;
       if (file == null && size > memoryBlobMaxBytes) {
-        Files.createDirectories(dir.resolve("tmp"));
-        tmp = Files.createTempFile(dir.resolve("tmp"), "fetch-", ".part");
-        file = Files.newOutputStream(tmp);
-        memory.writeTo(file);
-        memory = null;
+        spill();
       }
       if (file != null) {
         file.write(b, off, len);
@@ -223,17 +286,30 @@ public final class ArtifactCache {
       }
     }
 
+    private void spill() throws IOException {
+      Files.createDirectories(dir.resolve("tmp"));
+      tmp = Files.createTempFile(dir.resolve("tmp"), "fetch-", ".part");
+      file = Files.newOutputStream(tmp);
+      memory.writeTo(file);
+      memory = null;
+    }
+
+    /** As {@link #write(byte[], int, int)}, without copying the chunk first. */
     public void write(com.google.protobuf.ByteString data) throws IOException {
       for (java.nio.ByteBuffer bb : data.asReadOnlyByteBufferList()) {
-        byte[] chunk = new byte[bb.remaining()];
-        bb.get(chunk);
-        write(chunk, 0, chunk.length);
+        sha.update(bb);
       }
+      size += data.size();
+      if (file == null && size > memoryBlobMaxBytes) {
+        spill();
+      }
+      data.writeTo(file != null ? file : memory);
     }
 
     /**
-     * Completes the content. If {@code expectedSha256} is non-empty and differs, nothing is cached.
+     * Completes the content and caches it. If {@code expectedSha256} is non-empty and differs, nothing is cached.
      *
+     * @return the cached blob, pinned for the caller (release with {@link #unpin}, or hand it to {@link #get})
      * @throws IOException on a digest mismatch or a failed write
      */
     public Blob commit(String expectedSha256) throws IOException {
@@ -243,12 +319,16 @@ public final class ArtifactCache {
         throw new IOException("sha256 mismatch: upstream states " + expectedSha256 + ", content has " + digest);
       }
       Blob blob;
-      if (file == null) {
+      if (file == null && memoryBytes.addAndGet(size) <= memoryBlobsMaxBytes) {
         blob = new Blob.InMemory(digest, memory.toByteArray());
       } else {
+        if (file == null) {
+          memoryBytes.addAndGet(-size); // the heap-held blobs are at their bound: this one goes to disk
+          spill();
+        }
         file.close();
         Path target = dir.resolve("sha256-" + digest);
-        Blob existing = blobs.getIfPresent(digest);
+        Blob existing = pinned(digest);
         if (existing != null) {
           Files.deleteIfExists(tmp);
           return existing;
@@ -256,7 +336,13 @@ public final class ArtifactCache {
         Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
         blob = new Blob.OnDisk(digest, size, target);
       }
-      return blobs.asMap().computeIfAbsent(digest, d -> blob);
+      // Pinned before it enters the cache: the write may evict it at once.
+      pin(blob);
+      Blob cached = blobs.asMap().computeIfAbsent(digest, d -> blob);
+      if (cached != blob && blob instanceof Blob.InMemory) {
+        memoryBytes.addAndGet(-size); // the same content was cached meanwhile; this copy is dropped
+      }
+      return cached;
     }
 
     /** Discards everything written. Idempotent. */

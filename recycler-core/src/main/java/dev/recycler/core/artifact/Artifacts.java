@@ -50,6 +50,10 @@ public final class Artifacts {
   private final Duration fetchTimeout;
   /** Per lease: sha256 → the runner artifact it came from (to fetch again if evicted). */
   private final Map<Lease, Map<String, ArtifactInformation>> scopes = new ConcurrentHashMap<>();
+  /** Per lease: the one resolution of its dependencies, shared by the Lease message and the wrapper's own call. */
+  private final Map<Lease, Resolution> resolutions = new ConcurrentHashMap<>();
+
+  private record Resolution(List<ArtifactInformation> request, CompletableFuture<List<ArtifactInformation>> result) {}
 
   public Artifacts(ArtifactCache cache, RunnerChannels channels, RecyclerMetrics<?, ?> metrics, Duration callTimeout,
       Duration fetchTimeout) {
@@ -67,28 +71,43 @@ public final class Artifacts {
 
   /** Forgets the lease's scope and releases its pinned blobs. */
   public void onEnded(Lease lease) {
+    resolutions.remove(lease);
     Map<String, ArtifactInformation> scope = scopes.remove(lease);
     if (scope != null) {
       scope.keySet().forEach(cache::unpin);
     }
   }
 
-  /** Adds a blob to the lease's scope, pinning it once per lease so eviction cannot take it from a booting wrapper. */
+  /**
+   * Adds a blob, pinned for this call, to the lease's scope: the lease keeps one pin per blob until it ends, so
+   * eviction cannot take it from a booting wrapper; a second pin for a blob already in scope is released.
+   */
   private void admit(Lease lease, Blob blob, ArtifactInformation origin) {
     if (scope(lease).putIfAbsent(blob.sha256(), origin) == null) {
-      cache.pin(blob);
       if (!lease.isLive()) {
         // The lease ended while this blob was fetched; onEnded may have run already.
         onEnded(lease);
       }
+    } else {
+      cache.unpin(blob.sha256());
     }
   }
 
   /**
    * Resolves runner artifacts for the lease: asks the runner to resolve them (as Beam's boot does), fetches each into
-   * the cache (once per upstream identity), and answers with file artifacts that carry the sha256.
+   * the cache (once per upstream identity), and answers with file artifacts that carry the sha256. A lease's
+   * resolution of the same list is done once (again after a failure).
    */
   public CompletableFuture<List<ArtifactInformation>> resolve(Lease lease, List<ArtifactInformation> artifacts) {
+    Resolution r = resolutions.compute(lease, (l, old) -> old != null && old.request().equals(artifacts)
+        && !old.result().isCompletedExceptionally() ? old : new Resolution(artifacts, resolveOnce(l, artifacts)));
+    if (!lease.isLive()) {
+      resolutions.remove(lease); // onEnded may have run already
+    }
+    return r.result();
+  }
+
+  private CompletableFuture<List<ArtifactInformation>> resolveOnce(Lease lease, List<ArtifactInformation> artifacts) {
     return resolveUpstream(lease, artifacts).thenCompose(resolved -> {
       List<CompletableFuture<ArtifactInformation>> each = new ArrayList<>();
       for (ArtifactInformation a : resolved) {
@@ -124,19 +143,12 @@ public final class Artifacts {
     }
     Blob blob = cache.blob(digest);
     if (blob != null) {
-      metrics.cacheHit();
+      metrics.cacheHit(); // the lease's pin keeps it
       return CompletableFuture.completedFuture(blob);
     }
-    return blobFor(lease, origin);
-  }
-
-  /** Starts fetching a lease's dependencies into the cache ahead of the wrapper's request. */
-  public void prefetch(Lease lease, List<ArtifactInformation> dependencies) {
-    resolve(lease, dependencies).whenComplete((r, e) -> {
-      if (e != null) {
-        LOG.warn("artifact prefetch failed slot={} generation={}: {}", lease.slotId(), lease.generation(),
-            RecyclerException.unwrap(e).toString());
-      }
+    return blobFor(lease, origin).thenApply(b -> {
+      admit(lease, b, origin);
+      return b;
     });
   }
 
@@ -176,9 +188,10 @@ public final class Artifacts {
     return result;
   }
 
+  /** The artifact's blob, pinned for the caller (who hands the pin to {@link #admit}). */
   private CompletableFuture<Blob> blobFor(Lease lease, ArtifactInformation artifact) {
     String stated = digestOf(artifact);
-    Blob known = stated.isEmpty() ? null : cache.blob(stated);
+    Blob known = stated.isEmpty() ? null : cache.pinned(stated);
     if (known != null) {
       // The upstream states its content (Beam's job server does not, other runners may): no download needed.
       metrics.cacheHit();

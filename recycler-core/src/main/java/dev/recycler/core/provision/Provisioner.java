@@ -16,7 +16,6 @@ import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.TimeUnit;
-import java.util.function.BiConsumer;
 import java.util.function.Supplier;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoRequest;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoResponse;
@@ -25,7 +24,7 @@ import org.apache.beam.model.fnexecution.v1.ProvisionServiceGrpc;
 import org.apache.beam.model.pipeline.v1.Endpoints.ApiServiceDescriptor;
 
 /**
- * Fetches each lease's {@link ProvisionInfo} from the runner (with the runner's worker id) as soon as a slot is
+ * Fetches each lease's {@link ProvisionInfo} from the runner (with the runner's worker id) once, as soon as a slot is
  * assigned, and rewrites it for the wrapper: control and artifact endpoints point at the recycler (control proxy,
  * artifact cache); logging stays the runner's. Pipeline options are passed through, never logged.
  *
@@ -36,34 +35,23 @@ public final class Provisioner {
   private final RunnerChannels channels;
   private final Supplier<String> advertisedEndpoint;
   private final Duration timeout;
-  private final BiConsumer<Lease, ProvisionInfo> onProvisioned;
   private final Map<Lease, CompletableFuture<ProvisionInfo>> byLease = new ConcurrentHashMap<>();
 
-  /**
-   * @param advertisedEndpoint the recycler's endpoint as wrappers and workers dial it
-   * @param onProvisioned called with the runner's (unrewritten) info once fetched, e.g. to prefetch artifacts
-   */
-  public Provisioner(SlotPool pool, RunnerChannels channels, Supplier<String> advertisedEndpoint, Duration timeout,
-      BiConsumer<Lease, ProvisionInfo> onProvisioned) {
+  /** @param advertisedEndpoint the recycler's endpoint as wrappers and workers dial it */
+  public Provisioner(SlotPool pool, RunnerChannels channels, Supplier<String> advertisedEndpoint, Duration timeout) {
     this.pool = pool;
     this.channels = channels;
     this.advertisedEndpoint = advertisedEndpoint;
     this.timeout = timeout;
-    this.onProvisioned = onProvisioned;
-  }
-
-  /** Starts fetching the lease's provision info. */
-  public void onAssigned(Lease lease) {
-    provisionInfo(lease);
   }
 
   public void onEnded(Lease lease) {
     byLease.remove(lease);
   }
 
-  /** The lease's rewritten provision info, fetched once. */
+  /** The lease's rewritten provision info, fetched once (again after a failure). */
   public CompletableFuture<ProvisionInfo> provisionInfo(Lease lease) {
-    return byLease.computeIfAbsent(lease, this::fetch);
+    return byLease.compute(lease, (l, f) -> f == null || f.isCompletedExceptionally() ? fetch(l) : f);
   }
 
   private CompletableFuture<ProvisionInfo> fetch(Lease lease) {
@@ -76,11 +64,7 @@ public final class Provisioner {
           public void onNext(GetProvisionInfoResponse response) {
             ProvisionInfo upstream = response.getInfo();
             pool.jobName(lease, jobName(upstream.getPipelineOptions()));
-            try {
-              onProvisioned.accept(lease, upstream);
-            } finally {
-              result.complete(rewrite(upstream, lease));
-            }
+            result.complete(rewrite(upstream, lease));
           }
 
           @Override

@@ -31,6 +31,7 @@ public final class Lease {
   volatile String jobName = "";
   volatile long workerPid;
   volatile long readyNanos = -1;
+  volatile long assignedNanos = -1;
   volatile long exitSentNanos = -1;
   volatile Instant endedAt;
   volatile EndReason endReason;
@@ -39,6 +40,8 @@ public final class Lease {
   volatile String signal = "";
   volatile String message = "";
   // Guarded by the pool lock.
+  /** Whether the Lease message went to the wrapper; until then the lease can end without the wrapper. */
+  boolean announced;
   ControlLink control;
   Scheduler.Cancellable waitTask;
   Scheduler.Cancellable readyTask;

@@ -18,6 +18,7 @@ import dev.recycler.proto.v1.Hello;
 import dev.recycler.proto.v1.LeaseEnded;
 import dev.recycler.proto.v1.LeaseRecord;
 import dev.recycler.proto.v1.Ping;
+import dev.recycler.proto.v1.PreparedLease;
 import dev.recycler.proto.v1.RecyclerMessage;
 import dev.recycler.proto.v1.SlotStatus;
 import dev.recycler.proto.v1.SlotTable;
@@ -672,6 +673,7 @@ public final class SlotPool {
     long generation = ++slot.lastGeneration;
     lease.slot = slot;
     lease.generation = generation;
+    lease.assignedNanos = scheduler.nanoTime();
     lease.workerId = slot.id + ".g" + generation;
     lease.state = Lease.State.BOOTING;
     slot.lease = lease;
@@ -681,10 +683,43 @@ public final class SlotPool {
     lease.readyTask = scheduler.schedule(config.readyTimeout(), () -> readyTimedOut(lease));
     LOG.info("lease assigned slot={} generation={} worker={} runner_worker={}", slot.id, generation, lease.workerId,
         lease.runnerWorkerId());
-    WrapperLink link = slot.attachment.link();
-    after.add(() -> link.send(RecyclerMessage.newBuilder().setLease(dev.recycler.proto.v1.Lease.newBuilder()
-        .setGeneration(generation).setWorkerId(lease.workerId)).build()));
-    after.add(() -> listener.onAssigned(lease));
+    after.add(() -> prepare(lease));
+  }
+
+  /**
+   * Gets the lease's boot inputs from the listener (the runner's provision info and resolved artifacts), then
+   * announces the lease to its wrapper with them; without them if they could not be had, and the wrapper asks itself.
+   */
+  private void prepare(Lease lease) {
+    CompletableFuture<PreparedLease> inputs;
+    try {
+      inputs = listener.onAssigned(lease);
+    } catch (RuntimeException e) {
+      inputs = CompletableFuture.failedFuture(e);
+    }
+    inputs.whenComplete((prepared, failure) -> announce(lease, failure == null ? prepared : null));
+  }
+
+  private void announce(Lease lease, PreparedLease prepared) {
+    lock.lock();
+    try {
+      if (lease.state != Lease.State.BOOTING || lease.announced) {
+        return; // it ended before its wrapper heard of it; end() has freed the slot
+      }
+      lease.announced = true;
+      dev.recycler.proto.v1.Lease.Builder message = dev.recycler.proto.v1.Lease.newBuilder()
+          .setGeneration(lease.generation).setWorkerId(lease.workerId).setJobName(lease.jobName);
+      if (prepared != null) {
+        message.setPrepared(prepared);
+      }
+      LOG.info("lease sent slot={} generation={} prepared={} prepare_ms={}", lease.slotId(), lease.generation,
+          prepared != null, (scheduler.nanoTime() - lease.assignedNanos) / 1_000_000);
+      // Sent under the lock, unlike other side effects: an Exit for this lease is queued only after this point, so it
+      // can never reach the wrapper before its Lease. Sending does not block (the stream buffers).
+      lease.slot.attachment.link().send(RecyclerMessage.newBuilder().setLease(message).build());
+    } finally {
+      lock.unlock();
+    }
   }
 
   private void readyTimedOut(Lease lease) {
@@ -713,8 +748,15 @@ public final class SlotPool {
     }
     Slot slot = lease.slot;
     failIfBooting(lease, reason, failure, after);
-    lease.state = Lease.State.ENDING;
     lease.endReason = reason;
+    if (!lease.announced) {
+      // Its wrapper never got the Lease, so nothing of it runs: the slot is free at once, no exit instruction.
+      lease.outcome = "NOT_SENT";
+      finish(slot, lease, reason, after);
+      dispatch(after);
+      return;
+    }
+    lease.state = Lease.State.ENDING;
     closeControl(lease, reason, after);
     transition(slot, SlotState.DRAINING);
     sendExit(slot, lease, after);

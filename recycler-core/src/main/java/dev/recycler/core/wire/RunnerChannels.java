@@ -5,6 +5,7 @@ import java.util.HashMap;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.TimeUnit;
+import java.util.function.Predicate;
 
 /**
  * Channels to one lease's runner endpoints (control, provision, artifacts), created on first use and shut down
@@ -14,18 +15,34 @@ import java.util.concurrent.TimeUnit;
  */
 public final class RunnerChannels {
   private final ChannelFactory factory;
+  private final Predicate<Object> live;
   private final Map<Object, Map<String, ManagedChannel>> byOwner = new ConcurrentHashMap<>();
 
-  public RunnerChannels(ChannelFactory factory) {
+  /**
+   * @param live whether an owner may still hold channels; an owner must stop being live before it is {@linkplain
+   *     #release released}, so a channel created while it is released is shut down at once instead of leaking
+   */
+  public RunnerChannels(ChannelFactory factory, Predicate<Object> live) {
     this.factory = factory;
+    this.live = live;
   }
 
-  /** The channel to {@code url} for {@code owner} (a lease), created if needed. */
+  /** The channel to {@code url} for {@code owner} (a lease), created if needed; already shut down if it ended. */
   public ManagedChannel channel(Object owner, String url) {
     Map<String, ManagedChannel> channels = byOwner.computeIfAbsent(owner, o -> new HashMap<>());
+    ManagedChannel channel;
     synchronized (channels) {
-      return channels.computeIfAbsent(url, factory::create);
+      channel = channels.computeIfAbsent(url, factory::create);
     }
+    if (!live.test(owner)) {
+      release(owner);
+    }
+    return channel;
+  }
+
+  /** Creates the channel to {@code url} for {@code owner} if needed and starts connecting it, without a call. */
+  public void connect(Object owner, String url) {
+    channel(owner, url).getState(true);
   }
 
   /** Shuts down every channel of {@code owner}. Idempotent. */

@@ -7,7 +7,9 @@ import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.MessageDigest;
+import java.util.ArrayList;
 import java.util.HexFormat;
+import java.util.List;
 import java.util.Random;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
@@ -32,12 +34,20 @@ class ArtifactCacheTest {
     return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(b));
   }
 
-  private static Blob store(ArtifactCache cache, byte[] content) throws IOException {
+  /** Content as a fetch leaves it: committed, cached, and pinned for the fetch. */
+  private static Blob fetched(ArtifactCache cache, byte[] content) throws IOException {
     ArtifactCache.Writer w = cache.newWriter();
     for (int off = 0; off < content.length; off += 1000) {
       w.write(content, off, Math.min(1000, content.length - off));
     }
     return w.commit("");
+  }
+
+  /** Content in the cache that nobody holds. */
+  private static Blob store(ArtifactCache cache, byte[] content) throws IOException {
+    Blob b = fetched(cache, content);
+    cache.unpin(b.sha256());
+    return b;
   }
 
   private long filesIn(Path d) throws IOException {
@@ -64,6 +74,24 @@ class ArtifactCacheTest {
       assertThat(in.readAllBytes()).isEqualTo(large);
     }
     assertThat(cache.blob(sha(large))).isSameAs(l);
+  }
+
+  @Test
+  void heapHeldBlobsStayWithinTheirTotalBoundAndTheRestGoesToDisk() throws Exception {
+    ArtifactCache cache = new ArtifactCache(dir, 10L << 20, 4096);
+    int fit = ArtifactCache.MEMORY_BLOBS_FACTOR * 4096 / 4000;
+    List<Blob> stored = new ArrayList<>();
+    for (int i = 0; i < fit + 3; i++) {
+      stored.add(store(cache, bytes(4000, 100 + i)));
+    }
+
+    assertThat(stored.subList(0, fit)).allMatch(b -> b instanceof Blob.InMemory);
+    assertThat(stored.subList(fit, stored.size())).allMatch(b -> b instanceof Blob.OnDisk);
+    // Storing the same content again keeps the cached copy and does not count it twice.
+    assertThat(store(cache, bytes(4000, 100))).isSameAs(stored.get(0));
+    // Once heap-held blobs leave the cache, new small content is held on the heap again.
+    cache.clear();
+    assertThat(store(cache, bytes(4000, 999))).isInstanceOf(Blob.InMemory.class);
   }
 
   @Test
@@ -106,6 +134,37 @@ class ArtifactCacheTest {
     }
   }
 
+  /**
+   * Regression: with every blob unique (the benchmark's cold leases), the write that cached a new binary could evict it
+   * at once and delete its file before the lease that fetched it pinned it ("evicted from the cache while being
+   * requested"). Blobs are now pinned before they enter the cache, and handed out pinned.
+   */
+  @Test
+  void aBlobEvictedByTheWriteThatCachedItStaysReadableForItsFetchers() throws Exception {
+    ArtifactCache cache = new ArtifactCache(dir, 450_000, 1024);
+    List<Blob> held = new ArrayList<>();
+    for (int i = 0; i < 6; i++) {
+      byte[] content = bytes(300_000, 200 + i);
+      Blob b = cache.get("key-" + i, () -> {
+        try {
+          return CompletableFuture.completedFuture(fetched(cache, content));
+        } catch (IOException e) {
+          return CompletableFuture.failedFuture(e);
+        }
+      }).join();
+      held.add(b);
+      cache.cleanUp();
+      try (var in = b.open()) {
+        assertThat(in.readAllBytes()).isEqualTo(content);
+      }
+    }
+    assertThat(cache.sizeBytes()).isLessThanOrEqualTo(450_000);
+
+    held.forEach(b -> cache.unpin(b.sha256()));
+    cache.cleanUp();
+    assertThat(filesIn(dir)).as("only what the cache still holds").isLessThanOrEqualTo(1);
+  }
+
   @Test
   void concurrentRequestsForOneUpstreamArtifactShareOneFetch() throws Exception {
     ArtifactCache cache = new ArtifactCache(null, 10L << 20, 0);
@@ -120,10 +179,11 @@ class ArtifactCacheTest {
       fetches.incrementAndGet();
       return gate;
     });
-    gate.complete(store(cache, bytes(100, 3)));
+    gate.complete(fetched(cache, bytes(100, 3)));
 
     assertThat(fetches).hasValue(1);
     assertThat(a.join()).isSameAs(b.join());
+    assertThat(cache.pinCount(a.join().sha256())).as("one pin per caller; the fetch's own pin is released").isEqualTo(2);
     assertThat(cache.get("key", () -> CompletableFuture.failedFuture(new AssertionError("cached")))).isDone();
   }
 
@@ -133,10 +193,10 @@ class ArtifactCacheTest {
     CompletableFuture<Blob> failed = cache.get("k", () -> CompletableFuture.failedFuture(new IOException("reset")));
     assertThat(failed).isCompletedExceptionally();
     AtomicInteger fetches = new AtomicInteger();
-    cache.get("k", () -> {
+    assertThat(cache.get("k", () -> {
       fetches.incrementAndGet();
       return CompletableFuture.completedFuture(null);
-    });
+    })).as("a fetch without content is a failure").isCompletedExceptionally();
     assertThat(fetches).as("a failed fetch is retried, not remembered").hasValue(1);
 
     ArtifactCache.Writer w = cache.newWriter();

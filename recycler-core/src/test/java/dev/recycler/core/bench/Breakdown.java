@@ -15,22 +15,25 @@ import java.util.regex.Pattern;
 /**
  * Where the time of this project's leases goes, from the timestamps of the recycler's log lines (milliseconds) and the
  * wrapper's JSON log lines (nanoseconds), matched to the harness's samples by the runner's worker id and the lease
- * generation. Segments: StartWorker call to slot assigned; Lease message to the wrapper; GetProvisionInfo; resolve,
- * link, options file and fork/exec; the worker's Go runtime init, beam.Init and control dial to the proxy; the proxy's
- * upstream stream to the runner.
+ * generation. Segments: StartWorker call to slot assigned; the recycler preparing the lease (provision info and
+ * resolved artifacts from the runner); Lease message to the wrapper; the wrapper's GetProvisionInfo (none when the
+ * lease came prepared); resolve, link, options file and fork/exec; the worker's Go runtime init, beam.Init and control
+ * dial to the proxy; the proxy's upstream stream to the runner.
  */
 final class Breakdown {
   private static final Pattern RECYCLER_LINE = Pattern.compile("^(\\S+) \\[[^]]*\\] INFO \\S+ - (.*)$");
   private static final Pattern ASSIGNED = Pattern.compile(
       "lease assigned slot=(\\S+) generation=(\\d+) worker=\\S+ runner_worker=(\\S+)");
   private static final Pattern CONNECTED = Pattern.compile("control connected slot=(\\S+) generation=(\\d+) ");
+  private static final Pattern SENT = Pattern.compile("lease sent slot=(\\S+) generation=(\\d+) ");
   private static final Pattern WRAPPER_LINE = Pattern.compile(
       "\"time\":\"([^\"]+)\".*\"msg\":\"([^\"]+)\",\"slot\":\"([^\"]+)\",\"generation\":(\\d+)");
 
   static final List<String> SEGMENTS = List.of(
       "StartWorker call -> slot assigned (recycler)",
+      "slot assigned -> Lease sent: provision info, resolve artifacts at the runner (recycler)",
       "Lease message -> wrapper",
-      "wrapper GetProvisionInfo",
+      "wrapper GetProvisionInfo (none when the lease came prepared)",
       "resolve artifacts, link binary, options file, fork/exec",
       "worker: Go runtime init, beam.Init, control dial (to the proxy)",
       "proxy: upstream control stream -> runner",
@@ -70,6 +73,10 @@ final class Breakdown {
         genOfRunner.put(a.group(3), key);
         ev.computeIfAbsent(key, k -> new HashMap<>()).put("assigned", t);
       }
+      Matcher sent = SENT.matcher(m.group(2));
+      if (sent.find()) {
+        ev.computeIfAbsent(sent.group(1) + "/" + sent.group(2), k -> new HashMap<>()).put("sent", t);
+      }
       Matcher c = CONNECTED.matcher(m.group(2));
       if (c.find()) {
         ev.computeIfAbsent(c.group(1) + "/" + c.group(2), k -> new HashMap<>()).put("connected", t);
@@ -95,13 +102,14 @@ final class Breakdown {
       }
       String key = genOfRunner.get(x.runnerWorkerId());
       Map<String, Double> e = key == null ? null : ev.get(key);
-      if (e == null || !e.keySet().containsAll(List.of("assigned", "lease", "provisioned", "worker started",
+      if (e == null || !e.keySet().containsAll(List.of("assigned", "sent", "lease", "provisioned", "worker started",
           "connected"))) {
         continue;
       }
       n++;
       double ready = x.startEpochMs() + x.readyMs();
-      double[] v = {e.get("assigned") - x.startEpochMs(), e.get("lease") - e.get("assigned"),
+      double[] v = {e.get("assigned") - x.startEpochMs(), e.get("sent") - e.get("assigned"),
+          e.get("lease") - e.get("sent"),
           e.get("provisioned") - e.get("lease"), e.get("worker started") - e.get("provisioned"),
           e.get("connected") - e.get("worker started"), ready - e.get("connected"), x.readyMs()};
       for (int i = 0; i < v.length; i++) {

@@ -38,6 +38,8 @@ import java.util.function.IntFunction;
 public final class LeaseBenchmark {
   static final String STAGED_NAME = "bench-go-worker";
   static final int LONG_WARMUP = 50;
+  /** The recycler sidecar's recommended JVM flags (docs/operations.md). */
+  static final String RECYCLER_JVM = "-Xmx64m -XX:+UseSerialGC";
   private static final AtomicInteger WORKER_IDS = new AtomicInteger();
 
   private LeaseBenchmark() {}
@@ -69,10 +71,10 @@ public final class LeaseBenchmark {
           path(o, "recycler-jar"), path(o, "wrapper-binary"), path(o, "worker-binary"), path(o, "beam-boot-binary"),
           Integer.parseInt(o.getOrDefault("leases", "200")), Integer.parseInt(o.getOrDefault("rounds", "50")),
           Integer.parseInt(o.getOrDefault("concurrency", "4")), Integer.parseInt(o.getOrDefault("long-leases", "1000")),
-          Integer.parseInt(o.getOrDefault("warmup", "50")), Integer.parseInt(o.getOrDefault("batch", "25")),
+          Integer.parseInt(o.getOrDefault("warmup", "200")), Integer.parseInt(o.getOrDefault("batch", "25")),
           new LinkedHashSet<>(Arrays.asList(o.getOrDefault("runs", "floor,beam,beam-concurrent,recycler,recycler-concurrent,long,paired")
               .split(","))),
-          Arrays.stream(o.getOrDefault("recycler-jvm", "-Xmx256m").split(" ")).filter(s -> !s.isBlank()).toList(),
+          Arrays.stream(o.getOrDefault("recycler-jvm", RECYCLER_JVM).split(" ")).filter(s -> !s.isBlank()).toList(),
           Long.parseLong(o.getOrDefault("recycler-cache-mb", "1024")));
       o.keySet().removeAll(List.of("out", "recycler-jar", "wrapper-binary", "worker-binary", "beam-boot-binary",
           "leases", "rounds", "concurrency", "long-leases", "warmup", "batch", "runs", "recycler-jvm",
@@ -99,11 +101,12 @@ public final class LeaseBenchmark {
         --rounds=N           rounds of the concurrent runs (default 50)
         --concurrency=N      leases per concurrent round, and slots of the concurrent recycler (default 4)
         --long-leases=N      leases of the recycler's long leak run (default 1000; 0 = skip)
-        --warmup=N           unrecorded leases before each subject's runs (default 50)
+        --warmup=N           unrecorded leases before each subject's runs (default 200: warm caches and JITs)
         --batch=N            Beam's pool: leases between leak counts and clean-ups (default 25)
         --runs=a,b           any of floor,beam,beam-concurrent,recycler,recycler-concurrent,long,paired
                              (default all; beam-concurrent needs beam; paired alternates floor and warm leases)
-        --recycler-jvm=OPTS  JVM options of the recycler sidecar process (default -Xmx256m)
+        --recycler-jvm=OPTS  JVM options of the recycler sidecar process (default: the sidecar's recommended
+                             flags, docs/operations.md: -Xmx64m -XX:+UseSerialGC)
         --recycler-cache-mb=N  the recycler's --cache-max-bytes in MiB (default 1024)""";
 
   /** One recorded run: aggregates over its leases. */
@@ -244,7 +247,11 @@ public final class LeaseBenchmark {
             c.leases(), c.rounds(), c.concurrency(), c.longLeases(), Math.max(c.warmup(), LONG_WARMUP), c.batch(),
             c.runs(), c.recyclerJvm(), c.recyclerCacheMb());
         warmUp(ours, longWarmup, i -> lease("warmup", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()));
+        // The full collection of the live-heap reading comes before the first RSS snapshot, so it cannot lower the
+        // later snapshots against the baseline; the last reading comes after the last snapshot.
+        long heapBefore = ours.liveHeapKb();
         snapshot(ours, "after warm-up", 0, resources);
+        ours.nativeMemory("baseline");
         int step = Math.max(1, c.longLeases() / 10);
         List<LeaseSample> all = new ArrayList<>();
         RunResult last = null;
@@ -256,6 +263,15 @@ public final class LeaseBenchmark {
           all.addAll(last.samples());
           snapshot(ours, "after " + (done + n), done + n, resources);
         }
+        String nmt = ours.nativeMemory("summary.diff");
+        if (nmt != null) {
+          Files.createDirectories(c.out());
+          Files.writeString(c.out().resolve("recycler-native-memory-diff.txt"), nmt);
+        }
+        long heapAfter = ours.liveHeapKb();
+        notes.add(String.format(Locale.ROOT, "Leak run: the recycler JVM's live heap right after a full collection "
+            + "(jcmd GC.run, then GC.heap_info) was %.1f MB after warm-up and %.1f MB "
+            + "after %d leases.", heapBefore / 1024.0, heapAfter / 1024.0, c.longLeases()));
         RunResult whole = new RunResult(last.subject(), last.run(), 1, 1, all, -1, -1, Double.NaN, last.leftovers(),
             "see the resource table", last.load());
         runs.add(whole);

@@ -35,9 +35,10 @@ class LeaseBenchmarkSmokeIT {
     assertThat(jar).as("recycler sidecar jar (mvn package)").isRegularFile();
     LeaseBenchmark.Config config = new LeaseBenchmark.Config(tmp.resolve("results"), jar,
         binary("recycler.wrapper.binary"), binary("recycler.worker.binary"), binary("recycler.beam.boot.binary"),
-        20, 5, 4, 0, 2, 10, Set.of("floor", "beam", "recycler", "recycler-concurrent"), List.of("-Xmx256m"),
-        // Room for every cold binary: with less, the recycler's cache evicts a binary a wrapper is about to fetch
-        // (the full benchmark's 1 GiB shows it), which is not what this smoke test checks.
+        20, 5, 4, 0, 2, 10, Set.of("floor", "beam", "recycler", "recycler-concurrent"),
+        List.of(LeaseBenchmark.RECYCLER_JVM.split(" ")),
+        // Room for every cold binary, so no cold lease waits for a binary fetched again after its eviction (the full
+        // benchmark's 1 GiB cache exercises eviction).
         4096);
 
     LeaseBenchmark.Results results = LeaseBenchmark.run(config);

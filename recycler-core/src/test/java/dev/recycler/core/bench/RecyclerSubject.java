@@ -39,6 +39,8 @@ import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
  * as Beam's {@code ExternalEnvironmentFactory} does.
  */
 final class RecyclerSubject implements Subject {
+  /** {@code garbage-first heap   total 262144K, used 10240K} (or the same for another collector). */
+  private static final Pattern HEAP_USED = Pattern.compile("heap\\s+total \\d+K, used (\\d+)K");
   private static final Pattern LISTENING = Pattern.compile("recycler listening on (\\S+) admin http://(\\S+)");
 
   private final String name;
@@ -146,6 +148,39 @@ final class RecyclerSubject implements Subject {
   /** The whole slot table (with every kept lease record). */
   SlotTable slotTable() {
     return table(0);
+  }
+
+  /**
+   * The recycler JVM's live heap in KiB: what is still used right after a full collection ({@code jcmd GC.run}, then
+   * {@code GC.heap_info}), the figure a leak of Java objects would make grow. -1 if jcmd is missing or says nothing.
+   */
+  long liveHeapKb() throws IOException, InterruptedException {
+    Path jcmd = Path.of(System.getProperty("java.home"), "bin", "jcmd");
+    String pid = Long.toString(recycler.pid());
+    if (!Files.isExecutable(jcmd) || run(jcmd.toString(), pid, "GC.run") == null) {
+      return -1;
+    }
+    String info = run(jcmd.toString(), pid, "GC.heap_info");
+    Matcher m = info == null ? null : HEAP_USED.matcher(info);
+    return m != null && m.find() ? Long.parseLong(m.group(1)) : -1;
+  }
+
+  /**
+   * When the recycler JVM runs with {@code -XX:NativeMemoryTracking}: {@code jcmd VM.native_memory <what>} (e.g.
+   * {@code baseline}, {@code summary.diff}), else null. Where the JVM's memory outside the heap goes.
+   */
+  String nativeMemory(String what) throws IOException, InterruptedException {
+    if (jvmOptions.stream().noneMatch(o -> o.startsWith("-XX:NativeMemoryTracking="))) {
+      return null;
+    }
+    return run(Path.of(System.getProperty("java.home"), "bin", "jcmd").toString(), Long.toString(recycler.pid()),
+        "VM.native_memory", what);
+  }
+
+  private static String run(String... cmd) throws IOException, InterruptedException {
+    Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+    String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+    return p.waitFor() == 0 ? out : null;
   }
 
   @Override

@@ -14,6 +14,7 @@ import dev.recycler.proto.v1.ExitReason;
 import dev.recycler.proto.v1.Hello;
 import dev.recycler.proto.v1.LeaseEnded;
 import dev.recycler.proto.v1.Outcome;
+import dev.recycler.proto.v1.PreparedLease;
 import dev.recycler.proto.v1.RecyclerMessage;
 import dev.recycler.proto.v1.RecyclerMessage.KindCase;
 import dev.recycler.proto.v1.SlotStatus;
@@ -21,10 +22,13 @@ import dev.recycler.proto.v1.WorkerStarted;
 import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
+import org.apache.beam.model.fnexecution.v1.ProvisionApi.ProvisionInfo;
 import org.apache.beam.model.pipeline.v1.Endpoints.ApiServiceDescriptor;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
@@ -39,6 +43,9 @@ class SlotPoolTest {
   private SimpleMeterRegistry registry;
   private List<String> events;
   private SlotPool pool;
+  /** Per minted worker id: the boot inputs the listener hands the pool; completed at once unless autoPrepare is off. */
+  private final Map<String, CompletableFuture<PreparedLease>> preparing = new HashMap<>();
+  private boolean autoPrepare = true;
 
   @BeforeEach
   void setUp() {
@@ -54,8 +61,10 @@ class SlotPoolTest {
         .failureBackoff(Duration.ofSeconds(5), Duration.ofSeconds(40)).build();
     LeaseListener listener = new LeaseListener() {
       @Override
-      public void onAssigned(Lease lease) {
+      public CompletableFuture<PreparedLease> onAssigned(Lease lease) {
         events.add("assigned " + lease.workerId());
+        return preparing.computeIfAbsent(lease.workerId(), id -> autoPrepare
+            ? CompletableFuture.completedFuture(PreparedLease.getDefaultInstance()) : new CompletableFuture<>());
       }
 
       @Override
@@ -229,6 +238,59 @@ class SlotPoolTest {
     assertThat(failure(booting.ready()).kind()).isEqualTo(Kind.CANCELLED);
     pool.leaseEnded(link, ended(1, Outcome.OUTCOME_EXITED_ON_INSTRUCTION));
     assertThat(state("slot-0")).isEqualTo(SlotState.IDLE);
+  }
+
+  @Test
+  void theLeaseGoesOutOnlyOncePreparedAndCarriesItsBootInputs() throws Exception {
+    autoPrepare = false;
+    TestingWrapperLink link = attach("slot-0", "a");
+    pool.startWorker(request("1-1"), "p");
+    assertThat(link.sent(KindCase.LEASE)).isEmpty();
+    assertThat(state("slot-0")).isEqualTo(SlotState.BOOTING);
+
+    PreparedLease inputs = PreparedLease.newBuilder().setProvisionInfo(ProvisionInfo.newBuilder()
+        .setControlEndpoint(ApiServiceDescriptor.newBuilder().setUrl("recycler:1"))).build();
+    preparing.get("slot-0.g1").complete(inputs);
+
+    dev.recycler.proto.v1.Lease sent = leaseMessage(link);
+    assertThat(sent.getGeneration()).isEqualTo(1);
+    assertThat(sent.getWorkerId()).isEqualTo("slot-0.g1");
+    assertThat(sent.getPrepared()).isEqualTo(inputs);
+  }
+
+  @Test
+  void aFailedPreparationSendsTheLeaseWithoutInputsSoTheWrapperAsksItself() throws Exception {
+    autoPrepare = false;
+    TestingWrapperLink link = attach("slot-0", "a");
+    pool.startWorker(request("1-1"), "p");
+
+    preparing.get("slot-0.g1").completeExceptionally(new RecyclerException(Kind.UNAVAILABLE, "runner gone"));
+
+    assertThat(leaseMessage(link).hasPrepared()).isFalse();
+    assertThat(state("slot-0")).isEqualTo(SlotState.BOOTING);
+  }
+
+  @Test
+  void aLeaseEndedBeforeItWasSentFreesTheSlotAtOnceWithoutAnExit() throws Exception {
+    autoPrepare = false;
+    TestingWrapperLink link = attach("slot-0", "a");
+    Lease first = pool.startWorker(request("1-1"), "p1");
+    Lease second = pool.startWorker(request("2-1"), "p2");
+
+    pool.stopWorker("1-1", "p1");
+
+    assertThat(failure(first.ready()).kind()).isEqualTo(Kind.CANCELLED);
+    assertThat(first.state()).isEqualTo(Lease.State.ENDED);
+    assertThat(link.sent(KindCase.EXIT)).isEmpty();
+    assertThat(events).contains("ended slot-0.g1");
+    // The waiting lease takes the slot at once; the first one's late inputs are dropped.
+    assertThat(second.generation()).isEqualTo(2);
+    preparing.get("slot-0.g1").complete(PreparedLease.getDefaultInstance());
+    assertThat(link.sent(KindCase.LEASE)).isEmpty();
+    preparing.get("slot-0.g2").complete(PreparedLease.getDefaultInstance());
+    assertThat(leaseMessage(link).getGeneration()).isEqualTo(2);
+    assertThat(pool.slotTable(0).getLeasesList()).filteredOn(r -> r.getGeneration() == 1).singleElement()
+        .satisfies(r -> assertThat(r.getOutcome()).isEqualTo("NOT_SENT"));
   }
 
   @Test

@@ -54,6 +54,7 @@ public final class TestingRunner implements AutoCloseable {
   public final List<String> controlCallers = new CopyOnWriteArrayList<>();
   public final List<String> provisionCallers = new CopyOnWriteArrayList<>();
   public final AtomicInteger artifactDownloads = new AtomicInteger();
+  public final AtomicInteger resolveCalls = new AtomicInteger();
   /** Control streams by worker id: send instructions, close them. */
   public final Map<String, StreamObserver<InstructionRequest>> controls = new ConcurrentHashMap<>();
   public final Map<String, List<InstructionResponse>> responses = new ConcurrentHashMap<>();
@@ -179,6 +180,7 @@ public final class TestingRunner implements AutoCloseable {
   private final class Artifacts extends ArtifactRetrievalServiceGrpc.ArtifactRetrievalServiceImplBase {
     @Override
     public void resolveArtifacts(ResolveArtifactsRequest request, StreamObserver<ResolveArtifactsResponse> out) {
+      resolveCalls.incrementAndGet();
       out.onNext(ResolveArtifactsResponse.newBuilder().addAllReplacements(request.getArtifactsList()).build());
       out.onCompleted();
     }

@@ -86,6 +86,9 @@ public final class TestingWrapper implements AutoCloseable {
   public final AtomicInteger downloads = new AtomicInteger();
   public final List<String> contentLengths = new CopyOnWriteArrayList<>();
   public final List<ProvisionInfo> provisioned = new CopyOnWriteArrayList<>();
+  /** GetProvisionInfo and ResolveArtifacts calls this wrapper made (none for a lease that came prepared). */
+  public final AtomicInteger bootCalls = new AtomicInteger();
+  private volatile boolean usePrepared = true;
   public final List<String> bootErrors = new CopyOnWriteArrayList<>();
   public final List<InstructionRequest> instructions = new CopyOnWriteArrayList<>();
   public final AtomicInteger workerEofs = new AtomicInteger();
@@ -101,6 +104,12 @@ public final class TestingWrapper implements AutoCloseable {
 
   public TestingWrapper behavior(Behavior b) {
     this.behavior = b;
+    return this;
+  }
+
+  /** Ignore Lease.prepared and ask GetProvisionInfo and ResolveArtifacts, as a wrapper of the first release does. */
+  public TestingWrapper ignorePrepared() {
+    this.usePrepared = false;
     return this;
   }
 
@@ -157,13 +166,21 @@ public final class TestingWrapper implements AutoCloseable {
   private void boot(dev.recycler.proto.v1.Lease lease) {
     long gen = lease.getGeneration();
     try {
-      ProvisionInfo info = ProvisionServiceGrpc.newBlockingStub(fenced(gen)).withDeadlineAfter(10, TimeUnit.SECONDS)
-          .getProvisionInfo(GetProvisionInfoRequest.getDefaultInstance()).getInfo();
+      ProvisionInfo info;
+      List<ArtifactInformation> resolved;
+      if (usePrepared && lease.hasPrepared()) {
+        info = lease.getPrepared().getProvisionInfo();
+        resolved = lease.getPrepared().getArtifactsList();
+      } else {
+        bootCalls.incrementAndGet();
+        info = ProvisionServiceGrpc.newBlockingStub(fenced(gen)).withDeadlineAfter(10, TimeUnit.SECONDS)
+            .getProvisionInfo(GetProvisionInfoRequest.getDefaultInstance()).getInfo();
+        bootCalls.incrementAndGet();
+        resolved = ArtifactRetrievalServiceGrpc.newBlockingStub(fenced(gen)).withDeadlineAfter(10, TimeUnit.SECONDS)
+            .resolveArtifacts(ResolveArtifactsRequest.newBuilder().addAllArtifacts(info.getDependenciesList()).build())
+            .getReplacementsList();
+      }
       provisioned.add(info);
-      List<ArtifactInformation> resolved = ArtifactRetrievalServiceGrpc.newBlockingStub(fenced(gen))
-          .withDeadlineAfter(10, TimeUnit.SECONDS)
-          .resolveArtifacts(ResolveArtifactsRequest.newBuilder().addAllArtifacts(info.getDependenciesList()).build())
-          .getReplacementsList();
       for (ArtifactInformation a : resolved) {
         String sha = ArtifactFilePayload.parseFrom(a.getTypePayload()).getSha256();
         if (!held.contains(sha)) {
