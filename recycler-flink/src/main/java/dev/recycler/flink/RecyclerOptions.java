@@ -75,8 +75,8 @@ public final class RecyclerOptions {
       ConfigOptions.key("memory-blob-max-size")
           .memoryType()
           .defaultValue(MemorySize.parse("8mb"))
-          .withDescription("Artifacts up to this size stay in the TaskManager's heap (in total at most 8 times this"
-              + " size and a quarter of the heap); larger ones, and the rest, go to cache-dir.");
+          .withDescription("Artifacts up to this size (and 1/32 of the heap) stay in the TaskManager's heap, in total"
+              + " at most 8 times this size and a quarter of the heap; larger ones, and the rest, go to cache-dir.");
 
   public static final ConfigOption<Duration> LEASE_WAIT_TIMEOUT =
       ConfigOptions.key("lease-wait-timeout")

@@ -40,9 +40,9 @@ import org.slf4j.LoggerFactory;
  * again). Pins are taken under the {@code pins} monitor, which the removal listener also takes, so a blob is either
  * pinned before its eviction is handled or not handed out at all.
  *
- * <p>Memory: a blob stays on the heap only if it is at most {@code memoryBlobMaxBytes} and the heap-held blobs stay
- * within {@link #MEMORY_BLOBS_FACTOR} times that and within a quarter of the JVM's maximum heap in total; everything
- * else is a file, so the heap needed does not depend on what jobs stage.
+ * <p>Memory: a blob stays on the heap only if it is at most {@code memoryBlobMaxBytes} (and 1/32 of the JVM's maximum
+ * heap) and the heap-held blobs stay within {@link #MEMORY_BLOBS_FACTOR} times that and within a quarter of the
+ * maximum heap in total; everything else is a file, so the heap needed does not depend on what jobs stage.
  *
  * <p>Failure handling: a fetch that fails, is truncated or does not match the sha256 its upstream stated never enters
  * the cache; its temporary file is deleted.
@@ -83,7 +83,10 @@ public final class ArtifactCache {
    */
   public ArtifactCache(Path dir, long maxBytes, long memoryBlobMaxBytes) throws IOException {
     this.dir = dir;
-    this.memoryBlobMaxBytes = dir == null ? Long.MAX_VALUE : memoryBlobMaxBytes;
+    // A download is buffered on the heap until it outgrows the per-blob limit, by several downloads at once: bounded
+    // by the heap too, so that concurrent new jobs cannot exhaust a small one.
+    this.memoryBlobMaxBytes = dir == null ? Long.MAX_VALUE
+        : Math.min(memoryBlobMaxBytes, Runtime.getRuntime().maxMemory() / 32);
     this.memoryBlobsMaxBytes = dir == null ? Long.MAX_VALUE
         : Math.min(Runtime.getRuntime().maxMemory() / 4,
             memoryBlobMaxBytes > Long.MAX_VALUE / MEMORY_BLOBS_FACTOR ? Long.MAX_VALUE

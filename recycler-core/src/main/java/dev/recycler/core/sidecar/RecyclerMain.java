@@ -29,7 +29,8 @@ public final class RecyclerMain {
     FLAGS.put("--cache-dir", "directory for large cached artifacts (default: <java.io.tmpdir>/recycler-cache-<port>)");
     FLAGS.put("--cache-max-bytes", "artifact cache bound in bytes (default 2147483648)");
     FLAGS.put("--memory-blob-max-bytes",
-        "artifacts up to this size stay in memory (in total at most 8 times this and a quarter of the heap; default 8388608)");
+        "artifacts up to this size (and 1/32 of the heap) stay in memory, in total at most 8 times this and a quarter"
+            + " of the heap (default 8388608)");
     FLAGS.put("--lease-wait-timeout", "longest a StartWorker waits for a free slot (default 60s)");
     FLAGS.put("--ready-timeout", "longest from lease to the worker's control connection (default 120s)");
     FLAGS.put("--drain-timeout", "after an exit instruction, when to re-send it (default 60s)");
