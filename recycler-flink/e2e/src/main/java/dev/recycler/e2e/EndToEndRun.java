@@ -126,6 +126,9 @@ public final class EndToEndRun {
           .config(RecyclerPlugin.param("cache-dir"), work.resolve("recycler-cache").toString())
           // The runner sends a whole artifact (the worker binary) into Netty direct buffers: give it room.
           .config("taskmanager.memory.task.off-heap.size", "384m")
+          // Every Beam job loads Beam's runner classes into its own user classloader; with three jobs at once after
+          // several before them (not yet unloaded), Flink's default 256 MB metaspace ran out once in CI.
+          .config("taskmanager.memory.jvm-metaspace.size", "512m")
           .stopTimeout(Duration.ofSeconds(60))
           .start();
       clusterStart = cluster.coldStartTime();
