@@ -63,11 +63,20 @@ final class BeamPoolSubject implements Subject {
   @Override
   public void start() throws Exception {
     Files.createDirectories(dir);
-    try (ServerSocket probe = new ServerSocket()) {
-      probe.bind(new InetSocketAddress(PORT));
-    } catch (IOException e) {
-      throw new IllegalStateException("port " + PORT + " is in use (" + e.getMessage() + "): Beam's Go worker pool "
-          + "hard-codes it; stop whatever listens there (ss -ltnp 'sport = :" + PORT + "') and run again", e);
+    // The previous pool of this benchmark may still be releasing the port: wait a little before giving up.
+    long freeBy = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+    while (true) {
+      try (ServerSocket probe = new ServerSocket()) {
+        probe.setReuseAddress(true);
+        probe.bind(new InetSocketAddress(PORT));
+        break;
+      } catch (IOException e) {
+        if (System.nanoTime() > freeBy) {
+          throw new IllegalStateException("port " + PORT + " is in use (" + e.getMessage() + "): Beam's Go worker "
+              + "pool hard-codes it; stop whatever listens there (ss -ltnp 'sport = :" + PORT + "') and run again", e);
+        }
+        java.util.concurrent.locks.LockSupport.parkNanos(TimeUnit.MILLISECONDS.toNanos(200));
+      }
     }
     tmpBefore = tmpBinDirs();
     stagedBefore = stagedFiles();

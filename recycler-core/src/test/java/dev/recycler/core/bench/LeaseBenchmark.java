@@ -38,8 +38,10 @@ import java.util.function.IntFunction;
 public final class LeaseBenchmark {
   static final String STAGED_NAME = "bench-go-worker";
   static final int LONG_WARMUP = 50;
+  /** Leak run: leases between the forced collection of the first live-heap reading and the RSS baseline. */
+  static final int LONG_SETTLE = 300;
   /** The recycler sidecar's recommended JVM flags (docs/operations.md). */
-  static final String RECYCLER_JVM = "-Xmx64m -XX:+UseSerialGC";
+  static final String RECYCLER_JVM = "-Xmx64m";
   private static final AtomicInteger WORKER_IDS = new AtomicInteger();
 
   private LeaseBenchmark() {}
@@ -106,7 +108,7 @@ public final class LeaseBenchmark {
         --runs=a,b           any of floor,beam,beam-concurrent,recycler,recycler-concurrent,long,paired
                              (default all; beam-concurrent needs beam; paired alternates floor and warm leases)
         --recycler-jvm=OPTS  JVM options of the recycler sidecar process (default: the sidecar's recommended
-                             flags, docs/operations.md: -Xmx64m -XX:+UseSerialGC)
+                             flags, docs/operations.md: -Xmx64m)
         --recycler-cache-mb=N  the recycler's --cache-max-bytes in MiB (default 1024)""";
 
   /** One recorded run: aggregates over its leases. */
@@ -247,9 +249,15 @@ public final class LeaseBenchmark {
             c.leases(), c.rounds(), c.concurrency(), c.longLeases(), Math.max(c.warmup(), LONG_WARMUP), c.batch(),
             c.runs(), c.recyclerJvm(), c.recyclerCacheMb());
         warmUp(ours, longWarmup, i -> lease("warmup", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()));
-        // The full collection of the live-heap reading comes before the first RSS snapshot, so it cannot lower the
-        // later snapshots against the baseline; the last reading comes after the last snapshot.
+        // The live-heap reading forces a full collection, which shrinks the JVM below its working size for a while.
+        // So it comes first, then LONG_SETTLE more leases let the JVM return to its working size, then the RSS
+        // baseline: neither a freshly collected heap (too low a baseline) nor a collection after the baseline (too
+        // flat a curve) skews the growth figure. The last reading comes after the last snapshot.
         long heapBefore = ours.liveHeapKb();
+        Config settle = new Config(c.out(), c.recyclerJar(), c.wrapperBinary(), c.workerBinary(), c.beamBoot(),
+            c.leases(), c.rounds(), c.concurrency(), c.longLeases(), LONG_SETTLE, c.batch(), c.runs(),
+            c.recyclerJvm(), c.recyclerCacheMb());
+        warmUp(ours, settle, i -> lease("settle", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()));
         snapshot(ours, "after warm-up", 0, resources);
         ours.nativeMemory("baseline");
         int step = Math.max(1, c.longLeases() / 10);

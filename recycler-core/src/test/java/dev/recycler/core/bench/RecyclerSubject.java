@@ -39,8 +39,12 @@ import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
  * as Beam's {@code ExternalEnvironmentFactory} does.
  */
 final class RecyclerSubject implements Subject {
-  /** {@code garbage-first heap   total 262144K, used 10240K} (or the same for another collector). */
-  private static final Pattern HEAP_USED = Pattern.compile("heap\\s+total \\d+K, used (\\d+)K");
+  /**
+   * One heap space in {@code jcmd GC.heap_info}: {@code garbage-first heap   total 65536K, used 10240K} (G1), or one
+   * line per generation ({@code def new generation   total ...}, {@code tenured generation   total ...}). Metaspace
+   * lines have no "total".
+   */
+  private static final Pattern HEAP_USED = Pattern.compile("total \\d+K, used (\\d+)K");
   private static final Pattern LISTENING = Pattern.compile("recycler listening on (\\S+) admin http://(\\S+)");
 
   private final String name;
@@ -161,8 +165,14 @@ final class RecyclerSubject implements Subject {
       return -1;
     }
     String info = run(jcmd.toString(), pid, "GC.heap_info");
-    Matcher m = info == null ? null : HEAP_USED.matcher(info);
-    return m != null && m.find() ? Long.parseLong(m.group(1)) : -1;
+    if (info == null) {
+      return -1;
+    }
+    long usedKb = -1;
+    for (Matcher m = HEAP_USED.matcher(info); m.find(); ) {
+      usedKb = Math.max(usedKb, 0) + Long.parseLong(m.group(1));
+    }
+    return usedKb;
   }
 
   /**
