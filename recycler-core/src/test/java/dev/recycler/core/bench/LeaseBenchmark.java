@@ -41,7 +41,7 @@ public final class LeaseBenchmark {
   /** Leak run: leases between the forced collection of the first live-heap reading and the RSS baseline. */
   static final int LONG_SETTLE = 300;
   /** The recycler sidecar's recommended JVM flags (docs/operations.md). */
-  static final String RECYCLER_JVM = "-Xmx64m";
+  static final String RECYCLER_JVM = "-Xms64m -Xmx64m -XX:+AlwaysPreTouch";
   private static final AtomicInteger WORKER_IDS = new AtomicInteger();
 
   private LeaseBenchmark() {}
@@ -108,7 +108,7 @@ public final class LeaseBenchmark {
         --runs=a,b           any of floor,beam,beam-concurrent,recycler,recycler-concurrent,long,paired
                              (default all; beam-concurrent needs beam; paired alternates floor and warm leases)
         --recycler-jvm=OPTS  JVM options of the recycler sidecar process (default: the sidecar's recommended
-                             flags, docs/operations.md: -Xmx64m)
+                             flags, docs/operations.md: -Xms64m -Xmx64m -XX:+AlwaysPreTouch)
         --recycler-cache-mb=N  the recycler's --cache-max-bytes in MiB (default 1024)""";
 
   /** One recorded run: aggregates over its leases. */
