@@ -109,7 +109,7 @@ public final class ArtifactCache {
               return;
             }
           }
-          deleteFile(b);
+          release(b);
         })
         .build();
     this.digestByKey = Caffeine.newBuilder().maximumSize(100_000).build();
@@ -173,11 +173,12 @@ public final class ArtifactCache {
       }
     }
     if (orphan != null) {
-      deleteFile(orphan);
+      release(orphan);
     }
   }
 
-  private void deleteFile(Blob b) {
+  /** A blob left the cache for good: its file is deleted, or its heap bytes no longer count. */
+  private void release(Blob b) {
     if (b instanceof Blob.InMemory m) {
       memoryBytes.addAndGet(-m.bytes().length);
     }

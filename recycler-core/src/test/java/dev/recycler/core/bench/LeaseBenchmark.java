@@ -87,6 +87,12 @@ public final class LeaseBenchmark {
       return c;
     }
 
+    /** The same configuration with another number of unrecorded warm-up leases. */
+    Config withWarmup(int n) {
+      return new Config(out, recyclerJar, wrapperBinary, workerBinary, beamBoot, leases, rounds, concurrency,
+          longLeases, n, batch, runs, recyclerJvm, recyclerCacheMb);
+    }
+
     private static Path path(Map<String, String> o, String key) {
       String v = o.get(key);
       if (v == null) {
@@ -245,18 +251,14 @@ public final class LeaseBenchmark {
           work.resolve("recycler-long"), c.recyclerJvm(), c.recyclerCacheMb())) {
         ours.start();
         // A longer warm-up: the baseline of the growth check should be a JVM past its first JIT and heap sizing.
-        Config longWarmup = new Config(c.out(), c.recyclerJar(), c.wrapperBinary(), c.workerBinary(), c.beamBoot(),
-            c.leases(), c.rounds(), c.concurrency(), c.longLeases(), Math.max(c.warmup(), LONG_WARMUP), c.batch(),
-            c.runs(), c.recyclerJvm(), c.recyclerCacheMb());
+        Config longWarmup = c.withWarmup(Math.max(c.warmup(), LONG_WARMUP));
         warmUp(ours, longWarmup, i -> lease("warmup", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()));
         // The live-heap reading forces a full collection, which shrinks the JVM below its working size for a while.
         // So it comes first, then LONG_SETTLE more leases let the JVM return to its working size, then the RSS
         // baseline: neither a freshly collected heap (too low a baseline) nor a collection after the baseline (too
         // flat a curve) skews the growth figure. The last reading comes after the last snapshot.
         long heapBefore = ours.liveHeapKb();
-        Config settle = new Config(c.out(), c.recyclerJar(), c.wrapperBinary(), c.workerBinary(), c.beamBoot(),
-            c.leases(), c.rounds(), c.concurrency(), c.longLeases(), LONG_SETTLE, c.batch(), c.runs(),
-            c.recyclerJvm(), c.recyclerCacheMb());
+        Config settle = c.withWarmup(LONG_SETTLE);
         warmUp(ours, settle, i -> lease("settle", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()));
         snapshot(ours, "after warm-up", 0, resources);
         ours.nativeMemory("baseline");

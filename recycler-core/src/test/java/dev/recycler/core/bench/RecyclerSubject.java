@@ -159,7 +159,7 @@ final class RecyclerSubject implements Subject {
    * {@code GC.heap_info}), the figure a leak of Java objects would make grow. -1 if jcmd is missing or says nothing.
    */
   long liveHeapKb() throws IOException, InterruptedException {
-    Path jcmd = Path.of(System.getProperty("java.home"), "bin", "jcmd");
+    Path jcmd = jcmd();
     String pid = Long.toString(recycler.pid());
     if (!Files.isExecutable(jcmd) || run(jcmd.toString(), pid, "GC.run") == null) {
       return -1;
@@ -183,8 +183,13 @@ final class RecyclerSubject implements Subject {
     if (jvmOptions.stream().noneMatch(o -> o.startsWith("-XX:NativeMemoryTracking="))) {
       return null;
     }
-    return run(Path.of(System.getProperty("java.home"), "bin", "jcmd").toString(), Long.toString(recycler.pid()),
+    return run(jcmd().toString(), Long.toString(recycler.pid()),
         "VM.native_memory", what);
+  }
+
+  /** The running JVM's own jcmd. */
+  private static Path jcmd() {
+    return Path.of(System.getProperty("java.home"), "bin", "jcmd");
   }
 
   private static String run(String... cmd) throws IOException, InterruptedException {
