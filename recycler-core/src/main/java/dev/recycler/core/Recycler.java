@@ -18,6 +18,7 @@ import dev.recycler.core.slot.SlotState;
 import dev.recycler.core.slot.WrapperLink;
 import dev.recycler.core.wire.CallerContext;
 import dev.recycler.core.wire.ChannelFactory;
+import dev.recycler.core.wire.ChannelOwner;
 import dev.recycler.core.wire.RunnerChannels;
 import dev.recycler.proto.v1.PreparedLease;
 import dev.recycler.proto.v1.SlotTable;
@@ -77,10 +78,12 @@ public final class Recycler implements AutoCloseable {
       return t;
     });
     RecyclerMetrics<SlotState, EndReason> metrics = new RecyclerMetrics<>(registry, SlotState.class, EndReason.class);
-    this.channels = new RunnerChannels(channelFactory,
-        owner -> owner instanceof Lease l && l.state() != Lease.State.ENDED);
+    // A lease's channels live as long as the lease; other owners (a lost worker's stand-in data client) say themselves.
+    this.channels = new RunnerChannels(channelFactory, owner -> owner instanceof Lease l
+        ? l.state() != Lease.State.ENDED : owner instanceof ChannelOwner o && o.holdsChannels());
     this.artifacts = new Artifacts(
-        new ArtifactCache(config.cacheDirectory(), config.cacheMaxBytes(), config.memoryBlobMaxBytes()), channels,
+        new ArtifactCache(config.cacheDirectory(), config.cacheMaxBytes(), config.memoryBlobMaxBytes()),
+        config.localArtifactDirectories(), channels,
         metrics, config.upstreamCallTimeout(), config.artifactFetchTimeout());
     LeaseListener listener = new LeaseListener() {
       @Override
@@ -243,7 +246,8 @@ public final class Recycler implements AutoCloseable {
           if (admin != null) {
             run(failures, admin::close);
           }
-          run(failures, artifacts.cache()::clear);
+          // The cache directory is kept: its content is reused, after verification, by the next start.
+          run(failures, artifacts::close);
           run(failures, timer::shutdownNow);
           if (failures.isEmpty()) {
             LOG.info("recycler stopped endpoint={}", endpoint);

@@ -25,6 +25,7 @@ public final class RecyclerConfig {
   private final Path cacheDirectory;
   private final long cacheMaxBytes;
   private final long memoryBlobMaxBytes;
+  private final List<Path> localArtifactDirectories;
   private final Duration leaseWaitTimeout;
   private final Duration readyTimeout;
   private final Duration drainTimeout;
@@ -45,6 +46,7 @@ public final class RecyclerConfig {
     this.cacheDirectory = b.cacheDirectory;
     this.cacheMaxBytes = b.cacheMaxBytes;
     this.memoryBlobMaxBytes = b.memoryBlobMaxBytes;
+    this.localArtifactDirectories = List.copyOf(b.localArtifactDirectories);
     this.leaseWaitTimeout = b.leaseWaitTimeout;
     this.readyTimeout = b.readyTimeout;
     this.drainTimeout = b.drainTimeout;
@@ -94,6 +96,15 @@ public final class RecyclerConfig {
 
   public long cacheMaxBytes() {
     return cacheMaxBytes;
+  }
+
+  /**
+   * Directories whose staged files the recycler may read in place (the job server's artifacts directory, on
+   * Kubernetes a volume shared with the TaskManagers): a file artifact under one of them is identified by hashing it
+   * from disk instead of streaming it through the runner. Empty: every artifact is streamed from the runner.
+   */
+  public List<Path> localArtifactDirectories() {
+    return localArtifactDirectories;
   }
 
   /** Artifacts up to this size stay in memory; larger ones are spilled to {@link #cacheDirectory()}. */
@@ -158,6 +169,7 @@ public final class RecyclerConfig {
   public String toString() {
     return "RecyclerConfig{slots=" + slotIds + ", bind=" + bindHost + ":" + port + ", advertise=" + advertiseHost
         + ", cacheDirectory=" + cacheDirectory + ", cacheMaxBytes=" + cacheMaxBytes
+        + ", localArtifactDirectories=" + localArtifactDirectories
         + ", leaseWaitTimeout=" + leaseWaitTimeout + ", readyTimeout=" + readyTimeout
         + ", drainTimeout=" + drainTimeout + ", adminPort=" + adminPort + "}";
   }
@@ -171,6 +183,7 @@ public final class RecyclerConfig {
     private Path cacheDirectory;
     private long cacheMaxBytes = 2L << 30;
     private long memoryBlobMaxBytes = 8L << 20;
+    private final List<Path> localArtifactDirectories = new ArrayList<>();
     private Duration leaseWaitTimeout = Duration.ofSeconds(60);
     private Duration readyTimeout = Duration.ofSeconds(120);
     private Duration drainTimeout = Duration.ofSeconds(60);
@@ -258,6 +271,19 @@ public final class RecyclerConfig {
         throw new IllegalArgumentException("memory blob max bytes must be >= 0, got " + bytes);
       }
       this.memoryBlobMaxBytes = bytes;
+      return this;
+    }
+
+    /** Directories whose staged files may be read in place; replaces any set before. Each must be absolute. */
+    public Builder localArtifactDirectories(List<Path> dirs) {
+      requireNonNull(dirs, "dirs");
+      for (Path d : dirs) {
+        if (d == null || !d.isAbsolute()) {
+          throw new IllegalArgumentException("local artifact directory '" + d + "' must be an absolute path");
+        }
+      }
+      localArtifactDirectories.clear();
+      localArtifactDirectories.addAll(dirs);
       return this;
     }
 

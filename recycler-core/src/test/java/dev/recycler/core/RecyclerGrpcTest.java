@@ -92,7 +92,8 @@ class RecyclerGrpcTest {
     Struct options = Struct.newBuilder()
         .putFields("beam:option:job_name:v1", Value.newBuilder().setStringValue("wordcount").build()).build();
     TestingRunner r = TestingRunner.builder()
-        .provisionInfo(ProvisionInfo.newBuilder().setPipelineOptions(options)
+        // Beam's job server hands each job's staging token to the runner as its retrieval token.
+        .provisionInfo(ProvisionInfo.newBuilder().setPipelineOptions(options).setRetrievalToken("token-" + stagedPath)
             .setLoggingEndpoint(ApiServiceDescriptor.newBuilder().setUrl("runner-logging:1"))
             .addDependencies(TestingRunner.stagedFile(stagedPath, BINARY_ROLE)).build())
         .file(stagedPath, binary).build();

@@ -57,6 +57,9 @@ final class FlinkRecyclerConfig {
         .map(Path::of)
         .orElseGet(() -> Path.of(System.getProperty("java.io.tmpdir"), "recycler-cache-" + port));
     b.cacheDirectory(cacheDir);
+    read(params, RecyclerOptions.LOCAL_ARTIFACT_DIRS).ifPresent(dirs -> apply(RecyclerOptions.LOCAL_ARTIFACT_DIRS,
+        dirs, d -> b.localArtifactDirectories(d.stream().map(String::trim).filter(x -> !x.isEmpty()).map(Path::of)
+            .toList())));
     apply(RecyclerOptions.CACHE_MAX_SIZE, get(params, RecyclerOptions.CACHE_MAX_SIZE).getBytes(), b::cacheMaxBytes);
     apply(RecyclerOptions.MEMORY_BLOB_MAX_SIZE, get(params, RecyclerOptions.MEMORY_BLOB_MAX_SIZE).getBytes(),
         b::memoryBlobMaxBytes);

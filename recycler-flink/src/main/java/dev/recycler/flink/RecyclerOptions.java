@@ -64,6 +64,17 @@ public final class RecyclerOptions {
           .withDescription("Directory for artifacts too large to keep in memory (worker binaries). Default:"
               + " <java.io.tmpdir>/recycler-cache-<port>.");
 
+  public static final ConfigOption<List<String>> LOCAL_ARTIFACT_DIRS =
+      ConfigOptions.key("local-artifact-dirs")
+          .stringType()
+          .asList()
+          .noDefaultValue()
+          .withDescription("Absolute directories, separated by ';', whose staged files the recycler reads in place:"
+              + " the Beam job server's --artifacts-dir, which the TaskManager mounts anyway (Beam's own artifact"
+              + " service reads each job's files from there). A job's worker binary under one of them is identified"
+              + " by hashing it from disk instead of streaming it through the runner's gRPC service and the"
+              + " TaskManager heap. Unset: every artifact is streamed.");
+
   public static final ConfigOption<MemorySize> CACHE_MAX_SIZE =
       ConfigOptions.key("cache-max-size")
           .memoryType()

@@ -41,6 +41,20 @@ class FlinkRecyclerConfigTest {
   }
 
   @Test
+  void localArtifactDirectoriesAreASemicolonListOfAbsolutePaths() {
+    RecyclerConfig none = FlinkRecyclerConfig.toRecyclerConfig(params(Map.of()), 1);
+    RecyclerConfig two = FlinkRecyclerConfig.toRecyclerConfig(
+        params(Map.of("local-artifact-dirs", "/beam/artifacts;/mnt/staging")), 1);
+
+    assertThat(none.localArtifactDirectories()).isEmpty();
+    assertThat(two.localArtifactDirectories()).extracting(java.nio.file.Path::toString)
+        .containsExactly("/beam/artifacts", "/mnt/staging");
+    org.assertj.core.api.Assertions.assertThatThrownBy(() -> FlinkRecyclerConfig.toRecyclerConfig(
+        params(Map.of("local-artifact-dirs", "relative/dir")), 1)).hasMessageContaining("local-artifact-dirs")
+        .hasMessageContaining("absolute");
+  }
+
+  @Test
   void defaultsAreCoreDefaults() {
     RecyclerConfig mapped = FlinkRecyclerConfig.toRecyclerConfig(params(Map.of()), 3);
     RecyclerConfig core = RecyclerConfig.builder().slots(3, "slot-").build();
@@ -182,6 +196,6 @@ class FlinkRecyclerConfigTest {
         assertThat(o.description().getBlocks()).as(o.key()).isNotEmpty();
       }
     }
-    assertThat(keys).hasSize(20).allMatch(k -> k.matches("[a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*"));
+    assertThat(keys).hasSize(21).allMatch(k -> k.matches("[a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*"));
   }
 }

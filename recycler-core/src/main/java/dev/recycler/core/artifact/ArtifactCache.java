@@ -6,14 +6,15 @@ import com.github.benmanes.caffeine.cache.RemovalCause;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.OutputStream;
-import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
+import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.HexFormat;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
@@ -46,6 +47,12 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Failure handling: a fetch that fails, is truncated or does not match the sha256 its upstream stated never enters
  * the cache; its temporary file is deleted.
+ *
+ * <p>Ownership and restarts: the cache directory is the recycler's own, marked by a {@value #MARKER} file. A new or
+ * empty directory is marked and used; a non-empty directory without the marker is refused, and nothing in it deleted.
+ * In a marked directory only files this cache writes ({@code sha256-<hex>} and {@code tmp/fetch-*.part}) are ever
+ * deleted. Content files survive a restart: each is adopted on its first lookup after being hashed again, so a file
+ * changed on disk (tampered, truncated) is deleted instead of served.
  */
 public final class ArtifactCache {
   private static final Logger LOG = LoggerFactory.getLogger(ArtifactCache.class);
@@ -66,6 +73,12 @@ public final class ArtifactCache {
   private final Map<String, CompletableFuture<Blob>> inflight = new ConcurrentHashMap<>();
   /** Pinned blobs by sha256: how many leases hold each, and whether the cache evicted it meanwhile. */
   private final Map<String, Pin> pins = new java.util.HashMap<>();
+  /** Content files found at start, by sha256 their name claims: adopted after hashing on first lookup. */
+  private final Map<String, Path> persisted = new ConcurrentHashMap<>();
+
+  /** The file that marks a directory as this cache's own. */
+  public static final String MARKER = ".recycler-artifact-cache";
+  private static final java.util.regex.Pattern CONTENT_NAME = java.util.regex.Pattern.compile("sha256-([0-9a-f]{64})");
 
   private static final class Pin {
     final Blob blob;
@@ -78,8 +91,9 @@ public final class ArtifactCache {
   }
 
   /**
-   * @param dir where blobs larger than {@code memoryBlobMaxBytes} are spilled; {@code null} keeps all in memory.
-   *     Its contents are deleted at start: the index is not persistent.
+   * @param dir where blobs larger than {@code memoryBlobMaxBytes} are spilled; {@code null} keeps all in memory. Must
+   *     be new, empty, or a directory this cache marked before (its content is then reused after verification)
+   * @throws IOException if {@code dir} cannot be created, or is not empty and not this cache's own
    */
   public ArtifactCache(Path dir, long maxBytes, long memoryBlobMaxBytes) throws IOException {
     this.dir = dir;
@@ -92,8 +106,7 @@ public final class ArtifactCache {
             memoryBlobMaxBytes > Long.MAX_VALUE / MEMORY_BLOBS_FACTOR ? Long.MAX_VALUE
                 : memoryBlobMaxBytes * MEMORY_BLOBS_FACTOR);
     if (dir != null) {
-      Files.createDirectories(dir);
-      wipe(dir);
+      adoptDirectory(dir, maxBytes);
     }
     this.blobs = Caffeine.newBuilder()
         // Maintenance and the removal listener run on the calling thread: an evicted file is gone when the write that
@@ -117,6 +130,7 @@ public final class ArtifactCache {
 
   /** The blob with this sha256, if cached or pinned. */
   public Blob blob(String sha256) {
+    adoptPersisted(sha256);
     Blob b = blobs.getIfPresent(sha256);
     if (b != null) {
       return b;
@@ -132,6 +146,7 @@ public final class ArtifactCache {
    * Reads the Caffeine index under the {@code pins} monitor: reads never wait for Caffeine's eviction lock.
    */
   public Blob pinned(String sha256) {
+    adoptPersisted(sha256);
     synchronized (pins) {
       Pin pin = pins.get(sha256);
       Blob b = pin != null ? pin.blob : blobs.getIfPresent(sha256);
@@ -392,17 +407,100 @@ public final class ArtifactCache {
     }
   }
 
-  private static void wipe(Path dir) throws IOException {
-    try (Stream<Path> paths = Files.walk(dir)) {
-      paths.sorted(Comparator.reverseOrder()).filter(p -> !p.equals(dir)).forEach(p -> {
-        try {
-          Files.delete(p);
-        } catch (IOException e) {
-          throw new UncheckedIOException(e);
+  /**
+   * Takes {@code dir} as this cache's own (see the class comment): marks a new or empty one, refuses a foreign one,
+   * deletes its own partial downloads and, oldest first, content files beyond {@code maxBytes}; indexes the rest.
+   */
+  private void adoptDirectory(Path dir, long maxBytes) throws IOException {
+    Files.createDirectories(dir);
+    Path marker = dir.resolve(MARKER);
+    if (!Files.isRegularFile(marker)) {
+      try (Stream<Path> entries = Files.list(dir)) {
+        if (entries.findAny().isPresent()) {
+          throw new IOException("the artifact cache directory " + dir + " is not empty and is not a recycler cache"
+              + " (no " + MARKER + " file); nothing in it was deleted: configure a new or empty directory");
         }
-      });
-    } catch (UncheckedIOException e) {
-      throw e.getCause();
+      }
+      Files.writeString(marker, "recycler artifact cache, format 1: files named sha256-<hex> hold that content\n");
+      return;
+    }
+    Path tmp = dir.resolve("tmp");
+    if (Files.isDirectory(tmp, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+      try (Stream<Path> parts = Files.list(tmp)) {
+        for (Path p : (Iterable<Path>) parts::iterator) {
+          String name = p.getFileName().toString();
+          if (name.startsWith("fetch-") && name.endsWith(".part")) {
+            Files.deleteIfExists(p);
+          }
+        }
+      }
+    }
+    List<Path> content = new ArrayList<>();
+    try (Stream<Path> entries = Files.list(dir)) {
+      entries.filter(p -> CONTENT_NAME.matcher(p.getFileName().toString()).matches()
+          && Files.isRegularFile(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)).forEach(content::add);
+    }
+    // Newest first; what exceeds the bound is deleted (it was ours: named by the digest in a marked directory).
+    content.sort(Comparator.comparing((Path p) -> {
+      try {
+        return Files.getLastModifiedTime(p);
+      } catch (IOException e) {
+        return java.nio.file.attribute.FileTime.fromMillis(0);
+      }
+    }).reversed());
+    long total = 0;
+    for (Path p : content) {
+      long size = Files.size(p);
+      if (total + size > maxBytes) {
+        Files.deleteIfExists(p);
+        continue;
+      }
+      total += size;
+      java.util.regex.Matcher m = CONTENT_NAME.matcher(p.getFileName().toString());
+      if (m.matches()) {
+        persisted.put(m.group(1), p);
+      }
+    }
+    if (!persisted.isEmpty()) {
+      LOG.info("artifact cache reopened dir={} files={} bytes={} (each verified on first use)", dir, persisted.size(),
+          total);
+    }
+  }
+
+  /**
+   * Adopts a content file found at start once its bytes still hash to the digest its name claims; deletes it
+   * otherwise. Runs at most once per file, on the thread of its first lookup.
+   */
+  private void adoptPersisted(String sha256) {
+    if (persisted.isEmpty()) {
+      return;
+    }
+    Path p = persisted.remove(sha256);
+    if (p == null) {
+      return;
+    }
+    try {
+      MessageDigest sha = sha256();
+      byte[] buf = new byte[1 << 16];
+      long size = 0;
+      try (java.io.InputStream in = Files.newInputStream(p)) {
+        int n;
+        while ((n = in.read(buf)) >= 0) {
+          sha.update(buf, 0, n);
+          size += n;
+        }
+      }
+      String actual = HexFormat.of().formatHex(sha.digest());
+      if (!actual.equals(sha256)) {
+        LOG.warn("cached artifact file={} no longer has the content its name states (sha256 {}); deleting it", p,
+            actual);
+        Files.deleteIfExists(p);
+        return;
+      }
+      Blob blob = new Blob.OnDisk(sha256, size, p);
+      blobs.asMap().putIfAbsent(sha256, blob);
+    } catch (IOException e) {
+      LOG.warn("cannot verify cached artifact file={}: {}; not using it", p, e.toString());
     }
   }
 }

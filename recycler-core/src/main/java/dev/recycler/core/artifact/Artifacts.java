@@ -36,6 +36,11 @@ import org.slf4j.LoggerFactory;
  * Resolves a lease's runner artifacts into content-addressed blobs and scopes them to the lease: a wrapper may fetch
  * only digests that its current lease resolved.
  *
+ * <p>Identity of a runner artifact, in order: the sha256 the runner states (Beam's job server states none); for a
+ * staged file readable in place under a configured directory, the sha256 of the file hashed from disk ({@link
+ * LocalArtifacts}); else the content streamed from the runner and hashed on the way, where the path stands for its
+ * content only within one job (the lease's {@link Lease#artifactScope()}), never across jobs.
+ *
  * <p>Concurrency: lease scopes live in a {@link ConcurrentHashMap}; fetches are coalesced by {@link ArtifactCache}.
  */
 public final class Artifacts {
@@ -44,6 +49,7 @@ public final class Artifacts {
   static final String URL_URN = "beam:artifact:type:url:v1";
 
   private final ArtifactCache cache;
+  private final LocalArtifacts locals;
   private final RunnerChannels channels;
   private final RecyclerMetrics<?, ?> metrics;
   private final Duration callTimeout;
@@ -55,14 +61,25 @@ public final class Artifacts {
 
   private record Resolution(List<ArtifactInformation> request, CompletableFuture<List<ArtifactInformation>> result) {}
 
-  public Artifacts(ArtifactCache cache, RunnerChannels channels, RecyclerMetrics<?, ?> metrics, Duration callTimeout,
-      Duration fetchTimeout) {
+  /**
+   * @param localDirectories directories whose staged files may be read in place (empty: stream everything from the
+   *     runner)
+   */
+  public Artifacts(ArtifactCache cache, List<java.nio.file.Path> localDirectories, RunnerChannels channels,
+      RecyclerMetrics<?, ?> metrics, Duration callTimeout, Duration fetchTimeout) {
     this.cache = cache;
+    this.locals = new LocalArtifacts(localDirectories, cache);
     this.channels = channels;
     this.metrics = metrics;
     this.callTimeout = callTimeout;
     this.fetchTimeout = fetchTimeout;
     metrics.cacheSize(cache::sizeBytes);
+    metrics.localBytes(locals::bytesRead);
+  }
+
+  /** Stops the hashing threads. */
+  public void close() {
+    locals.close();
   }
 
   public ArtifactCache cache() {
@@ -197,7 +214,20 @@ public final class Artifacts {
       metrics.cacheHit();
       return CompletableFuture.completedFuture(known);
     }
-    String key = upstreamKey(artifact);
+    java.nio.file.Path local = locals.localPath(artifact);
+    if (local != null) {
+      return locals.blob(local).exceptionallyCompose(failure -> {
+        LOG.warn("could not read artifact {} in place, streaming it from the runner slot={} generation={}: {}",
+            describe(artifact), lease.slotId(), lease.generation(), RecyclerException.unwrap(failure).getMessage());
+        return streamed(lease, artifact);
+      });
+    }
+    return streamed(lease, artifact);
+  }
+
+  /** The artifact's blob from the runner's retrieval service, once per job scope and path. */
+  private CompletableFuture<Blob> streamed(Lease lease, ArtifactInformation artifact) {
+    String key = upstreamKey(lease.artifactScope(), artifact);
     if (cache.contains(key)) {
       metrics.cacheHit();
     } else {
@@ -290,10 +320,15 @@ public final class Artifacts {
     return "";
   }
 
-  /** Upstream identity: the type and its payload (for staged files, the job's staging path). */
-  static String upstreamKey(ArtifactInformation a) {
+  /**
+   * Upstream identity of a streamed artifact: its type and payload (for staged files, the job's staging path) within
+   * {@code scope}. A path may hold other content in another job, so the scope is one job (or one lease).
+   */
+  static String upstreamKey(String scope, ArtifactInformation a) {
     try {
       MessageDigest md = MessageDigest.getInstance("SHA-256");
+      md.update(scope.getBytes(java.nio.charset.StandardCharsets.UTF_8));
+      md.update((byte) 0);
       md.update(a.getTypeUrn().getBytes(java.nio.charset.StandardCharsets.UTF_8));
       md.update((byte) 0);
       md.update(a.getTypePayload().asReadOnlyByteBuffer());

@@ -37,7 +37,9 @@ import org.slf4j.LoggerFactory;
  * FnApiControlClient.handle} never completes a request sent on a closed client, and a stream cancelled before it
  * reached Beam leaves the runner waiting for a client forever. Instead the proxy stays as an orphan responder: every
  * instruction the worker left unanswered, and every later one, gets an {@code InstructionResponse} with an error, so
- * Beam fails the bundle and tears the environment down, closing the stream itself.
+ * Beam fails the bundle and tears the environment down, closing the stream itself. For a ProcessBundle among them the
+ * {@link OrphanDataSink} also connects a data client in the worker's place, because Beam's runner waits minutes for
+ * one before it looks at the bundle's response.
  */
 final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase {
   private static final Logger LOG = LoggerFactory.getLogger(ControlProxyService.class);
@@ -63,7 +65,9 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       toWorker.onError(e.toStatusException());
       return new Ignoring<>();
     }
-    Proxy proxy = new Proxy(lease, (ServerCallStreamObserver<InstructionRequest>) toWorker);
+    Proxy proxy = new Proxy(lease, (ServerCallStreamObserver<InstructionRequest>) toWorker,
+        new OrphanDataSink(channels, lease.request().getControlEndpoint().getUrl(), lease.runnerWorkerId(),
+            upstreamTimeout, "slot=" + lease.slotId() + " generation=" + lease.generation()));
     BeamFnControlGrpc.BeamFnControlStub runner = withWorkerId(BeamFnControlGrpc.newStub(
         channels.channel(lease, lease.request().getControlEndpoint().getUrl())), lease.runnerWorkerId());
     Detached.run(() -> runner.control(proxy.fromRunner));
@@ -120,12 +124,15 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
     private boolean runnerOpen = true;
     /** Set when the worker is gone: answer every instruction with this error. */
     private String orphanError;
-    /** Instructions forwarded to the worker and not answered yet. */
-    private final java.util.Set<String> pending = new java.util.LinkedHashSet<>();
+    /** Instructions forwarded to the worker and not answered yet, by instruction id. */
+    private final java.util.Map<String, InstructionRequest> pending = new java.util.LinkedHashMap<>();
+    /** Connects data clients in a lost worker's place; closed when the runner ends the stream. */
+    private final OrphanDataSink dataSink;
 
-    Proxy(Lease lease, ServerCallStreamObserver<InstructionRequest> toWorker) {
+    Proxy(Lease lease, ServerCallStreamObserver<InstructionRequest> toWorker, OrphanDataSink dataSink) {
       this.lease = lease;
       this.toWorker = toWorker;
+      this.dataSink = dataSink;
       toWorker.setOnCancelHandler(() -> fromWorker.onError(Status.CANCELLED.asRuntimeException()));
     }
 
@@ -141,9 +148,9 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       public void onNext(InstructionRequest request) {
         synchronized (Proxy.this) {
           if (orphanError != null) {
-            answerWithError(request.getInstructionId());
+            answerWithError(request);
           } else if (workerOpen) {
-            pending.add(request.getInstructionId());
+            pending.put(request.getInstructionId(), request);
             toWorker.onNext(request);
           }
         }
@@ -192,6 +199,7 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
           return;
         }
         runnerOpen = false;
+        dataSink.close();
         if (workerOpen) {
           workerOpen = false;
           if (status.isOk()) {
@@ -225,15 +233,20 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
         return;
       }
       orphanError = error;
-      for (String id : pending) {
-        answerWithError(id);
+      for (InstructionRequest request : pending.values()) {
+        answerWithError(request);
       }
       pending.clear();
     }
 
-    private void answerWithError(String instructionId) {
-      if (runnerOpen) {
-        toRunner.onNext(InstructionResponse.newBuilder().setInstructionId(instructionId).setError(orphanError).build());
+    private void answerWithError(InstructionRequest request) {
+      if (!runnerOpen) {
+        return;
+      }
+      toRunner.onNext(InstructionResponse.newBuilder().setInstructionId(request.getInstructionId())
+          .setError(orphanError).build());
+      if (request.hasProcessBundle()) {
+        dataSink.coverBundle(request.getProcessBundle().getProcessBundleDescriptorId());
       }
     }
 
@@ -249,6 +262,7 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
           toRunner.onError(Status.CANCELLED.withDescription(e.getMessage()).asRuntimeException());
         }
       }
+      dataSink.close();
     }
 
     @Override
@@ -264,11 +278,13 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
         switch (reason) {
           case RUNNER_CLOSED, STOP_WORKER -> {
             runnerOpen = false;
+            dataSink.close();
             toRunner.onCompleted();
           }
           case SHUTDOWN -> {
             // The recycler goes away with its port; nothing can answer for the worker any more.
             runnerOpen = false;
+            dataSink.close();
             toRunner.onError(Status.UNAVAILABLE.withDescription("the harness recycler is shutting down")
                 .asRuntimeException());
           }

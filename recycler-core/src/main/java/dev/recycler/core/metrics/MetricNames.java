@@ -24,6 +24,8 @@ public final class MetricNames {
   public static final String CACHE_SIZE = "recycler.artifact.cache.size";
   /** Distribution (bytes): artifacts fetched from the runner. */
   public static final String UPSTREAM_BYTES = "recycler.artifact.upstream";
+  /** Function counter (bytes): read in place from staged files (hashing, copying into the cache), not from the runner. */
+  public static final String LOCAL_BYTES = "recycler.artifact.local.read";
   /** Distribution (bytes): artifacts served to wrappers. */
   public static final String SERVED_BYTES = "recycler.artifact.served";
   /** Counter: upstream artifact fetches that failed (truncated, digest mismatch, unreachable). */

@@ -126,6 +126,13 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
     servedBytes.record(bytes);
   }
 
+  /** Registers the counter of artifact bytes read from local files in place of the runner (read from {@code bytes}). */
+  public void localBytes(LongSupplier bytes) {
+    io.micrometer.core.instrument.FunctionCounter.builder(MetricNames.LOCAL_BYTES, bytes, b -> (double) b.getAsLong())
+        .baseUnit("bytes").description("Artifact bytes read in place from staged files instead of the runner")
+        .register(registry);
+  }
+
   /** Registers the cache size gauge (bytes) read from {@code bytes}. */
   public void cacheSize(LongSupplier bytes) {
     Gauge.builder(MetricNames.CACHE_SIZE, bytes, b -> (double) b.getAsLong()).baseUnit("bytes")

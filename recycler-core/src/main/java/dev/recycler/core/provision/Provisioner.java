@@ -51,7 +51,12 @@ public final class Provisioner {
 
   /** The lease's rewritten provision info, fetched once (again after a failure). */
   public CompletableFuture<ProvisionInfo> provisionInfo(Lease lease) {
-    return byLease.compute(lease, (l, f) -> f == null || f.isCompletedExceptionally() ? fetch(l) : f);
+    CompletableFuture<ProvisionInfo> f =
+        byLease.compute(lease, (l, old) -> old == null || old.isCompletedExceptionally() ? fetch(l) : old);
+    if (!lease.isLive()) {
+      byLease.remove(lease); // it ended meanwhile; onEnded may have run already
+    }
+    return f;
   }
 
   private CompletableFuture<ProvisionInfo> fetch(Lease lease) {
@@ -64,6 +69,7 @@ public final class Provisioner {
           public void onNext(GetProvisionInfoResponse response) {
             ProvisionInfo upstream = response.getInfo();
             pool.jobName(lease, jobName(upstream.getPipelineOptions()));
+            pool.retrievalToken(lease, upstream.getRetrievalToken());
             result.complete(rewrite(upstream, lease));
           }
 

@@ -31,6 +31,8 @@ public final class RecyclerMain {
     FLAGS.put("--memory-blob-max-bytes",
         "artifacts up to this size (and 1/32 of the heap) stay in memory, in total at most 8 times this and a quarter"
             + " of the heap (default 8388608)");
+    FLAGS.put("--local-artifact-dirs", "comma-separated absolute directories whose staged files (the job server's"
+        + " --artifacts-dir, mounted here too) are read in place instead of streamed from the runner (default: none)");
     FLAGS.put("--lease-wait-timeout", "longest a StartWorker waits for a free slot (default 60s)");
     FLAGS.put("--ready-timeout", "longest from lease to the worker's control connection (default 120s)");
     FLAGS.put("--drain-timeout", "after an exit instruction, when to re-send it (default 60s)");
@@ -146,6 +148,10 @@ public final class RecyclerMain {
     }
     if (o.containsKey("--memory-blob-max-bytes")) {
       b.memoryBlobMaxBytes(longFlag(o, "--memory-blob-max-bytes"));
+    }
+    if (o.containsKey("--local-artifact-dirs")) {
+      b.localArtifactDirectories(Arrays.stream(o.get("--local-artifact-dirs").split(",")).map(String::trim)
+          .filter(d -> !d.isEmpty()).map(Path::of).toList());
     }
     durationFlag(o, "--lease-wait-timeout", b::leaseWaitTimeout);
     durationFlag(o, "--ready-timeout", b::readyTimeout);

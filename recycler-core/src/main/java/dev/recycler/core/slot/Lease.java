@@ -23,12 +23,16 @@ public final class Lease {
   private final long requestedNanos;
   private final Instant requestedAt;
   private final CompletableFuture<Lease> ready = new CompletableFuture<>();
+  private static final java.util.concurrent.atomic.AtomicLong SEQUENCE = new java.util.concurrent.atomic.AtomicLong();
+  /** Unique among the leases of this process. */
+  private final long sequence = SEQUENCE.incrementAndGet();
 
   volatile State state = State.WAITING;
   volatile Slot slot;
   volatile long generation;
   volatile String workerId = "";
   volatile String jobName = "";
+  volatile String retrievalToken = "";
   volatile long workerPid;
   volatile long readyNanos = -1;
   volatile long assignedNanos = -1;
@@ -86,6 +90,15 @@ public final class Lease {
 
   public String jobName() {
     return jobName;
+  }
+
+  /**
+   * The scope in which a runner artifact's path names one content: the job's retrieval token when the runner gave
+   * one, else this lease alone. Never shared by two jobs that the runner tells apart.
+   */
+  public String artifactScope() {
+    String token = retrievalToken;
+    return token.isEmpty() ? "lease:" + sequence : "job:" + token;
   }
 
   public State state() {

@@ -647,6 +647,15 @@ public final class SlotPool {
     lease.jobName = name == null ? "" : name;
   }
 
+  /**
+   * Records the job's retrieval token from the runner's provision info: the scope within which a staged artifact's
+   * path may stand for its content (Beam's job server stages every job under a fresh path, but a path is never an
+   * identity across jobs).
+   */
+  public void retrievalToken(Lease lease, String token) {
+    lease.retrievalToken = token == null ? "" : token;
+  }
+
   // ---------------------------------------------------------------------------------------------------------------
   // Transitions
 

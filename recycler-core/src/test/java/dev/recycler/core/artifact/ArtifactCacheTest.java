@@ -50,9 +50,10 @@ class ArtifactCacheTest {
     return b;
   }
 
+  /** Content files (not the cache's marker). */
   private long filesIn(Path d) throws IOException {
     try (Stream<Path> s = Files.list(d)) {
-      return s.filter(Files::isRegularFile).count();
+      return s.filter(p -> Files.isRegularFile(p) && p.getFileName().toString().startsWith("sha256-")).count();
     }
   }
 
@@ -205,5 +206,56 @@ class ArtifactCacheTest {
     assertThatThrownBy(() -> w.commit("00".repeat(32))).hasMessageContaining("sha256 mismatch");
     assertThat(cache.blob(sha(content))).isNull();
     assertThat(filesIn(dir.resolve("tmp"))).as("the partial file is deleted").isZero();
+  }
+  @Test
+  void contentSurvivesARestartAndIsVerifiedBeforeUse() throws Exception {
+    byte[] kept = bytes(50_000, 41);
+    byte[] tampered = bytes(50_000, 42);
+    ArtifactCache first = new ArtifactCache(dir, 10L << 20, 1024);
+    store(first, kept);
+    store(first, tampered);
+    // A worker or another process rewrites one content file while the recycler is down.
+    Path victim = dir.resolve("sha256-" + sha(tampered));
+    Files.write(victim, bytes(50_000, 43));
+
+    ArtifactCache second = new ArtifactCache(dir, 10L << 20, 1024);
+
+    Blob reused = second.pinned(sha(kept));
+    assertThat(reused).as("no refetch after a restart").isNotNull();
+    try (var in = reused.open()) {
+      assertThat(in.readAllBytes()).isEqualTo(kept);
+    }
+    assertThat(second.pinned(sha(tampered))).as("changed on disk: never served").isNull();
+    assertThat(victim).doesNotExist();
+  }
+
+  @Test
+  void aForeignNonEmptyDirectoryIsRefusedAndNothingInItDeleted() throws Exception {
+    Path data = dir.resolve("data");
+    Files.createDirectories(data.resolve("sub"));
+    Files.writeString(data.resolve("important.txt"), "keep me");
+    Files.writeString(data.resolve("sub/sha256-" + "0".repeat(64)), "not ours");
+
+    assertThatThrownBy(() -> new ArtifactCache(data, 10L << 20, 1024)).isInstanceOf(IOException.class)
+        .hasMessageContaining(data.toString()).hasMessageContaining("not empty")
+        .hasMessageContaining("nothing in it was deleted");
+    assertThat(data.resolve("important.txt")).hasContent("keep me");
+    assertThat(data.resolve("sub/sha256-" + "0".repeat(64))).exists();
+  }
+
+  @Test
+  void inItsOwnDirectoryTheCacheDeletesOnlyFilesItWrote() throws Exception {
+    new ArtifactCache(dir, 10L << 20, 1024);
+    Files.writeString(dir.resolve("operator-notes.txt"), "mine");
+    Files.createDirectories(dir.resolve("tmp"));
+    Files.writeString(dir.resolve("tmp/fetch-123.part"), "partial download");
+    Files.writeString(dir.resolve("tmp/other.txt"), "mine too");
+
+    new ArtifactCache(dir, 10L << 20, 1024);
+
+    assertThat(dir.resolve("operator-notes.txt")).exists();
+    assertThat(dir.resolve("tmp/other.txt")).exists();
+    assertThat(dir.resolve("tmp/fetch-123.part")).as("our own partial download").doesNotExist();
+    assertThat(dir.resolve(ArtifactCache.MARKER)).exists();
   }
 }

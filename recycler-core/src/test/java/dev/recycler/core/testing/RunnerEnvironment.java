@@ -226,7 +226,9 @@ public final class RunnerEnvironment implements AutoCloseable {
       }
       Struct options = Struct.newBuilder().putFields("options", Value.newBuilder().setStructValue(Struct.newBuilder()
           .putFields("job_name", Value.newBuilder().setStringValue("env-" + workerId).build())).build()).build();
-      ProvisionInfo info = ProvisionInfo.newBuilder().setPipelineOptions(options)
+      // Beam's job server gives each job a fresh staging directory and its staging token as the retrieval token.
+      String job = stagingPath.contains("/") ? stagingPath.substring(0, stagingPath.lastIndexOf('/')) : stagingPath;
+      ProvisionInfo info = ProvisionInfo.newBuilder().setPipelineOptions(options).setRetrievalToken("staged:" + job)
           .setLoggingEndpoint(url(logging)).setControlEndpoint(url(control)).setArtifactEndpoint(url(artifacts))
           .addDependencies(ArtifactInformation.newBuilder().setTypeUrn("beam:artifact:type:file:v1")
               .setTypePayload(ArtifactFilePayload.newBuilder().setPath(stagingPath).build().toByteString())
@@ -258,7 +260,9 @@ public final class RunnerEnvironment implements AutoCloseable {
           out.onError(Status.NOT_FOUND.withDescription(path).asException());
           return;
         }
-        try (InputStream in = Files.newInputStream(binary)) {
+        // A real staged copy if the caller made one (as Beam's job server does), else the binary itself.
+        Path staged = Path.of(stagingPath);
+        try (InputStream in = Files.newInputStream(staged.isAbsolute() && Files.isRegularFile(staged) ? staged : binary)) {
           byte[] buf = new byte[2 << 20];
           int n;
           while ((n = in.readNBytes(buf, 0, buf.length)) > 0) {

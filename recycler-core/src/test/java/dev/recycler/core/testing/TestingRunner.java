@@ -18,7 +18,15 @@ import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.atomic.AtomicInteger;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.Elements;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.GetProcessBundleDescriptorRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.ProcessBundleDescriptor;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.ProcessBundleRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.RemoteGrpcPort;
+import org.apache.beam.model.fnexecution.v1.BeamFnDataGrpc;
+import org.apache.beam.model.pipeline.v1.RunnerApi.FunctionSpec;
+import org.apache.beam.model.pipeline.v1.RunnerApi.PTransform;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionResponse;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnControlGrpc;
@@ -59,6 +67,17 @@ public final class TestingRunner implements AutoCloseable {
   public final Map<String, StreamObserver<InstructionRequest>> controls = new ConcurrentHashMap<>();
   public final Map<String, List<InstructionResponse>> responses = new ConcurrentHashMap<>();
   public final Map<String, Status> controlErrors = new ConcurrentHashMap<>();
+  /** Process bundle descriptors the runner registered, by id (served by GetProcessBundleDescriptor). */
+  public final Map<String, ProcessBundleDescriptor> descriptors = new ConcurrentHashMap<>();
+  /** Worker ids of GetProcessBundleDescriptor calls, in call order. */
+  public final List<String> descriptorCallers = new CopyOnWriteArrayList<>();
+  /**
+   * Worker ids of data clients, in connection order. Beam's {@code GrpcDataService} makes the runner wait (minutes)
+   * for the first one before it sends a bundle's input, whatever the bundle's response says.
+   */
+  public final List<String> dataClients = new CopyOnWriteArrayList<>();
+  /** Data streams closed by their client (OK) or broken (the status), in order. */
+  public final List<Status> dataStreamEnds = new CopyOnWriteArrayList<>();
 
   private TestingRunner(Builder b) throws IOException {
     this.info = b.info;
@@ -76,6 +95,7 @@ public final class TestingRunner implements AutoCloseable {
         .addService(ServerInterceptors.intercept(new Control(), capture))
         .addService(ServerInterceptors.intercept(new Provision(), capture))
         .addService(ServerInterceptors.intercept(new Artifacts(), capture))
+        .addService(ServerInterceptors.intercept(new Data(), capture))
         .build().start();
   }
 
@@ -93,6 +113,23 @@ public final class TestingRunner implements AutoCloseable {
     ApiServiceDescriptor d = ApiServiceDescriptor.newBuilder().setUrl(name).build();
     return StartWorkerRequest.newBuilder().setWorkerId(workerId).setControlEndpoint(d).setLoggingEndpoint(d)
         .setArtifactEndpoint(d).setProvisionEndpoint(d).build();
+  }
+
+  /**
+   * Registers a descriptor whose input comes from, and output goes to, this environment's data endpoint, as Beam's
+   * runner does before it sends the ProcessBundle request that names it; returns that request.
+   */
+  public InstructionRequest processBundle(String instructionId, String descriptorId) {
+    RemoteGrpcPort port = RemoteGrpcPort.newBuilder()
+        .setApiServiceDescriptor(ApiServiceDescriptor.newBuilder().setUrl(name)).build();
+    descriptors.put(descriptorId, ProcessBundleDescriptor.newBuilder().setId(descriptorId)
+        .putTransforms("read", PTransform.newBuilder().setSpec(FunctionSpec.newBuilder()
+            .setUrn("beam:runner:source:v1").setPayload(port.toByteString())).build())
+        .putTransforms("write", PTransform.newBuilder().setSpec(FunctionSpec.newBuilder()
+            .setUrn("beam:runner:sink:v1").setPayload(port.toByteString())).build())
+        .build());
+    return InstructionRequest.newBuilder().setInstructionId(instructionId)
+        .setProcessBundle(ProcessBundleRequest.newBuilder().setProcessBundleDescriptorId(descriptorId)).build();
   }
 
   /** Channel factory resolving this fake's url in-process (and any other TestingRunner's). */
@@ -141,6 +178,19 @@ public final class TestingRunner implements AutoCloseable {
 
   private final class Control extends BeamFnControlGrpc.BeamFnControlImplBase {
     @Override
+    public void getProcessBundleDescriptor(GetProcessBundleDescriptorRequest request,
+        StreamObserver<ProcessBundleDescriptor> out) {
+      descriptorCallers.add(CALLER.get());
+      ProcessBundleDescriptor d = descriptors.get(request.getProcessBundleDescriptorId());
+      if (d == null) {
+        out.onError(Status.NOT_FOUND.withDescription(request.getProcessBundleDescriptorId()).asException());
+        return;
+      }
+      out.onNext(d);
+      out.onCompleted();
+    }
+
+    @Override
     public StreamObserver<InstructionResponse> control(StreamObserver<InstructionRequest> out) {
       String id = CALLER.get();
       controlCallers.add(id);
@@ -159,6 +209,28 @@ public final class TestingRunner implements AutoCloseable {
         @Override
         public void onCompleted() {
           controlErrors.put(id, Status.OK);
+        }
+      };
+    }
+  }
+
+  private final class Data extends BeamFnDataGrpc.BeamFnDataImplBase {
+    @Override
+    public StreamObserver<Elements> data(StreamObserver<Elements> out) {
+      dataClients.add(CALLER.get());
+      return new StreamObserver<>() {
+        @Override
+        public void onNext(Elements value) {}
+
+        @Override
+        public void onError(Throwable t) {
+          dataStreamEnds.add(Status.fromThrowable(t));
+        }
+
+        @Override
+        public void onCompleted() {
+          dataStreamEnds.add(Status.OK);
+          out.onCompleted();
         }
       };
     }

@@ -67,6 +67,8 @@ public final class Demo {
     b.append(String.format(Locale.ROOT, "  binary size                %,d bytes%n", x.binaryBytes()));
     b.append(String.format(Locale.ROOT, "  runner -> recycler         %d fetches, %,d bytes (%d jobs with leases)%n",
         x.upstreamFetches(), x.upstreamBytes(), x.jobsLeased()));
+    b.append(String.format(Locale.ROOT, "  read in place (staged file) %,d bytes (hashing each job's file, one copy per content)%n",
+        x.localBytes()));
     b.append(String.format(Locale.ROOT, "  recycler -> wrappers       %d transfers, %,d bytes (%d slots used)%n",
         x.servedTransfers(), x.servedBytes(), x.slotsLeased()));
     b.append("\nTIMINGS\n");

@@ -76,7 +76,7 @@ public record EndToEndResult(
    * @param jobsLeased jobs that got at least one lease
    */
   public record Transfers(long binaryBytes, int distinctBinaries, long upstreamFetches, long upstreamBytes,
-      long servedTransfers, long servedBytes, int slotsLeased, int jobsLeased) {}
+      long servedTransfers, long servedBytes, long localBytes, int slotsLeased, int jobsLeased) {}
 
   /** The most jobs of {@code runs} that held a lease at the same instant (checked at each lease's ready time). */
   public static int maxConcurrentJobs(List<JobRun> runs) {

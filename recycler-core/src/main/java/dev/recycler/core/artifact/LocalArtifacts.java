@@ -1,0 +1,246 @@
+package dev.recycler.core.artifact;
+
+import com.github.benmanes.caffeine.cache.Cache;
+import com.github.benmanes.caffeine.cache.Caffeine;
+import com.google.protobuf.InvalidProtocolBufferException;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.BasicFileAttributes;
+import java.nio.file.attribute.FileTime;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.atomic.AtomicLong;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactFilePayload;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactInformation;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * Identifies staged files in place: a {@code beam:artifact:type:file:v1} artifact whose path lies under one of the
+ * configured directories (the job server's artifacts directory, which on Kubernetes the TaskManagers mount anyway,
+ * because Beam's own retrieval service reads it there) is hashed from disk, not streamed through the runner's gRPC
+ * service and the JVM heap. Its bytes enter the cache (a copy, verified against the digest) only when the cache lacks
+ * that content.
+ *
+ * <p>Identity rule: the content's sha256, computed here from the file. A path is never an identity: the memo that
+ * spares a second environment of the same job a second hash is keyed by the file's path <i>and</i> its device, inode,
+ * size, modification and change times, so a file replaced or rewritten at the same path is hashed again. A file that
+ * changes while it is read is not used (the caller falls back to streaming).
+ *
+ * <p>Trust: the recycler reads, with its own privileges, only regular files whose real path (symbolic links resolved)
+ * is under a configured directory; anything else is streamed from the runner as before. The runner (TaskManager) is
+ * trusted to name the job's files; see docs/security.md.
+ *
+ * <p>Memory: reads go through one {@link #BUFFER_BYTES} buffer per hashing thread ({@link #THREADS} threads), so the
+ * heap holds at most {@code THREADS * BUFFER_BYTES} artifact bytes here whatever the file size; a file larger than the
+ * cache's memory-blob limit is copied to the cache directory, never held on the heap.
+ *
+ * <p>Concurrency: hashing runs on a small dedicated pool, never on a gRPC thread; concurrent requests for the same
+ * file identity share one read ({@code inflight}).
+ */
+final class LocalArtifacts {
+  private static final Logger LOG = LoggerFactory.getLogger(LocalArtifacts.class);
+  static final int BUFFER_BYTES = 1 << 20;
+  static final int THREADS = 2;
+
+  private final List<Path> roots;
+  private final ArtifactCache cache;
+  private final ExecutorService hashing;
+  private final Cache<FileIdentity, String> memo = Caffeine.newBuilder().maximumSize(10_000).build();
+  private final Map<FileIdentity, CompletableFuture<Blob>> inflight = new ConcurrentHashMap<>();
+  private final ThreadLocal<byte[]> buffers = ThreadLocal.withInitial(() -> new byte[BUFFER_BYTES]);
+  private final AtomicLong bytesRead = new AtomicLong();
+
+  /** What must stay the same for a path to keep naming the content hashed from it. */
+  record FileIdentity(Path path, Object fileKey, long size, FileTime modified, Object changed) {}
+
+  LocalArtifacts(List<Path> directories, ArtifactCache cache) {
+    List<Path> real = new ArrayList<>();
+    for (Path d : directories) {
+      try {
+        real.add(d.toRealPath());
+      } catch (IOException e) {
+        // Not there yet (the job server may create it later): keep the normalized path; files resolve against it.
+        real.add(d.toAbsolutePath().normalize());
+      }
+    }
+    this.roots = List.copyOf(real);
+    this.cache = cache;
+    this.hashing = Executors.newFixedThreadPool(THREADS, r -> {
+      Thread t = new Thread(r, "recycler-artifact-hash");
+      t.setDaemon(true);
+      return t;
+    });
+  }
+
+  boolean enabled() {
+    return !roots.isEmpty();
+  }
+
+  /** Bytes read from local files so far (hashing and copying). */
+  long bytesRead() {
+    return bytesRead.get();
+  }
+
+  /**
+   * The real path of the staged file {@code a} names, if this may read it in place: a file artifact with an absolute
+   * path, resolving (links followed) to a readable regular file under a configured directory. Else null.
+   */
+  Path localPath(ArtifactInformation a) {
+    if (roots.isEmpty() || !Artifacts.FILE_URN.equals(a.getTypeUrn())) {
+      return null;
+    }
+    String name;
+    try {
+      name = ArtifactFilePayload.parseFrom(a.getTypePayload()).getPath();
+    } catch (InvalidProtocolBufferException e) {
+      return null;
+    }
+    if (name.isEmpty() || name.indexOf('\0') >= 0) {
+      return null;
+    }
+    Path p = Path.of(name);
+    if (!p.isAbsolute()) {
+      return null;
+    }
+    try {
+      Path real = p.toRealPath();
+      for (Path root : roots) {
+        if (real.startsWith(root) && !real.equals(root) && Files.isRegularFile(real, LinkOption.NOFOLLOW_LINKS)
+            && Files.isReadable(real)) {
+          return real;
+        }
+      }
+    } catch (IOException | SecurityException e) {
+      return null;
+    }
+    return null;
+  }
+
+  /**
+   * The content of {@code file} (a path from {@link #localPath}) as a cached blob, pinned for the caller (release with
+   * {@link ArtifactCache#unpin}). Fails if the file cannot be read or changes while it is read.
+   */
+  CompletableFuture<Blob> blob(Path file) {
+    FileIdentity id;
+    try {
+      id = identity(file);
+    } catch (IOException e) {
+      return CompletableFuture.failedFuture(e);
+    }
+    String known = memo.getIfPresent(id);
+    if (known != null) {
+      Blob b = cache.pinned(known);
+      if (b != null) {
+        return CompletableFuture.completedFuture(b);
+      }
+    }
+    CompletableFuture<Blob> shared = new CompletableFuture<>();
+    CompletableFuture<Blob> existing = inflight.putIfAbsent(id, shared);
+    if (existing != null) {
+      // Each caller needs its own pin; the sharer's pin still holds the blob when this runs.
+      return existing.thenCompose(b -> {
+        Blob mine = cache.pinned(b.sha256());
+        return mine != null ? CompletableFuture.completedFuture(mine) : blob(file);
+      });
+    }
+    hashing.execute(() -> {
+      try {
+        shared.complete(read(file, id));
+      } catch (IOException | RuntimeException e) {
+        shared.completeExceptionally(e);
+      } finally {
+        inflight.remove(id, shared);
+      }
+    });
+    return shared;
+  }
+
+  private Blob read(Path file, FileIdentity id) throws IOException {
+    long started = System.nanoTime();
+    String digest = hash(file, id);
+    Blob cached = cache.pinned(digest);
+    String how = "hashed";
+    if (cached == null) {
+      cached = copy(file, id, digest);
+      how = "hashed and copied";
+    }
+    memo.put(id, digest);
+    LOG.info("artifact identified in place sha256={} bytes={} ms={} ({})", digest, id.size(),
+        (System.nanoTime() - started) / 1_000_000, how);
+    return cached;
+  }
+
+  private String hash(Path file, FileIdentity id) throws IOException {
+    MessageDigest sha = sha256();
+    byte[] buf = buffers.get();
+    long total = 0;
+    try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+      ByteBuffer bb = ByteBuffer.wrap(buf);
+      int n;
+      while ((n = ch.read(bb.clear())) >= 0) {
+        sha.update(buf, 0, n);
+        total += n;
+      }
+    }
+    bytesRead.addAndGet(total);
+    if (total != id.size() || !identity(file).equals(id)) {
+      throw new IOException("staged file " + file + " changed while it was read");
+    }
+    return HexFormat.of().formatHex(sha.digest());
+  }
+
+  /** Copies the file into the cache, verifying that the copy has the digest the first read found. */
+  private Blob copy(Path file, FileIdentity id, String digest) throws IOException {
+    ArtifactCache.Writer writer = cache.newWriter();
+    byte[] buf = buffers.get();
+    try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+      ByteBuffer bb = ByteBuffer.wrap(buf);
+      int n;
+      while ((n = ch.read(bb.clear())) >= 0) {
+        writer.write(buf, 0, n);
+      }
+    } catch (IOException | RuntimeException e) {
+      writer.abort();
+      throw e;
+    }
+    bytesRead.addAndGet(writer.size());
+    return writer.commit(digest);
+  }
+
+  private static FileIdentity identity(Path file) throws IOException {
+    BasicFileAttributes a = Files.readAttributes(file, BasicFileAttributes.class);
+    Object changed;
+    try {
+      changed = Files.getAttribute(file, "unix:ctime");
+    } catch (UnsupportedOperationException | IllegalArgumentException e) {
+      changed = a.lastModifiedTime(); // no change time on this platform: modification time and inode must do
+    }
+    return new FileIdentity(file, a.fileKey(), a.size(), a.lastModifiedTime(), changed);
+  }
+
+  private static MessageDigest sha256() {
+    try {
+      return MessageDigest.getInstance("SHA-256");
+    } catch (NoSuchAlgorithmException e) {
+      throw new IllegalStateException("the JVM has no SHA-256", e);
+    }
+  }
+
+  void close() {
+    hashing.shutdownNow();
+  }
+}

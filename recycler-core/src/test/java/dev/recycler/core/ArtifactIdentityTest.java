@@ -1,0 +1,190 @@
+package dev.recycler.core;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.awaitility.Awaitility.await;
+
+import dev.recycler.core.testing.TestingRunner;
+import dev.recycler.core.testing.TestingWrapper;
+import dev.recycler.proto.v1.GetSlotTableRequest;
+import dev.recycler.proto.v1.RecyclerAdminGrpc;
+import dev.recycler.proto.v1.RecyclerMessage;
+import dev.recycler.proto.v1.RecyclerMessage.KindCase;
+import io.grpc.ManagedChannel;
+import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
+import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.MessageDigest;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
+import org.apache.beam.model.fnexecution.v1.ProvisionApi.ProvisionInfo;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactFilePayload;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * What a lease's worker binary is: always the content the runner's job staged, whatever path it came under.
+ *
+ * <p>Regression: the cache keyed a staged artifact by its path, so a job whose binary was staged at a path that had
+ * held other content ran the old binary (reproduced with a 17-byte script replaced by wordcount at the same path: the
+ * next two jobs still ran the script).
+ */
+@Timeout(value = 60, unit = TimeUnit.SECONDS)
+class ArtifactIdentityTest {
+  private static final String BINARY_ROLE = "beam:artifact:role:go_worker_binary:v1";
+  private static final Duration AWAIT = Duration.ofSeconds(15);
+
+  @TempDir
+  Path cacheDir;
+  @TempDir
+  Path staging;
+
+  private final List<AutoCloseable> closeables = new ArrayList<>();
+  private Recycler recycler;
+  private ManagedChannel channel;
+  private TestingWrapper wrapper;
+  private int jobs;
+
+  @AfterEach
+  void tearDown() throws Exception {
+    for (AutoCloseable c : closeables) {
+      c.close();
+    }
+    if (channel != null) {
+      channel.shutdownNow();
+    }
+    if (recycler != null) {
+      recycler.close();
+    }
+  }
+
+  @Test
+  void aStreamedPathThatNowHoldsOtherContentRunsTheNewContent() throws Exception {
+    start(List.of());
+    byte[] script = "#!/bin/sh\nexit 1\n".getBytes(StandardCharsets.UTF_8);
+    byte[] wordcount = new byte[200_000];
+    new java.util.Random(3).nextBytes(wordcount);
+
+    TestingRunner first = runJob("/staging/shared/worker", script, "job-1");
+    TestingRunner second = runJob("/staging/shared/worker", wordcount, "job-2");
+    TestingRunner third = runJob("/staging/shared/worker", wordcount, "job-3");
+
+    assertThat(leaseDigests()).containsExactly(sha(script), sha(wordcount), sha(wordcount));
+    assertThat(List.of(first.artifactDownloads.get(), second.artifactDownloads.get(), third.artifactDownloads.get()))
+        .as("each job's content crosses from its runner: a path is no identity across jobs")
+        .containsExactly(1, 1, 1);
+  }
+
+  @Test
+  void aStagedFileReadInPlaceIsIdentifiedByItsContentWithoutTheRunner() throws Exception {
+    start(List.of(staging));
+    Path file = staging.resolve("job-a/worker");
+    Files.createDirectories(file.getParent());
+    byte[] v1 = bytes(300_000, 1);
+    byte[] v2 = bytes(300_000, 2);
+    Files.write(file, v1);
+
+    TestingRunner a = runJob(file.toString(), v1, "job-a");
+    TestingRunner aAgain = runJob(file.toString(), v1, "job-a");
+    Files.write(file, v2); // the same path now holds other content (rewritten in place)
+    TestingRunner b = runJob(file.toString(), v2, "job-b");
+
+    assertThat(leaseDigests()).containsExactly(sha(v1), sha(v1), sha(v2));
+    assertThat(a.artifactDownloads.get() + aAgain.artifactDownloads.get() + b.artifactDownloads.get())
+        .as("no artifact byte crosses the runner's gRPC service").isZero();
+    assertThat(wrapper.downloads.get()).as("the wrapper fetched each content once").isEqualTo(2);
+  }
+
+  @Test
+  void newJobsWithTheSameContentUnderFreshPathsSendNoBytesAnywhere() throws Exception {
+    start(List.of(staging));
+    byte[] binary = bytes(500_000, 4);
+    for (int i = 0; i < 3; i++) {
+      Path file = staging.resolve("job-" + i + "/worker");
+      Files.createDirectories(file.getParent());
+      Files.write(file, binary);
+      TestingRunner r = runJob(file.toString(), binary, "job-" + i);
+      assertThat(r.artifactDownloads.get()).isZero();
+    }
+    assertThat(leaseDigests()).containsOnly(sha(binary)).hasSize(3);
+    assertThat(wrapper.downloads.get()).as("bytes reach the slot once").isEqualTo(1);
+  }
+
+  @Test
+  void unreadableOrOutsidePathsFallBackToStreamingFromTheRunner() throws Exception {
+    start(List.of(staging));
+    byte[] binary = bytes(100_000, 5);
+    // Under the directory but not on this machine (the runner has it elsewhere): streamed.
+    TestingRunner missing = runJob(staging.resolve("gone/worker").toString(), binary, "job-missing");
+    // A link under the directory that leads outside it: not read in place.
+    Path outside = Files.createTempFile("outside", ".bin");
+    closeables.add(() -> Files.deleteIfExists(outside));
+    Files.write(outside, binary);
+    Path link = staging.resolve("link-worker");
+    Files.createSymbolicLink(link, outside);
+    TestingRunner linked = runJob(link.toString(), binary, "job-link");
+
+    assertThat(missing.artifactDownloads.get()).isEqualTo(1);
+    assertThat(linked.artifactDownloads.get()).isEqualTo(1);
+    assertThat(leaseDigests()).containsOnly(sha(binary));
+  }
+
+  private void start(List<Path> localDirs) throws Exception {
+    recycler = Recycler.start(RecyclerConfig.builder().slots(1, "slot-").port(0).cacheDirectory(cacheDir)
+        .memoryBlobMaxBytes(100_000).localArtifactDirectories(localDirs).leaseWaitTimeout(Duration.ofSeconds(5))
+        .readyTimeout(Duration.ofSeconds(10)).attachProbeTimeout(Duration.ofMillis(500))
+        .shutdownTimeout(Duration.ofSeconds(5)).build(), new SimpleMeterRegistry(), TestingRunner::channel);
+    channel = NettyChannelBuilder.forTarget(recycler.endpoint()).usePlaintext().build();
+    wrapper = new TestingWrapper("slot-0", "a", recycler.endpoint());
+    closeables.add(wrapper);
+    wrapper.attach();
+    awaitIdle();
+  }
+
+  /** One job on the slot: the runner stages {@code bytes} at {@code path}; the lease runs and the runner closes it. */
+  private TestingRunner runJob(String path, byte[] bytes, String token) throws Exception {
+    TestingRunner runner = TestingRunner.builder()
+        .provisionInfo(ProvisionInfo.newBuilder().setRetrievalToken(token)
+            .addDependencies(TestingRunner.stagedFile(path, BINARY_ROLE)).build())
+        .file(path, bytes).build();
+    closeables.add(runner);
+    String id = "1-" + (++jobs);
+    BeamFnExternalWorkerPoolGrpc.newBlockingStub(channel).withDeadlineAfter(20, TimeUnit.SECONDS)
+        .startWorker(runner.startRequest(id));
+    await().atMost(AWAIT).until(() -> runner.controls.containsKey(id));
+    runner.controls.get(id).onCompleted();
+    awaitIdle();
+    return runner;
+  }
+
+  /** The binary digest each Lease told the wrapper to run, in lease order. */
+  private List<String> leaseDigests() throws Exception {
+    List<String> out = new ArrayList<>();
+    for (RecyclerMessage m : wrapper.received(KindCase.LEASE)) {
+      out.add(ArtifactFilePayload.parseFrom(m.getLease().getPrepared().getArtifacts(0).getTypePayload()).getSha256());
+    }
+    return out;
+  }
+
+  private void awaitIdle() {
+    await().atMost(AWAIT).until(() -> RecyclerAdminGrpc.newBlockingStub(channel)
+        .getSlotTable(GetSlotTableRequest.getDefaultInstance()).getSlots(0).getState().equals("IDLE"));
+  }
+
+  private static byte[] bytes(int n, int seed) {
+    byte[] b = new byte[n];
+    new java.util.Random(seed).nextBytes(b);
+    return b;
+  }
+
+  private static String sha(byte[] b) throws Exception {
+    return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(b));
+  }
+}
