@@ -103,7 +103,7 @@ public final class Recycler implements AutoCloseable {
     // The advertised endpoint needs the bound port (port 0 picks one), so the provisioner reads it lazily.
     this.provisioner = new Provisioner(pool, channels, this::endpoint, config.upstreamCallTimeout());
     List<BindableService> services = new ArrayList<>(
-        ControlServices.create(pool, channels, config.upstreamCallTimeout()));
+        ControlServices.create(pool, channels, config.upstreamCallTimeout(), timer, config.workerStallTimeout()));
     services.add(new ProvisionService(pool, provisioner));
     services.add(new ArtifactService(pool, artifacts, metrics));
     services.add(new AdminService(pool));

@@ -26,6 +26,7 @@ public final class RecyclerConfig {
   private final long cacheMaxBytes;
   private final long memoryBlobMaxBytes;
   private final List<Path> localArtifactDirectories;
+  private final Duration workerStallTimeout;
   private final Duration leaseWaitTimeout;
   private final Duration readyTimeout;
   private final Duration drainTimeout;
@@ -47,6 +48,7 @@ public final class RecyclerConfig {
     this.cacheMaxBytes = b.cacheMaxBytes;
     this.memoryBlobMaxBytes = b.memoryBlobMaxBytes;
     this.localArtifactDirectories = List.copyOf(b.localArtifactDirectories);
+    this.workerStallTimeout = b.workerStallTimeout;
     this.leaseWaitTimeout = b.leaseWaitTimeout;
     this.readyTimeout = b.readyTimeout;
     this.drainTimeout = b.drainTimeout;
@@ -105,6 +107,14 @@ public final class RecyclerConfig {
    */
   public List<Path> localArtifactDirectories() {
     return localArtifactDirectories;
+  }
+
+  /**
+   * How long a worker may leave the runner's instructions unread (its control stream not ready for more) before its
+   * lease ends as lost, so that the runner fails the bundle instead of waiting on it.
+   */
+  public Duration workerStallTimeout() {
+    return workerStallTimeout;
   }
 
   /** Artifacts up to this size stay in memory; larger ones are spilled to {@link #cacheDirectory()}. */
@@ -184,6 +194,7 @@ public final class RecyclerConfig {
     private long cacheMaxBytes = 2L << 30;
     private long memoryBlobMaxBytes = 8L << 20;
     private final List<Path> localArtifactDirectories = new ArrayList<>();
+    private Duration workerStallTimeout = Duration.ofSeconds(60);
     private Duration leaseWaitTimeout = Duration.ofSeconds(60);
     private Duration readyTimeout = Duration.ofSeconds(120);
     private Duration drainTimeout = Duration.ofSeconds(60);
@@ -284,6 +295,11 @@ public final class RecyclerConfig {
       }
       localArtifactDirectories.clear();
       localArtifactDirectories.addAll(dirs);
+      return this;
+    }
+
+    public Builder workerStallTimeout(Duration d) {
+      this.workerStallTimeout = positive("worker stall timeout", d);
       return this;
     }
 

@@ -21,7 +21,10 @@ import java.util.List;
 import java.util.concurrent.TimeUnit;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.Elements;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.GetProcessBundleDescriptorRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionResponse;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.ProcessBundleDescriptor;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.RegisterRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnControlGrpc;
 import org.apache.beam.model.fnexecution.v1.BeamFnDataGrpc;
 import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
@@ -134,6 +137,40 @@ class WorkerLostMidBundleTest {
     await().atMost(AWAIT).untilAsserted(() -> assertThat(runner.dataStreamEnds).isNotEmpty());
   }
 
+  /**
+   * A worker that stops reading its control stream (stopped, deadlocked) must not leave the runner waiting, nor make
+   * the recycler buffer the runner's instructions without bound: the proxy requests the next instruction only when
+   * the worker can take it, and a worker that stays unable for the stall timeout is treated as lost.
+   */
+  @Test
+  void aWorkerThatStopsReadingIsTreatedAsLostAfterTheStallTimeout() throws Exception {
+    TestingRunner runner = startLease(Duration.ofSeconds(1));
+    TestingWrapper w = new TestingWrapper("slot-0", "a", recycler.endpoint());
+    closeables.add(0, w);
+    w.deafWorker(1);
+    w.attach();
+    awaitIdle();
+    BeamFnExternalWorkerPoolGrpc.newBlockingStub(channel).withDeadlineAfter(20, TimeUnit.SECONDS)
+        .startWorker(runner.startRequest("1-1"));
+    await().atMost(AWAIT).until(() -> runner.controls.containsKey("1-1"));
+
+    // Instructions big enough to fill the worker's flow-control window.
+    String filler = "x".repeat(256 * 1024);
+    int sent = 8;
+    for (int i = 0; i < sent; i++) {
+      runner.controls.get("1-1").onNext(InstructionRequest.newBuilder().setInstructionId("big-" + i)
+          .setRegister(RegisterRequest.newBuilder().addProcessBundleDescriptor(ProcessBundleDescriptor.newBuilder()
+              .setId(filler))).build());
+    }
+
+    await().atMost(AWAIT).until(() -> runner.responses.getOrDefault("1-1", List.of()).size() == sent);
+    assertThat(runner.responses.get("1-1")).allSatisfy(r -> assertThat(r.getError()).contains("stopped reading"));
+    assertThat(w.instructions).as("the stalled worker read nothing").isEmpty();
+    await().atMost(AWAIT).until(() -> w.received(KindCase.EXIT).size() == 1);
+    assertThat(RecyclerAdminGrpc.newBlockingStub(channel).getSlotTable(GetSlotTableRequest.getDefaultInstance())
+        .getLeases(0).getEndReason()).isEqualTo("WORKER_LOST");
+  }
+
   @Test
   void aHealthyWorkerKeepsTheRunnersDataPathToItself() throws Exception {
     TestingRunner runner = startLease();
@@ -148,7 +185,12 @@ class WorkerLostMidBundleTest {
   }
 
   private TestingRunner startLease() throws Exception {
+    return startLease(Duration.ofSeconds(60));
+  }
+
+  private TestingRunner startLease(Duration stallTimeout) throws Exception {
     recycler = Recycler.start(RecyclerConfig.builder().slots(1, "slot-").port(0).cacheDirectory(cacheDir)
+        .workerStallTimeout(stallTimeout)
         .memoryBlobMaxBytes(100_000).leaseWaitTimeout(Duration.ofSeconds(5)).readyTimeout(Duration.ofSeconds(10))
         .attachProbeTimeout(Duration.ofMillis(500)).shutdownTimeout(Duration.ofSeconds(5)).build(),
         new SimpleMeterRegistry(), TestingRunner::channel);

@@ -64,6 +64,8 @@ final class FlinkRecyclerConfig {
     apply(RecyclerOptions.MEMORY_BLOB_MAX_SIZE, get(params, RecyclerOptions.MEMORY_BLOB_MAX_SIZE).getBytes(),
         b::memoryBlobMaxBytes);
 
+    apply(RecyclerOptions.WORKER_STALL_TIMEOUT, get(params, RecyclerOptions.WORKER_STALL_TIMEOUT),
+        b::workerStallTimeout);
     apply(RecyclerOptions.LEASE_WAIT_TIMEOUT, get(params, RecyclerOptions.LEASE_WAIT_TIMEOUT), b::leaseWaitTimeout);
     apply(RecyclerOptions.READY_TIMEOUT, get(params, RecyclerOptions.READY_TIMEOUT), b::readyTimeout);
     apply(RecyclerOptions.DRAIN_TIMEOUT, get(params, RecyclerOptions.DRAIN_TIMEOUT), b::drainTimeout);

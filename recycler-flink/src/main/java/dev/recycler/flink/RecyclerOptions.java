@@ -75,6 +75,14 @@ public final class RecyclerOptions {
               + " by hashing it from disk instead of streaming it through the runner's gRPC service and the"
               + " TaskManager heap. Unset: every artifact is streamed.");
 
+  public static final ConfigOption<Duration> WORKER_STALL_TIMEOUT =
+      ConfigOptions.key("worker-stall-timeout")
+          .durationType()
+          .defaultValue(Duration.ofSeconds(60))
+          .withDescription("How long a worker may leave the runner's instructions unread (its control stream not"
+              + " ready for more) before its lease ends as lost, the worker is stopped and the runner's bundle fails"
+              + " instead of waiting.");
+
   public static final ConfigOption<MemorySize> CACHE_MAX_SIZE =
       ConfigOptions.key("cache-max-size")
           .memoryType()

@@ -196,6 +196,6 @@ class FlinkRecyclerConfigTest {
         assertThat(o.description().getBlocks()).as(o.key()).isNotEmpty();
       }
     }
-    assertThat(keys).hasSize(21).allMatch(k -> k.matches("[a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*"));
+    assertThat(keys).hasSize(22).allMatch(k -> k.matches("[a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*"));
   }
 }

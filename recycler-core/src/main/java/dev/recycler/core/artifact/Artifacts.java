@@ -74,7 +74,7 @@ public final class Artifacts {
     this.callTimeout = callTimeout;
     this.fetchTimeout = fetchTimeout;
     metrics.cacheSize(cache::sizeBytes);
-    metrics.localBytes(locals::bytesRead);
+    metrics.localBytes(locals.bytesReadCounter());
   }
 
   /** Stops the hashing threads. */

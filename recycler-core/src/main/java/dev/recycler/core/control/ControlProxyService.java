@@ -16,6 +16,7 @@ import io.grpc.stub.ClientResponseObserver;
 import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 import java.time.Duration;
+import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.GetProcessBundleDescriptorRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
@@ -47,11 +48,20 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
   private final SlotPool pool;
   private final RunnerChannels channels;
   private final Duration upstreamTimeout;
+  private final ScheduledExecutorService timer;
+  private final Duration stallTimeout;
 
-  ControlProxyService(SlotPool pool, RunnerChannels channels, Duration upstreamTimeout) {
+  /**
+   * @param stallTimeout how long a worker may leave the runner's instructions unread (its stream not ready for more)
+   *     before its lease ends as {@link EndReason#WORKER_LOST}, so that the runner fails the bundle instead of waiting
+   */
+  ControlProxyService(SlotPool pool, RunnerChannels channels, Duration upstreamTimeout, ScheduledExecutorService timer,
+      Duration stallTimeout) {
     this.pool = pool;
     this.channels = channels;
     this.upstreamTimeout = upstreamTimeout;
+    this.timer = timer;
+    this.stallTimeout = stallTimeout;
   }
 
   @Override
@@ -65,7 +75,10 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       toWorker.onError(e.toStatusException());
       return new Ignoring<>();
     }
-    Proxy proxy = new Proxy(lease, (ServerCallStreamObserver<InstructionRequest>) toWorker,
+    ServerCallStreamObserver<InstructionRequest> worker = (ServerCallStreamObserver<InstructionRequest>) toWorker;
+    // Manual flow control: a message is requested from one side only when the other side can take it.
+    worker.disableAutoRequest();
+    Proxy proxy = new Proxy(lease, worker,
         new OrphanDataSink(channels, lease.request().getControlEndpoint().getUrl(), lease.runnerWorkerId(),
             upstreamTimeout, "slot=" + lease.slotId() + " generation=" + lease.generation()));
     BeamFnControlGrpc.BeamFnControlStub runner = withWorkerId(BeamFnControlGrpc.newStub(
@@ -78,6 +91,7 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       return new Ignoring<>();
     }
     LOG.info("control connected slot={} generation={} worker={}", lease.slotId(), lease.generation(), workerId);
+    worker.request(1);
     return proxy.fromWorker;
   }
 
@@ -115,6 +129,12 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
   /**
    * One proxied control stream. Concurrency: both directions and {@link #close} synchronise on this object, because
    * stream observers are not thread-safe and the pool may close from another thread.
+   *
+   * <p>Flow control: neither direction buffers without bound. The next runner instruction is requested only when the
+   * worker's stream is ready for it, the next worker response only when the runner's is; a side that was not ready
+   * gets the owed request from its {@code onReady} handler. A worker whose stream stays unready (it stopped reading)
+   * for {@code stallTimeout} is treated as lost: its lease ends, the wrapper kills it, and the runner's instructions
+   * are answered with errors.
    */
   private final class Proxy implements ControlLink {
     private final Lease lease;
@@ -128,12 +148,56 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
     private final java.util.Map<String, InstructionRequest> pending = new java.util.LinkedHashMap<>();
     /** Connects data clients in a lost worker's place; closed when the runner ends the stream. */
     private final OrphanDataSink dataSink;
+    /** A runner instruction was taken while the worker could not take more: request the next one on its onReady. */
+    private boolean runnerRequestOwed;
+    /** A worker response was taken while the runner could not take more: request the next one on its onReady. */
+    private boolean workerRequestOwed;
+    /** Fires when the worker has not been ready for the runner's instructions for the stall timeout. */
+    private java.util.concurrent.ScheduledFuture<?> stall;
 
     Proxy(Lease lease, ServerCallStreamObserver<InstructionRequest> toWorker, OrphanDataSink dataSink) {
       this.lease = lease;
       this.toWorker = toWorker;
       this.dataSink = dataSink;
       toWorker.setOnCancelHandler(() -> fromWorker.onError(Status.CANCELLED.asRuntimeException()));
+      toWorker.setOnReadyHandler(this::workerReady);
+    }
+
+    /** The worker can take instructions again: pass on the request owed to the runner. */
+    private synchronized void workerReady() {
+      if (runnerRequestOwed && toWorker.isReady() && runnerOpen) {
+        runnerRequestOwed = false;
+        cancelStall();
+        toRunner.request(1);
+      }
+    }
+
+    /** The runner can take responses again: pass on the request owed to the worker. */
+    private synchronized void runnerReady() {
+      if (workerRequestOwed && toRunner.isReady() && workerOpen) {
+        workerRequestOwed = false;
+        toWorker.request(1);
+      }
+    }
+
+    private void cancelStall() {
+      if (stall != null) {
+        stall.cancel(false);
+        stall = null;
+      }
+    }
+
+    private void stalled() {
+      synchronized (this) {
+        stall = null;
+        if (!runnerRequestOwed || !workerOpen) {
+          return;
+        }
+        toWorker.onError(Status.ABORTED.withDescription("the worker did not read its control stream for "
+            + stallTimeout.toSeconds() + " s").asRuntimeException());
+      }
+      workerGone("it stopped reading its control stream for " + stallTimeout.toSeconds()
+          + " s (worker-stall-timeout)");
     }
 
     final ClientResponseObserver<InstructionResponse, InstructionRequest> fromRunner = new ClientResponseObserver<>() {
@@ -141,17 +205,28 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       public void beforeStart(ClientCallStreamObserver<InstructionResponse> requestStream) {
         synchronized (Proxy.this) {
           toRunner = requestStream;
+          requestStream.disableAutoRequestWithInitial(1);
+          requestStream.setOnReadyHandler(Proxy.this::runnerReady);
         }
       }
 
       @Override
       public void onNext(InstructionRequest request) {
         synchronized (Proxy.this) {
-          if (orphanError != null) {
+          if (orphanError != null || !workerOpen) {
             answerWithError(request);
-          } else if (workerOpen) {
+            toRunner.request(1); // answered here: nothing waits on the worker
+          } else {
             pending.put(request.getInstructionId(), request);
             toWorker.onNext(request);
+            if (toWorker.isReady()) {
+              toRunner.request(1);
+            } else {
+              runnerRequestOwed = true;
+              if (stall == null) {
+                stall = timer.schedule(Proxy.this::stalled, stallTimeout.toMillis(), TimeUnit.MILLISECONDS);
+              }
+            }
           }
         }
       }
@@ -172,8 +247,15 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       public void onNext(InstructionResponse response) {
         synchronized (Proxy.this) {
           pending.remove(response.getInstructionId());
-          if (runnerOpen) {
+          if (!runnerOpen) {
+            toWorker.request(1); // nobody to forward to; keep draining until the stream closes
+          } else {
             toRunner.onNext(response);
+            if (toRunner.isReady()) {
+              toWorker.request(1);
+            } else {
+              workerRequestOwed = true;
+            }
           }
         }
       }
@@ -237,6 +319,11 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
         answerWithError(request);
       }
       pending.clear();
+      cancelStall();
+      if (runnerRequestOwed && runnerOpen) {
+        runnerRequestOwed = false;
+        toRunner.request(1);
+      }
     }
 
     private void answerWithError(InstructionRequest request) {

@@ -126,16 +126,21 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
     servedBytes.record(bytes);
   }
 
-  /** Registers the counter of artifact bytes read from local files in place of the runner (read from {@code bytes}). */
-  public void localBytes(LongSupplier bytes) {
-    io.micrometer.core.instrument.FunctionCounter.builder(MetricNames.LOCAL_BYTES, bytes, b -> (double) b.getAsLong())
+  /**
+   * Registers the counter of artifact bytes read from local files in place of the runner. Micrometer holds the state
+   * object weakly, so it is the counter itself, which its owner keeps.
+   */
+  public void localBytes(java.util.concurrent.atomic.AtomicLong bytes) {
+    io.micrometer.core.instrument.FunctionCounter.builder(MetricNames.LOCAL_BYTES, bytes,
+            java.util.concurrent.atomic.AtomicLong::doubleValue)
         .baseUnit("bytes").description("Artifact bytes read in place from staged files instead of the runner")
         .register(registry);
   }
 
   /** Registers the cache size gauge (bytes) read from {@code bytes}. */
   public void cacheSize(LongSupplier bytes) {
-    Gauge.builder(MetricNames.CACHE_SIZE, bytes, b -> (double) b.getAsLong()).baseUnit("bytes")
+    // Strong: the supplier is usually a method reference nothing else holds, and Micrometer holds gauge state weakly.
+    Gauge.builder(MetricNames.CACHE_SIZE, bytes, b -> (double) b.getAsLong()).strongReference(true).baseUnit("bytes")
         .description("Bytes held by the artifact cache").register(registry);
   }
 }

@@ -33,6 +33,8 @@ public final class RecyclerMain {
             + " of the heap (default 8388608)");
     FLAGS.put("--local-artifact-dirs", "comma-separated absolute directories whose staged files (the job server's"
         + " --artifacts-dir, mounted here too) are read in place instead of streamed from the runner (default: none)");
+    FLAGS.put("--worker-stall-timeout", "how long a worker may leave the runner's instructions unread before its"
+        + " lease ends as lost and the runner's bundle fails (default 60s)");
     FLAGS.put("--lease-wait-timeout", "longest a StartWorker waits for a free slot (default 60s)");
     FLAGS.put("--ready-timeout", "longest from lease to the worker's control connection (default 120s)");
     FLAGS.put("--drain-timeout", "after an exit instruction, when to re-send it (default 60s)");
@@ -154,6 +156,7 @@ public final class RecyclerMain {
           .filter(d -> !d.isEmpty()).map(Path::of).toList());
     }
     durationFlag(o, "--lease-wait-timeout", b::leaseWaitTimeout);
+    durationFlag(o, "--worker-stall-timeout", b::workerStallTimeout);
     durationFlag(o, "--ready-timeout", b::readyTimeout);
     durationFlag(o, "--drain-timeout", b::drainTimeout);
     durationFlag(o, "--upstream-timeout", b::upstreamCallTimeout);

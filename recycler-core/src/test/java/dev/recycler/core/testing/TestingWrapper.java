@@ -95,6 +95,7 @@ public final class TestingWrapper implements AutoCloseable {
   public volatile Status attachStatus;
   private final Map<Long, ClientCallStreamObserver<InstructionResponse>> workers = new ConcurrentHashMap<>();
   private final Set<Long> frozen = ConcurrentHashMap.newKeySet();
+  private final Set<Long> deaf = ConcurrentHashMap.newKeySet();
 
   public TestingWrapper(String slot, String incarnation, String endpoint) {
     this.slot = slot;
@@ -252,6 +253,9 @@ public final class TestingWrapper implements AutoCloseable {
       public void beforeStart(ClientCallStreamObserver<InstructionResponse> requestStream) {
         out = requestStream;
         workers.put(gen, requestStream);
+        if (deaf.contains(gen)) {
+          requestStream.disableAutoRequestWithInitial(0); // never reads an instruction
+        }
       }
 
       @Override
@@ -276,6 +280,11 @@ public final class TestingWrapper implements AutoCloseable {
         workerEofs.incrementAndGet();
       }
     });
+  }
+
+  /** The worker of {@code generation} (not started yet) will never read its control stream: a stalled process. */
+  public void deafWorker(long generation) {
+    deaf.add(generation);
   }
 
   /** The worker of {@code generation} stops answering instructions (it is busy, then dies). */

@@ -27,11 +27,12 @@ public record EndToEndResult(
 
   /** The scenario a job belongs to. */
   public enum Scenario {
-    SUCCESSIVE, CONCURRENT, FAILING, AFTER_FAILING, CANCELLED, AFTER_CANCELLED, WORKER_KILLED, AFTER_WORKER_KILLED;
+    SUCCESSIVE, CONCURRENT, FAILING, AFTER_FAILING, CANCELLED, AFTER_CANCELLED, WORKER_KILLED_EARLY, WORKER_KILLED,
+    AFTER_WORKER_KILLED;
 
     /** Jobs of this scenario must succeed with exactly the expected output. */
     public boolean mustSucceed() {
-      return this != FAILING && this != CANCELLED && this != WORKER_KILLED;
+      return this != FAILING && this != CANCELLED && this != WORKER_KILLED && this != WORKER_KILLED_EARLY;
     }
   }
 

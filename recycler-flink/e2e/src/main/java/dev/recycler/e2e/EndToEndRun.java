@@ -162,6 +162,7 @@ public final class EndToEndRun {
       concurrent();
       failing();
       cancelled();
+      workerKilledEarly();
       workerKilled();
 
       checkWrappers(startPids);
@@ -261,6 +262,41 @@ public final class EndToEndRun {
     check("a job cancelled through Flink's REST API while running frees its slot (the next job on it succeeds)",
         ok && next.succeeded() && sameSlot(cancelledRun, next),
         note + "; next job: " + describe(List.of(next)) + slotNote(cancelledRun, next));
+  }
+
+  /**
+   * Regression: a worker SIGKILLed right after its control connection, before it opened its data stream (the demo
+   * once killed one 170 ms after connecting, while it fetched its descriptors), left Beam's runner waiting minutes in
+   * {@code GrpcDataService.createOutboundAggregator} for a data client, and the job hung. Killed here as soon as the
+   * lease is ACTIVE, without waiting for a bundle: the job must still end by itself.
+   */
+  private void workerKilledEarly() throws IOException, InterruptedException {
+    GoJob job = start("wordcount", "--hold=" + s.hold.toSeconds() + "s");
+    Optional<LeaseRecord> running = awaitActiveLease(job, s.jobTimeout);
+    String note;
+    boolean ok = false;
+    if (running.isEmpty()) {
+      note = "the job's lease never became ACTIVE within " + s.jobTimeout;
+      finish(Scenario.WORKER_KILLED_EARLY, job, Duration.ofSeconds(1), false);
+    } else {
+      LeaseRecord l = running.get();
+      progress.accept("SIGKILL worker " + l.workerId() + " (pid " + l.workerPid() + ") of " + job.spec().name()
+          + " as soon as it connected");
+      long killAt = System.nanoTime();
+      boolean signalled = ProcessHandle.of(l.workerPid()).map(ProcessHandle::destroyForcibly).orElse(false);
+      Optional<Outcome> byItself = job.await(s.killBound);
+      Duration killToExit = Duration.ofNanos(System.nanoTime() - killAt);
+      JobRun run = finish(Scenario.WORKER_KILLED_EARLY, job, Duration.ofSeconds(1), false);
+      Duration idle = settle("worker killed early");
+      ok = signalled && byItself.isPresent() && run.exitCode() != 0 && idle != null
+          && !run.flinkState().equals("RUNNING");
+      note = "signal sent " + signalled + "; job "
+          + (byItself.isPresent() ? "ended by itself " + ms(killToExit) + " after the kill"
+              : "did NOT end within " + s.killBound + " (cancelled by the run)")
+          + ", Flink state " + run.flinkState() + ", launcher exit " + run.exitCode();
+    }
+    check("a worker SIGKILLed as soon as it connected (before its data stream) makes the job fail, never hang",
+        ok, note);
   }
 
   private void workerKilled() throws IOException, InterruptedException {

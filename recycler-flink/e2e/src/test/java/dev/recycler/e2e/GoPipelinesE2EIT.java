@@ -131,6 +131,16 @@ class GoPipelinesE2EIT {
     assertThat(check("cancelled through Flink's REST API").verdict()).isEqualTo(Verdict.PASS);
   }
 
+  /** Regression: the demo hung when a worker died before it opened its data stream (docs/e2e.md). */
+  @Test
+  void aWorkerKilledAsSoonAsItConnectedFailsTheJobWithoutHanging() {
+    JobRun killed = jobs(Scenario.WORKER_KILLED_EARLY).get(0);
+    assertThat(killed.exitCode()).as("launcher of the job whose worker was killed").isNotZero().isNotEqualTo(-1);
+    assertThat(killed.flinkState()).isIn("FAILED", "CANCELED");
+    assertThat(check("as soon as it connected").verdict()).as(check("as soon as it connected").detail())
+        .isEqualTo(Verdict.PASS);
+  }
+
   @Test
   void killedWorkerFailsTheJobWithoutHangingAndTheSlotRecovers() {
     JobRun killed = jobs(Scenario.WORKER_KILLED).get(0);
