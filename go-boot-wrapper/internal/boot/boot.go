@@ -8,7 +8,9 @@
 //     boot then uses them as the answers of GetProvisionInfo and ResolveArtifacts and makes neither call, so a lease
 //     whose artifacts are all cached starts its worker without a single round trip;
 //   - artifacts come through a local content-addressed cache, verified by size and sha256, so an unchanged binary is
-//     never transferred twice; they are hard-linked into the lease directory, never downloaded into a shared one;
+//     never transferred twice; they are hard-linked into the lease directory, never downloaded into a shared one,
+//     and re-verified before every lease (artifactcache.Cache.Verify), so a lease runs exactly the bytes its sha256
+//     names even if an earlier worker rewrote its hard link;
 //   - every lease gets a fresh directory (semi_persist_dir, cwd, TMPDIR) that the wrapper deletes afterwards, and the
 //     worker gets a clean environment instead of the wrapper's.
 package boot
@@ -315,7 +317,14 @@ func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, prepar
 		return "", fail(stage, err, "%v; stage the Go worker binary with role %s", err, URNGoWorkerBinaryRole)
 	}
 	for _, a := range arts {
-		if b.cache.Has(a.hex) {
+		// Verify, not Has: a previous lease's worker may have rewritten the cached file (it is hard-linked into every
+		// lease directory); a changed entry is dropped and fetched again here.
+		ok, err := b.cache.Verify(a.hex)
+		if err != nil {
+			log.Warn("artifact changed in the local cache since it was verified; fetching it again",
+				"digest", artifactcache.DigestPrefix+a.hex, "error", err)
+		}
+		if ok {
 			continue
 		}
 		client, err := svc.client()

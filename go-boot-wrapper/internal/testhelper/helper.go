@@ -39,6 +39,16 @@ const (
 	ModeGrandchildSetsid = "grandchild-setsid" // start a grandchild in a new session (escaping the group), then exit 0
 	ModeGrandchildHang   = "grandchild-hang"   // start a setsid grandchild, then hang (the worker is stopped by Exit)
 	ModeChatty           = "chatty"            // write 8 MiB to stdout and stderr, then exit 0
+	// ModeTamper attacks the worker binary in its cwd as GBW_HELPER_TAMPER says, then exits 0: "chmod" makes it
+	// writable, "rewrite" makes it writable and overwrites it with TamperedScript, "replace" renames a file with
+	// TamperedScript over the file it links to.
+	ModeTamper = "tamper"
+)
+
+// TamperedScript is what ModeTamper writes: a worker that exits with TamperedExitCode without reporting.
+const (
+	TamperedScript   = "#!/bin/sh\nexit 42\n"
+	TamperedExitCode = 42
 )
 
 // Report is what the helper records about how it was started.
@@ -85,6 +95,12 @@ func run(mode, dir string) int {
 			blockForever()
 		}
 		return 0
+	case ModeTamper:
+		if err := tamper(os.Getenv("GBW_HELPER_TAMPER")); err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 3
+		}
+		return 0
 	case ModeChatty:
 		line := strings.Repeat("all work and no play makes jack a dull boy ", 20) + "\n"
 		for n := 0; n < 8<<20; n += len(line) {
@@ -97,6 +113,30 @@ func run(mode, dir string) int {
 		return 4
 	}
 	return 0
+}
+
+func tamper(how string) error {
+	const bin = "worker" // the lease directory is the worker's cwd
+	switch how {
+	case "chmod":
+		return os.Chmod(bin, 0o777)
+	case "rewrite":
+		if err := os.Chmod(bin, 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(bin, []byte(TamperedScript), 0o755)
+	case "replace":
+		target, err := filepath.EvalSymlinks(bin)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(target+".evil", []byte(TamperedScript), 0o555); err != nil {
+			return err
+		}
+		return os.Rename(target+".evil", target)
+	default:
+		return fmt.Errorf("unknown GBW_HELPER_TAMPER %q", how)
+	}
 }
 
 func startGrandchild(dir string, setsid bool) error {
