@@ -65,6 +65,13 @@ const (
 	TmpDir      = "tmp"
 )
 
+// Modes of the lease directory (and its subdirectories) and of the files the wrapper writes into it, set exactly
+// (not filtered by the umask).
+const (
+	LeaseDirMode  os.FileMode = 0o700
+	LeaseFileMode os.FileMode = 0o600
+)
+
 // defaultPath is the worker's PATH when the wrapper has none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -183,8 +190,9 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot clear lease directory %s: %v; check --work_dir", dir, err)
 	}
+	// Private to the wrapper's user whatever the umask: it holds the pipeline options, which may carry secrets.
 	for _, d := range []string{dir, filepath.Join(dir, TmpDir), filepath.Join(dir, StagedDir)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := mkdirExact(d, LeaseDirMode); err != nil {
 			return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot create lease directory %s: %v; check --work_dir is writable", d, err)
 		}
 	}
@@ -207,7 +215,7 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 		options = string(js)
 	}
 	optionsPath := filepath.Join(dir, OptionsFile)
-	if err := os.WriteFile(optionsPath, []byte(options), 0o644); err != nil {
+	if err := writeFileExact(optionsPath, []byte(options), LeaseFileMode); err != nil {
 		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot write %s: %v; check --work_dir has space", optionsPath, err)
 	}
 
@@ -511,4 +519,30 @@ func (b *Booter) env(info *fnpb.ProvisionInfo, dir, optionsPath string) []string
 		env = append(env, "STATUS_ENDPOINT="+s)
 	}
 	return env
+}
+
+// mkdirExact creates the directory dir (its parent must exist) with exactly mode: Mkdir's mode is filtered by the
+// umask, so it is set again afterwards.
+func mkdirExact(dir string, mode os.FileMode) error {
+	if err := os.Mkdir(dir, mode); err != nil {
+		return err
+	}
+	return os.Chmod(dir, mode)
+}
+
+// writeFileExact creates path (it must not exist) with data and exactly mode, whatever the umask.
+func writeFileExact(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -1,9 +1,16 @@
 package wrapper
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"recycler.dev/go-boot-wrapper/internal/fakerecycler"
 	"recycler.dev/go-boot-wrapper/internal/recyclerpb"
@@ -45,5 +52,150 @@ func TestTamperedBinaryDoesNotReachTheNextLease(t *testing.T) {
 				t.Errorf("worker binary fetched %d times, want %d", n, tt.wantFetches)
 			}
 		})
+	}
+}
+
+// Lease directories hold the pipeline options: 0700 directories and 0600 files, whatever the wrapper's umask.
+func TestLeaseFilesArePrivateWhateverTheUmask(t *testing.T) {
+	for _, umask := range []int{0o000, 0o022, 0o077, 0o777} {
+		t.Run(fmt.Sprintf("umask %04o", umask), func(t *testing.T) {
+			f := fakerecycler.Start(t, "slot-0")
+			h := startWrapper(t, f, t.TempDir())
+			helperDir := t.TempDir()
+			f.Stage(workerArtifact(t, testhelper.ModeHang, helperDir))
+			s := f.NextSession(t)
+			old := syscall.Umask(umask)
+			t.Cleanup(func() { syscall.Umask(old) })
+
+			f.Lease(s, 1, "w", f.ProvisionInfo(map[string]any{"secret": "s3cr3t"}))
+			s.ExpectStarted(t, 1)
+			testhelper.WaitReady(t, helperDir)
+			syscall.Umask(old) // the lease is booted; the test's own files need the usual umask
+			dir := h.leaseDir(1)
+			for _, c := range []struct {
+				path string
+				want os.FileMode
+			}{
+				{dir, os.ModeDir | 0o700},
+				{filepath.Join(dir, "tmp"), os.ModeDir | 0o700},
+				{filepath.Join(dir, "staged"), os.ModeDir | 0o700},
+				{filepath.Join(dir, "pipeline_options.json"), 0o600},
+			} {
+				st, err := os.Stat(c.path)
+				if err != nil || st.Mode() != c.want {
+					t.Errorf("%s: mode %v (%v), want %v", c.path, st.Mode(), err, c.want)
+				}
+			}
+			s.Exit(1)
+			s.ExpectEnded(t, 1)
+		})
+	}
+}
+
+// LeaseEnded promises the lease directory is gone, and the protocol has no way to report one that is not: the wrapper
+// keeps retrying and stays silent until it is gone (it used to report LeaseEnded with a message anyway).
+func TestLeaseEndedOnlyOnceTheDirectoryIsGone(t *testing.T) {
+	tests := []struct {
+		name     string
+		mode     string
+		sendExit bool
+		want     recyclerpb.Outcome
+	}{
+		{name: "exit instruction", mode: testhelper.ModeHang, sendExit: true, want: recyclerpb.Outcome_OUTCOME_EXITED_ON_INSTRUCTION},
+		{name: "worker exits on its own", mode: testhelper.ModeExit, want: recyclerpb.Outcome_OUTCOME_WORKER_EXITED},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := fakerecycler.Start(t, "slot-0")
+			stuck := &stuckRemover{release: make(chan struct{})}
+			h := startWrapper(t, f, t.TempDir(), func(c *Config) { c.RemoveAll = stuck.RemoveAll })
+			helperDir := t.TempDir()
+			f.Stage(workerArtifact(t, tt.mode, helperDir))
+			s := f.NextSession(t)
+
+			f.Lease(s, 1, "w", f.ProvisionInfo(nil))
+			s.ExpectStarted(t, 1)
+			if tt.sendExit {
+				testhelper.WaitReady(t, helperDir)
+				s.Exit(1)
+			}
+			testhelper.Eventually(t, 10*time.Second, func() bool { return stuck.attempts() >= 3 }, "no retries to delete the lease directory")
+			s.ExpectQuiet(t, 100*time.Millisecond)
+			if !exists(h.leaseDir(1)) {
+				t.Fatalf("the scripted failure did not keep the directory")
+			}
+			if !strings.Contains(h.logs.String(), "level=WARN msg=\"cannot delete lease directory") {
+				t.Errorf("no WARN about the lease directory in the log")
+			}
+			// A Ping is still answered while the lease drains.
+			s.Ping(99)
+			if m := s.Next(t); m.GetPong().GetNonce() != 99 {
+				t.Errorf("expected Pong 99 while deleting, got %v", m)
+			}
+
+			close(stuck.release)
+			if e := s.ExpectEnded(t, 1); e.GetOutcome() != tt.want || e.GetMessage() != "" {
+				t.Errorf("LeaseEnded = %v, want %v without a message", e, tt.want)
+			}
+			if exists(h.leaseDir(1)) {
+				t.Errorf("lease dir still exists after LeaseEnded")
+			}
+		})
+	}
+}
+
+// stuckRemover fails to delete anything until release is closed, as a directory with a mount point in it does.
+type stuckRemover struct {
+	release chan struct{}
+	mu      sync.Mutex
+	n       int
+}
+
+func (r *stuckRemover) RemoveAll(path string) error {
+	select {
+	case <-r.release:
+		return os.RemoveAll(path)
+	default:
+	}
+	r.mu.Lock()
+	r.n++
+	r.mu.Unlock()
+	return &os.PathError{Op: "unlinkat", Path: path, Err: syscall.EBUSY}
+}
+
+func (r *stuckRemover) attempts() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n
+}
+
+// The same with a real obstacle: a file system mounted inside the lease directory (as a privileged worker could leave
+// one), which even root cannot delete until it is unmounted. Skipped where mounting is not permitted.
+func TestLeaseDirectoryWithAMountPoint(t *testing.T) {
+	f := fakerecycler.Start(t, "slot-0")
+	h := startWrapper(t, f, t.TempDir())
+	helperDir := t.TempDir()
+	f.Stage(workerArtifact(t, testhelper.ModeHang, helperDir))
+	s := f.NextSession(t)
+	f.Lease(s, 1, "w", f.ProvisionInfo(nil))
+	s.ExpectStarted(t, 1)
+	testhelper.WaitReady(t, helperDir)
+	mnt := filepath.Join(h.leaseDir(1), "tmp")
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+
+	s.Exit(1)
+	testhelper.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(h.logs.String(), "cannot delete lease directory")
+	}, "no warning about the undeletable lease directory")
+	s.ExpectQuiet(t, 100*time.Millisecond)
+	if err := unix.Unmount(mnt, 0); err != nil {
+		t.Fatal(err)
+	}
+	s.ExpectEnded(t, 1)
+	if exists(h.leaseDir(1)) {
+		t.Errorf("lease dir still exists after LeaseEnded")
 	}
 }

@@ -43,12 +43,16 @@ type Config struct {
 	Version          string
 	// CacheMaxBytes bounds the local artifact cache after each lease (least recently used evicted first); 0: no bound.
 	CacheMaxBytes int64
-	// MinBackoff and MaxBackoff bound the re-attach delay (defaults 100ms and 5s).
+	// MinBackoff and MaxBackoff bound the re-attach delay and the pause between attempts to delete a lease directory
+	// (defaults 100ms and 5s).
 	MinBackoff, MaxBackoff time.Duration
 	// Stdout and Stderr receive the workers' output (nil: /dev/null).
 	Stdout, Stderr *os.File
 	// Getenv reads the wrapper's environment for the workers' allow-list (os.Getenv when nil).
 	Getenv func(string) string
+	// RemoveAll deletes a lease directory (os.RemoveAll when nil): the file-system seam tests script to get a
+	// directory that cannot be deleted, which root, who runs the tests, otherwise rarely meets.
+	RemoveAll func(string) error
 }
 
 // Wrapper holds one slot.
@@ -69,6 +73,15 @@ func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, er
 		return nil, errors.New("slot id, recycler endpoint and work dir are required")
 	}
 	log = log.With("slot", cfg.SlotID)
+	if cfg.RemoveAll == nil {
+		cfg.RemoveAll = os.RemoveAll
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(cfg.MinBackoff, 5*time.Second)
+	}
 	// Several wrappers (slots) may share one work dir: each touches only its own lease directories and cache.
 	leases := filepath.Join(cfg.WorkDir, "leases")
 	if err := os.MkdirAll(leases, 0o755); err != nil {
@@ -301,6 +314,10 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	close(stopWatch)
 	cancel()
 	if err != nil {
+		// Boot removed what it created, but it cannot wait for a directory that resists deletion; this does.
+		if !w.removeLeaseDir(w.booter.LeaseDir(gen), r.abortReq, log) {
+			return
+		}
 		var f *boot.Failure
 		switch {
 		case errors.As(err, &f):
@@ -312,11 +329,12 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	}
 	select {
 	case <-r.exitReq:
-		_ = os.RemoveAll(prepared.Dir)
-		exitedDuringBoot()
+		if w.removeLeaseDir(prepared.Dir, r.abortReq, log) {
+			exitedDuringBoot()
+		}
 		return
 	case <-r.abortReq:
-		_ = os.RemoveAll(prepared.Dir)
+		w.removeLeaseDir(prepared.Dir, r.abortReq, log)
 		return
 	default:
 	}
@@ -324,7 +342,9 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	// (2) Start the worker.
 	proc, err := w.sup.Start(prepared.Spec)
 	if err != nil {
-		_ = os.RemoveAll(prepared.Dir)
+		if !w.removeLeaseDir(prepared.Dir, r.abortReq, log) {
+			return
+		}
 		bootFailed(recyclerpb.BootStage_BOOT_STAGE_START, fmt.Sprintf(
 			"cannot execute the staged worker binary (%v); it must be a linux/%s executable built with the Beam Go SDK", err, goarch()))
 		return
@@ -352,11 +372,43 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	ended.ExitCode, ended.Signal = int32(st.Code), st.SignalName()
 
 	// (4) Wipe the lease directory, then report.
-	if err := os.RemoveAll(prepared.Dir); err != nil {
-		log.Error("cannot delete lease directory", "dir", prepared.Dir, "error", err)
-		ended.Message = fmt.Sprintf("lease directory %s could not be deleted: %v", prepared.Dir, err)
+	if w.removeLeaseDir(prepared.Dir, r.abortReq, log) {
+		report()
 	}
-	report()
+}
+
+// removeLeaseDir deletes a lease directory and returns true once it is gone. LeaseEnded promises that the directory
+// is gone, and the protocol has no way to report a lease whose files survive (LeaseEnded.message is for boot
+// failures, and the recycler frees the slot on any LeaseEnded), so a directory that resists deletion (a mount point
+// the worker left, an immutable file, an I/O error) is retried with capped exponential backoff, logged at WARN the
+// first time and every 10th attempt, and the lease is not reported until it is gone: the slot stays draining in the
+// recycler's table. It gives up, returning false, only when giveUp is closed (the stream is gone or the wrapper is
+// stopping, so no LeaseEnded will be sent); the directory is then retried when a wrapper of this slot starts again.
+func (w *Wrapper) removeLeaseDir(dir string, giveUp <-chan struct{}, log *slog.Logger) bool {
+	b := attach.Backoff{Min: w.cfg.MinBackoff, Max: w.cfg.MaxBackoff}
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		err := w.cfg.RemoveAll(dir)
+		if err == nil {
+			if attempt > 0 {
+				log.Info("deleted lease directory", "dir", dir, "attempts", attempt+1, "took", time.Since(start).Round(time.Millisecond))
+			}
+			return true
+		}
+		if attempt%10 == 0 {
+			log.Warn("cannot delete lease directory; retrying, the lease is not reported ended until it is gone",
+				"dir", dir, "attempt", attempt+1, "error", err)
+		}
+		t := time.NewTimer(b.Next())
+		select {
+		case <-giveUp:
+			t.Stop()
+			log.Error("giving up deleting lease directory: no lease end to report; a restarted wrapper deletes it",
+				"dir", dir, "error", err)
+			return false
+		case <-t.C:
+		}
+	}
 }
 
 func goarch() string { return runtime.GOARCH }
