@@ -37,6 +37,9 @@ import (
 	"time"
 )
 
+// incomingPrefix names the temp files of admissions in progress.
+const incomingPrefix = ".incoming-"
+
 // DigestPrefix is the prefix of the digest strings exchanged with the recycler ("sha256:<hex>").
 const DigestPrefix = "sha256:"
 
@@ -93,12 +96,18 @@ func fingerprintOf(path string) (fingerprint, error) {
 		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, nil
 }
 
-// Open loads (and creates if needed) the cache at dir. Leftover temp files are removed, and every existing entry is
-// verified once; an entry whose content does not match its name is deleted rather than trusted.
+// Open loads (and creates if needed, mode 0700) the cache at dir. Leftover temp files of an admission are removed,
+// and every existing entry is verified once; an entry whose content does not match its name is deleted rather than
+// trusted. Anything else in the directory is not the cache's: it is logged and left alone, never deleted.
 func Open(dir string, log *slog.Logger) (*Cache, error) {
 	c := &Cache{dir: filepath.Join(dir, "sha256"), log: log, entries: map[string]*entry{}}
-	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create artifact cache directory: %w", err)
+	}
+	for _, d := range []string{dir, c.dir} {
+		if err := os.Chmod(d, 0o700); err != nil { // also when an older version created it 0755
+			return nil, fmt.Errorf("chmod artifact cache directory: %w", err)
+		}
 	}
 	entries, err := os.ReadDir(c.dir)
 	if err != nil {
@@ -107,8 +116,12 @@ func Open(dir string, log *slog.Logger) (*Cache, error) {
 	for _, e := range entries {
 		name := e.Name()
 		path := filepath.Join(c.dir, name)
+		if strings.HasPrefix(name, incomingPrefix) && e.Type().IsRegular() {
+			_ = os.Remove(path) // an admission that did not finish
+			continue
+		}
 		if ValidHex(name) != nil || !e.Type().IsRegular() {
-			_ = os.RemoveAll(path)
+			log.Warn("ignoring a file the artifact cache did not write", "path", path)
 			continue
 		}
 		got, size, err := hashFile(path)
@@ -225,7 +238,7 @@ func (c *Cache) Admit(hexDigest string, size int64, r io.Reader) (err error) {
 	if err := ValidHex(hexDigest); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(c.dir, ".incoming-*")
+	tmp, err := os.CreateTemp(c.dir, incomingPrefix+"*")
 	if err != nil {
 		return fmt.Errorf("create temp file in artifact cache: %w", err)
 	}

@@ -93,21 +93,24 @@ func TestMaterializeAndReopen(t *testing.T) {
 		t.Errorf("Materialize over an existing file succeeded")
 	}
 
-	// A reopened cache keeps good entries and drops corrupt ones and leftovers.
+	// A reopened cache keeps good entries, drops corrupt ones and leftovers of its own admissions, and leaves alone
+	// what it did not write (it used to delete every file not named like a digest).
 	bad := digest([]byte("other"))
-	if err := os.WriteFile(filepath.Join(dir, "sha256", bad), []byte("not other"), 0o444); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "sha256", ".incoming-123"), []byte("partial"), 0o644); err != nil {
-		t.Fatal(err)
+	for name, content := range map[string]string{bad: "not other", ".incoming-123": "partial", "notes.txt": "someone's", "sub/file": "someone's"} {
+		must(t, os.MkdirAll(filepath.Dir(filepath.Join(dir, "sha256", name)), 0o755))
+		must(t, os.WriteFile(filepath.Join(dir, "sha256", name), []byte(content), 0o444))
 	}
 	c2 := open(t, dir)
 	if got, want := c2.Digests(), []string{"sha256:" + d}; !slices.Equal(got, want) {
 		t.Errorf("reopened Digests = %v, want %v", got, want)
 	}
+	var left []string
 	entries, _ := os.ReadDir(filepath.Join(dir, "sha256"))
-	if len(entries) != 1 {
-		t.Errorf("reopen left %d files, want only the good entry", len(entries))
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if want := []string{d, "notes.txt", "sub"}; !slices.Equal(left, want) {
+		t.Errorf("reopen left %v, want %v", left, want)
 	}
 
 	// An entry changed behind the cache's back is not handed out.

@@ -66,8 +66,9 @@ type Wrapper struct {
 	attacher *attach.Attacher
 }
 
-// New prepares the work directory (removing lease directories a previous wrapper of this slot left behind), opens the
-// slot's artifact cache and creates the (lazy) client connection to the recycler. Close releases the connection.
+// New claims the work directory (see claimWorkDir: a foreign one is refused with ErrForeignWorkDir), removes the lease
+// directories a previous wrapper of this slot left behind, opens the slot's artifact cache and creates the (lazy)
+// client connection to the recycler. Close releases the connection.
 func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, error) {
 	if cfg.SlotID == "" || cfg.RecyclerEndpoint == "" || cfg.WorkDir == "" {
 		return nil, errors.New("slot id, recycler endpoint and work dir are required")
@@ -83,13 +84,20 @@ func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, er
 		cfg.MaxBackoff = max(cfg.MinBackoff, 5*time.Second)
 	}
 	// Several wrappers (slots) may share one work dir: each touches only its own lease directories and cache.
-	leases := filepath.Join(cfg.WorkDir, "leases")
-	if err := os.MkdirAll(leases, 0o755); err != nil {
-		return nil, fmt.Errorf("create %s: %w", leases, err)
-	}
-	if err := removeStaleLeaseDirs(leases, cfg.SlotID); err != nil {
+	if err := claimWorkDir(cfg.WorkDir); err != nil {
 		return nil, err
 	}
+	leases := filepath.Join(cfg.WorkDir, "leases")
+	for _, d := range []string{leases, filepath.Join(cfg.WorkDir, "cache")} {
+		// 0700 also when an older wrapper created it 0755.
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+		if err := os.Chmod(d, 0o700); err != nil {
+			return nil, fmt.Errorf("chmod %s: %w", d, err)
+		}
+	}
+	removeStaleLeaseDirs(leases, cfg.SlotID, cfg.RemoveAll, log)
 	cache, err := artifactcache.Open(filepath.Join(cfg.WorkDir, "cache", boot.SafeName(cfg.SlotID)), log)
 	if err != nil {
 		return nil, err
@@ -125,21 +133,25 @@ func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, er
 	return w, nil
 }
 
-// removeStaleLeaseDirs deletes what a previous wrapper of this slot left behind (it may have been killed mid-lease).
-func removeStaleLeaseDirs(leases, slotID string) error {
+// removeStaleLeaseDirs deletes what a previous wrapper of this slot left behind (it may have been killed mid-lease):
+// the directories named like this slot's lease directories, nothing else. One that cannot be deleted is logged and
+// left: it belongs to no lease the recycler knows, and a lease of the same generation fails its boot with a message.
+func removeStaleLeaseDirs(leases, slotID string, removeAll func(string) error, log *slog.Logger) {
 	entries, err := os.ReadDir(leases)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", leases, err)
+		log.Warn("cannot list stale lease directories", "dir", leases, "error", err)
+		return
 	}
 	prefix := boot.LeaseDirPrefix(slotID)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) {
-			if err := os.RemoveAll(filepath.Join(leases, e.Name())); err != nil {
-				return fmt.Errorf("remove stale lease directory: %w", err)
+		// "<slot>-g<digits>" exactly: slot "a" must not take slot "a-g1"'s directories for its own.
+		gen, ok := strings.CutPrefix(e.Name(), prefix)
+		if ok && e.IsDir() && gen != "" && strings.Trim(gen, "0123456789") == "" {
+			if err := removeAll(filepath.Join(leases, e.Name())); err != nil {
+				log.Warn("cannot delete stale lease directory", "dir", filepath.Join(leases, e.Name()), "error", err)
 			}
 		}
 	}
-	return nil
 }
 
 // Close releases the recycler connection.
