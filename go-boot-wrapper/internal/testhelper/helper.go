@@ -43,6 +43,15 @@ const (
 	// writable, "rewrite" makes it writable and overwrites it with TamperedScript, "replace" renames a file with
 	// TamperedScript over the file it links to.
 	ModeTamper = "tamper"
+	// ModeLogUntilTerm writes LogLines numbered lines to stdout and to stderr, becomes ready, and on SIGTERM writes
+	// LastLogLine to both and exits 0.
+	ModeLogUntilTerm = "log-until-term"
+)
+
+// ModeLogUntilTerm's output.
+const (
+	LogLines    = 2000
+	LastLogLine = "worker: got SIGTERM, last words"
 )
 
 // TamperedScript is what ModeTamper writes: a worker that exits with TamperedExitCode without reporting.
@@ -100,6 +109,18 @@ func run(mode, dir string) int {
 			fmt.Fprintln(os.Stderr, "helper:", err)
 			return 3
 		}
+		return 0
+	case ModeLogUntilTerm:
+		terms := make(chan os.Signal, 1)
+		signal.Notify(terms, syscall.SIGTERM)
+		for i := 1; i <= LogLines; i++ {
+			fmt.Fprintf(os.Stdout, "worker: stdout line %d\n", i)
+			fmt.Fprintf(os.Stderr, "worker: stderr line %d\n", i)
+		}
+		ready(dir)
+		<-terms
+		fmt.Fprintln(os.Stdout, LastLogLine)
+		fmt.Fprintln(os.Stderr, LastLogLine)
 		return 0
 	case ModeChatty:
 		line := strings.Repeat("all work and no play makes jack a dull boy ", 20) + "\n"

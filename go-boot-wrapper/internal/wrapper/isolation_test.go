@@ -199,3 +199,54 @@ func TestLeaseDirectoryWithAMountPoint(t *testing.T) {
 		t.Errorf("lease dir still exists after LeaseEnded")
 	}
 }
+
+// Issue 12: no line a worker wrote before its lease ended may be lost because of the exit instruction. The worker
+// writes straight to the wrapper's stdout and stderr (no pipe, no copy loop in the wrapper), so every write(2) it
+// completed is in the wrapper's output when LeaseEnded is sent; this pins that down, including the lines it writes
+// in its SIGTERM handler.
+func TestWorkerOutputSurvivesTheExitInstruction(t *testing.T) {
+	tests := []struct {
+		name  string
+		file  func(c *Config) **os.File
+		label string
+	}{
+		{name: "stdout", file: func(c *Config) **os.File { return &c.Stdout }, label: "stdout"},
+		{name: "stderr", file: func(c *Config) **os.File { return &c.Stderr }, label: "stderr"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := os.CreateTemp(t.TempDir(), "worker-"+tt.label)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = out.Close() })
+			f := fakerecycler.Start(t, "slot-0")
+			startWrapper(t, f, t.TempDir(), func(c *Config) { *tt.file(c) = out })
+			helperDir := t.TempDir()
+			f.Stage(workerArtifact(t, testhelper.ModeLogUntilTerm, helperDir))
+			s := f.NextSession(t)
+
+			f.Lease(s, 1, "w", f.ProvisionInfo(nil))
+			s.ExpectStarted(t, 1)
+			testhelper.WaitReady(t, helperDir)
+			s.Exit(1)
+			if e := s.ExpectEnded(t, 1); e.GetExitCode() != 0 || e.GetSignal() != "" {
+				t.Fatalf("LeaseEnded = %v, want the worker's own exit code 0 after its SIGTERM handler", e)
+			}
+			b, err := os.ReadFile(out.Name())
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+			if len(lines) != testhelper.LogLines+1 || lines[len(lines)-1] != testhelper.LastLogLine {
+				t.Fatalf("worker %s has %d lines ending %q; want %d numbered lines and %q",
+					tt.label, len(lines), lines[len(lines)-1], testhelper.LogLines, testhelper.LastLogLine)
+			}
+			for i, l := range lines[:testhelper.LogLines] {
+				if want := fmt.Sprintf("worker: %s line %d", tt.label, i+1); l != want {
+					t.Fatalf("line %d = %q, want %q", i+1, l, want)
+				}
+			}
+		})
+	}
+}
