@@ -69,6 +69,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bad log format", []string{"--slot=s", "--recycler=127.0.0.1:1", "--log_format=xml"}, nil, "text or json"},
 		{"bad env value", []string{"--slot=s", "--recycler=127.0.0.1:1"}, []string{"RECYCLER_GRACE_PERIOD=soon"}, "RECYCLER_GRACE_PERIOD"},
 		{"negative grace", []string{"--slot=s", "--recycler=127.0.0.1:1", "--grace_period=-1s"}, nil, "negative"},
+		{"worker uid without gid", []string{"--slot=s", "--recycler=127.0.0.1:1", "--worker_uid=1000"}, nil, "set together"},
+		{"worker gid from env without uid", []string{"--slot=s", "--recycler=127.0.0.1:1"}, []string{"RECYCLER_WORKER_GID=1000"}, "set together"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

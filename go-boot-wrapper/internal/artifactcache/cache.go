@@ -99,13 +99,17 @@ func fingerprintOf(path string) (fingerprint, error) {
 // Open loads (and creates if needed, mode 0700) the cache at dir. Leftover temp files of an admission are removed,
 // and every existing entry is verified once; an entry whose content does not match its name is deleted rather than
 // trusted. Anything else in the directory is not the cache's: it is logged and left alone, never deleted.
-func Open(dir string, log *slog.Logger) (*Cache, error) {
+func Open(dir string, log *slog.Logger) (*Cache, error) { return OpenMode(dir, 0o700, log) }
+
+// OpenMode is Open with dirMode for the cache's directories instead of 0700: 0711 lets workers running as another
+// user reach the (world-readable, read-only) files their lease links to without being able to list or change them.
+func OpenMode(dir string, dirMode os.FileMode, log *slog.Logger) (*Cache, error) {
 	c := &Cache{dir: filepath.Join(dir, "sha256"), log: log, entries: map[string]*entry{}}
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create artifact cache directory: %w", err)
 	}
 	for _, d := range []string{dir, c.dir} {
-		if err := os.Chmod(d, 0o700); err != nil { // also when an older version created it 0755
+		if err := os.Chmod(d, dirMode); err != nil { // exact, also when an older version created it 0755
 			return nil, fmt.Errorf("chmod artifact cache directory: %w", err)
 		}
 	}

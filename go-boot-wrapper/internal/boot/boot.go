@@ -25,6 +25,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	fnpb "github.com/apache/beam/sdks/v2/go/pkg/beam/model/fnexecution_v1"
@@ -105,7 +106,13 @@ type Config struct {
 	ProvisionTimeout, ArtifactTimeout time.Duration
 	// Stdout and Stderr receive the worker's output (nil: /dev/null).
 	Stdout, Stderr *os.File
+	// Worker, when set, is the user the worker runs as (the wrapper runs as root): the lease directory, its
+	// subdirectories and the options file are given to that user. Nil: the wrapper's own user.
+	Worker *User
 }
+
+// User is a worker's user and group id. The worker gets no supplementary groups.
+type User struct{ UID, GID uint32 }
 
 // Booter prepares leases. Safe for concurrent use on different leases.
 type Booter struct {
@@ -195,6 +202,9 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 		if err := mkdirExact(d, LeaseDirMode); err != nil {
 			return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot create lease directory %s: %v; check --work_dir is writable", d, err)
 		}
+		if err := b.giveToWorker(d); err != nil {
+			return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot give lease directory %s to the worker user: %v; the wrapper must run as root to use --worker_uid", d, err)
+		}
 	}
 
 	// (3) Artifacts into the cache, then into the lease directory.
@@ -218,6 +228,9 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 	if err := writeFileExact(optionsPath, []byte(options), LeaseFileMode); err != nil {
 		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot write %s: %v; check --work_dir has space", optionsPath, err)
 	}
+	if err := b.giveToWorker(optionsPath); err != nil {
+		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot give %s to the worker user: %v", optionsPath, err)
+	}
 
 	// (5) The worker's command line and environment, as Beam's boot starts it.
 	return &Prepared{Dir: dir, Spec: supervisor.Spec{
@@ -229,11 +242,27 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 			"--control_endpoint=" + info.GetControlEndpoint().GetUrl(),
 			"--semi_persist_dir=" + dir,
 		},
-		Env:    b.env(info, dir, optionsPath),
-		Dir:    dir,
-		Stdout: b.cfg.Stdout,
-		Stderr: b.cfg.Stderr,
+		Env:        b.env(info, dir, optionsPath),
+		Dir:        dir,
+		Stdout:     b.cfg.Stdout,
+		Stderr:     b.cfg.Stderr,
+		Credential: b.credential(),
 	}}, nil
+}
+
+// giveToWorker makes path the worker user's, when the worker runs as its own user.
+func (b *Booter) giveToWorker(path string) error {
+	if b.cfg.Worker == nil {
+		return nil
+	}
+	return os.Lchown(path, int(b.cfg.Worker.UID), int(b.cfg.Worker.GID))
+}
+
+func (b *Booter) credential() *syscall.Credential {
+	if b.cfg.Worker == nil {
+		return nil
+	}
+	return &syscall.Credential{Uid: b.cfg.Worker.UID, Gid: b.cfg.Worker.GID, Groups: []uint32{}}
 }
 
 // Where a lease's boot inputs came from, as named in failure messages.

@@ -44,6 +44,9 @@ type Spec struct {
 	// Stdout and Stderr receive the worker's output directly (no pipes, so nothing in the wrapper can block the
 	// worker); nil means /dev/null.
 	Stdout, Stderr *os.File
+	// Credential, when set, is the user and groups the worker runs as (the wrapper must be root); nil: the
+	// wrapper's own.
+	Credential *syscall.Credential
 }
 
 // ExitStatus is how a worker process ended.
@@ -137,7 +140,8 @@ func (s *Supervisor) Start(spec Spec) (*Process, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid: true,
 		// If the wrapper dies without stopping it, the worker goes too rather than serving a job nobody supervises.
-		Pdeathsig: syscall.SIGKILL,
+		Pdeathsig:  syscall.SIGKILL, // set after the credentials change, which would clear it
+		Credential: spec.Credential,
 	}
 	s.mu.Lock()
 	err := cmd.Start()

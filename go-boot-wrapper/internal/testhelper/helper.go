@@ -63,6 +63,8 @@ const (
 // Report is what the helper records about how it was started.
 type Report struct {
 	Pid     int      `json:"pid"`
+	UID     int      `json:"uid"`
+	GID     int      `json:"gid"`
 	Pgid    int      `json:"pgid"`
 	Args    []string `json:"args"`
 	Env     []string `json:"env"`
@@ -140,7 +142,11 @@ func tamper(how string) error {
 	const bin = "worker" // the lease directory is the worker's cwd
 	switch how {
 	case "chmod":
-		return os.Chmod(bin, 0o777)
+		target, err := filepath.EvalSymlinks(bin)
+		if err != nil {
+			return err
+		}
+		return os.Chmod(target, 0o777)
 	case "rewrite":
 		if err := os.Chmod(bin, 0o755); err != nil {
 			return err
@@ -181,7 +187,7 @@ func startGrandchild(dir string, setsid bool) error {
 
 func writeReport(dir string) {
 	wd, _ := os.Getwd()
-	r := Report{Pid: os.Getpid(), Pgid: syscall.Getpgrp(), Args: os.Args[1:], Env: os.Environ(), Cwd: wd}
+	r := Report{Pid: os.Getpid(), UID: os.Getuid(), GID: os.Getgid(), Pgid: syscall.Getpgrp(), Args: os.Args[1:], Env: os.Environ(), Cwd: wd}
 	if f := os.Getenv("PIPELINE_OPTIONS_FILE"); f != "" {
 		b, _ := os.ReadFile(f)
 		r.Options = string(b)
@@ -212,6 +218,11 @@ func Script(t testing.TB, mode, dir string, extraEnv ...string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ScriptFor(self, mode, dir, extraEnv...)
+}
+
+// ScriptFor is Script running the test binary at the path self (for example a copy another user can execute).
+func ScriptFor(self, mode, dir string, extraEnv ...string) []byte {
 	env := append([]string{EnvMode + "=" + mode, EnvDir + "=" + dir, NoRaceExitDelay}, extraEnv...)
 	return []byte(fmt.Sprintf("#!/bin/sh\nexec env %s '%s' \"$@\"\n", strings.Join(env, " "), self))
 }

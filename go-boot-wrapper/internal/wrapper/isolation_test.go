@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"recycler.dev/go-boot-wrapper/internal/boot"
 	"recycler.dev/go-boot-wrapper/internal/fakerecycler"
 	"recycler.dev/go-boot-wrapper/internal/recyclerpb"
 	"recycler.dev/go-boot-wrapper/internal/testhelper"
@@ -248,5 +249,107 @@ func TestWorkerOutputSurvivesTheExitInstruction(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// With --worker_uid the worker cannot even try: the cache files are root's and read-only, their directories root's
+// and not writable, and the lease directory is the worker's own.
+func TestSeparateWorkerUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run workers as another user")
+	}
+	nobody := &boot.User{UID: 65534, GID: 65534}
+	base := t.TempDir()
+	for _, d := range []string{filepath.Dir(base), base} {
+		must(t, os.Chmod(d, 0o711)) // t.TempDir's directories are 0700
+	}
+	bin := copyTestBinary(t, filepath.Join(base, "bin"))
+	for _, how := range []string{"chmod", "rewrite", "replace"} {
+		t.Run(how, func(t *testing.T) {
+			helperDir := filepath.Join(base, how)
+			must(t, os.Mkdir(helperDir, 0o777))
+			must(t, os.Chmod(helperDir, 0o777))
+			workDir := filepath.Join(base, how+"-work")
+			f := fakerecycler.Start(t, "slot-0")
+			h := startWrapper(t, f, workDir, func(c *Config) { c.Worker = nobody })
+			art := fakerecycler.Artifact{Role: boot.URNGoWorkerBinaryRole, Path: "/staged/worker",
+				Content: testhelper.ScriptFor(bin, testhelper.ModeTamper, helperDir, "GBW_HELPER_TAMPER="+how)}
+			f.Stage(art)
+			s := f.NextSession(t)
+
+			for gen := int64(1); gen <= 2; gen++ {
+				_ = os.Remove(filepath.Join(helperDir, "report.json"))
+				f.Lease(s, gen, "w", f.ProvisionInfo(nil))
+				s.ExpectStarted(t, gen)
+				r := testhelper.ReadReport(t, helperDir)
+				if r.UID != int(nobody.UID) || r.GID != int(nobody.GID) {
+					t.Errorf("worker ran as uid %d gid %d, want %d %d", r.UID, r.GID, nobody.UID, nobody.GID)
+				}
+				// The helper exits 3 when its attack fails.
+				if e := s.ExpectEnded(t, gen); e.GetExitCode() != 3 {
+					t.Errorf("lease %d ended %v; want exit code 3 (the tampering was refused)", gen, e)
+				}
+			}
+			if n := f.Fetches(art.Digest()); n != 1 {
+				t.Errorf("worker binary fetched %d times, want 1 (the cache entry stayed intact)", n)
+			}
+			cached := filepath.Join(workDir, "cache", "slot-0", "sha256", art.Digest())
+			st, err := os.Stat(cached)
+			if err != nil || st.Mode() != 0o555 || st.Sys().(*syscall.Stat_t).Uid != 0 {
+				t.Errorf("cached binary %v (%v), want root's and read-only", st, err)
+			}
+			if strings.Contains(h.logs.String(), "changed in the local cache") {
+				t.Errorf("the cache entry was changed:\n%s", h.logs.String())
+			}
+		})
+	}
+
+	t.Run("lease directory is the worker's", func(t *testing.T) {
+		helperDir := filepath.Join(base, "hang")
+		must(t, os.Mkdir(helperDir, 0o777))
+		must(t, os.Chmod(helperDir, 0o777))
+		f := fakerecycler.Start(t, "slot-0")
+		h := startWrapper(t, f, filepath.Join(base, "hang-work"), func(c *Config) { c.Worker = nobody })
+		f.Stage(fakerecycler.Artifact{Role: boot.URNGoWorkerBinaryRole, Path: "/staged/worker",
+			Content: testhelper.ScriptFor(bin, testhelper.ModeHang, helperDir)})
+		s := f.NextSession(t)
+		f.Lease(s, 1, "w", f.ProvisionInfo(nil))
+		s.ExpectStarted(t, 1)
+		testhelper.WaitReady(t, helperDir)
+		for _, p := range []string{".", "tmp", "staged", "pipeline_options.json"} {
+			st, err := os.Stat(filepath.Join(h.leaseDir(1), p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sys := st.Sys().(*syscall.Stat_t); sys.Uid != nobody.UID || sys.Gid != nobody.GID {
+				t.Errorf("%s belongs to %d:%d, want the worker's %d:%d", p, sys.Uid, sys.Gid, nobody.UID, nobody.GID)
+			}
+		}
+		s.Exit(1)
+		s.ExpectEnded(t, 1)
+		if exists(h.leaseDir(1)) {
+			t.Errorf("lease dir still exists after LeaseEnded")
+		}
+	})
+}
+
+// copyTestBinary copies this test binary into dir (created 0755) so that another user can execute it.
+func copyTestBinary(t *testing.T, dir string) string {
+	t.Helper()
+	self, err := os.Executable()
+	must(t, err)
+	b, err := os.ReadFile(self)
+	must(t, err)
+	must(t, os.Mkdir(dir, 0o755))
+	must(t, os.Chmod(dir, 0o755))
+	bin := filepath.Join(dir, "wrapper.test")
+	must(t, os.WriteFile(bin, b, 0o755))
+	return bin
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"recycler.dev/go-boot-wrapper/internal/boot"
 )
 
 // Issue 11: --work_dir pointed at someone else's directory must be refused, with nothing in it deleted; the wrapper
@@ -139,5 +141,36 @@ func write(t *testing.T, path string) {
 	mkdir(t, filepath.Dir(path))
 	if err := os.WriteFile(path, []byte("someone's data"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestWorkerUserRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("as non-root every worker user is refused for that reason alone")
+	}
+	tests := []struct {
+		name     string
+		user     boot.User
+		workDir  func(t *testing.T) string
+		wantText string
+	}{
+		{name: "root isolates nothing", user: boot.User{UID: 0, GID: 0},
+			workDir: func(t *testing.T) string { return filepath.Join(t.TempDir(), "work") }, wantText: "must not be 0"},
+		{name: "work dir the worker cannot reach", user: boot.User{UID: 65534, GID: 65534},
+			workDir: func(t *testing.T) string { return filepath.Join(t.TempDir(), "work") }, // under a 0700 directory
+			wantText: "cannot reach --work_dir"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := tt.user
+			w, err := New(Config{SlotID: "slot-0", RecyclerEndpoint: "127.0.0.1:1", WorkDir: tt.workDir(t), Worker: &u},
+				sup, slog.New(slog.DiscardHandler))
+			if err == nil {
+				_ = w.Close()
+			}
+			if !errors.Is(err, ErrWorkerUser) || !strings.Contains(err.Error(), tt.wantText) {
+				t.Errorf("New = %v, want ErrWorkerUser saying %q", err, tt.wantText)
+			}
+		})
 	}
 }

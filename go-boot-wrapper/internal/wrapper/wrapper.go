@@ -50,6 +50,9 @@ type Config struct {
 	Stdout, Stderr *os.File
 	// Getenv reads the wrapper's environment for the workers' allow-list (os.Getenv when nil).
 	Getenv func(string) string
+	// Worker, when set, is the user the workers run as instead of the wrapper's (which must then be root): they can
+	// neither change the cache nor reach the wrapper's files; see README.md ("Artifact integrity").
+	Worker *boot.User
 	// RemoveAll deletes a lease directory (os.RemoveAll when nil): the file-system seam tests script to get a
 	// directory that cannot be deleted, which root, who runs the tests, otherwise rarely meets.
 	RemoveAll func(string) error
@@ -83,22 +86,36 @@ func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, er
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(cfg.MinBackoff, 5*time.Second)
 	}
+	// Our directories are private; with a worker user they are also traversable (not listable) by it, so it reaches
+	// its lease directory and the read-only cache files its lease links to.
+	dirMode := os.FileMode(0o700)
+	if cfg.Worker != nil {
+		if err := checkWorkerUser(*cfg.Worker); err != nil {
+			return nil, err
+		}
+		dirMode = 0o711
+	}
 	// Several wrappers (slots) may share one work dir: each touches only its own lease directories and cache.
-	if err := claimWorkDir(cfg.WorkDir); err != nil {
+	if err := claimWorkDir(cfg.WorkDir, dirMode); err != nil {
 		return nil, err
+	}
+	if cfg.Worker != nil {
+		if err := reachable(cfg.WorkDir, *cfg.Worker); err != nil {
+			return nil, err
+		}
 	}
 	leases := filepath.Join(cfg.WorkDir, "leases")
 	for _, d := range []string{leases, filepath.Join(cfg.WorkDir, "cache")} {
-		// 0700 also when an older wrapper created it 0755.
+		// Exact, also when an older wrapper created it 0755.
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
-		if err := os.Chmod(d, 0o700); err != nil {
+		if err := os.Chmod(d, dirMode); err != nil {
 			return nil, fmt.Errorf("chmod %s: %w", d, err)
 		}
 	}
 	removeStaleLeaseDirs(leases, cfg.SlotID, cfg.RemoveAll, log)
-	cache, err := artifactcache.Open(filepath.Join(cfg.WorkDir, "cache", boot.SafeName(cfg.SlotID)), log)
+	cache, err := artifactcache.OpenMode(filepath.Join(cfg.WorkDir, "cache", boot.SafeName(cfg.SlotID)), dirMode, log)
 	if err != nil {
 		return nil, err
 	}
@@ -120,6 +137,7 @@ func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, er
 		Getenv:           cfg.Getenv,
 		Stdout:           cfg.Stdout,
 		Stderr:           cfg.Stderr,
+		Worker:           cfg.Worker,
 	}, conn, cache)
 	w.attacher = attach.NewAttacher(conn, attach.Config{
 		SlotID:        cfg.SlotID,
