@@ -153,7 +153,8 @@ func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, er
 
 // removeStaleLeaseDirs deletes what a previous wrapper of this slot left behind (it may have been killed mid-lease):
 // the directories named like this slot's lease directories, nothing else. One that cannot be deleted is logged and
-// left: it belongs to no lease the recycler knows, and a lease of the same generation fails its boot with a message.
+// left: it belongs to no lease the recycler knows (should a lease get the same generation, its boot cannot clear the
+// directory and the lease waits for it as for its own directory, see removeLeaseDir).
 func removeStaleLeaseDirs(leases, slotID string, removeAll func(string) error, log *slog.Logger) {
 	entries, err := os.ReadDir(leases)
 	if err != nil {
@@ -413,7 +414,7 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 // the worker left, an immutable file, an I/O error) is retried with capped exponential backoff, logged at WARN the
 // first time and every 10th attempt, and the lease is not reported until it is gone: the slot stays draining in the
 // recycler's table. It gives up, returning false, only when giveUp is closed (the stream is gone or the wrapper is
-// stopping, so no LeaseEnded will be sent); the directory is then retried when a wrapper of this slot starts again.
+// stopping, so no LeaseEnded will be sent); the directory is then deleted when a wrapper of this slot starts again.
 func (w *Wrapper) removeLeaseDir(dir string, giveUp <-chan struct{}, log *slog.Logger) bool {
 	b := attach.Backoff{Min: w.cfg.MinBackoff, Max: w.cfg.MaxBackoff}
 	start := time.Now()
