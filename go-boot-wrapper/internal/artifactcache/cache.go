@@ -12,9 +12,10 @@
 // replacing or renaming the file) moves ctime to the current time or changes the inode, and no system call sets ctime
 // to a chosen value, so a matching fingerprint means unchanged content. A mismatch costs one full re-hash: an entry
 // whose content still matches its name is kept (its mode restored), any other is deleted and fetched again. Because
-// file timestamps are coarse (one clock tick), a fingerprint recorded less than racyWindow before the entry was first
-// handed out is not trusted either (the "racy git" problem), which costs one extra hash for a freshly fetched artifact
-// used again within a second. See README.md ("Artifact integrity") for the measured costs and the alternatives.
+// file timestamps are coarse (one clock tick), a fingerprint whose ctime is less than racyWindow older than the moment
+// the entry was first handed out after its last hash is not trusted either (the "racy git" problem): a freshly
+// fetched artifact is hashed once more at its next use, and at every use within a second of its fetch. See README.md
+// ("Artifact integrity") for the measured costs and the alternatives.
 //
 // Concurrency: all methods are safe for concurrent use. The mutex guards the in-memory index; file system work on
 // distinct digests runs in parallel and two admissions of the same digest both succeed (the second rename replaces
@@ -128,17 +129,24 @@ func OpenMode(dir string, dirMode os.FileMode, log *slog.Logger) (*Cache, error)
 			log.Warn("ignoring a file the artifact cache did not write", "path", path)
 			continue
 		}
-		got, size, err := hashFile(path)
-		if err != nil || got != name {
-			log.Warn("dropping corrupt artifact cache entry", "digest", DigestPrefix+name)
+		fp, err := fingerprintOf(path)
+		if err == nil {
+			err = c.hashUnchanged(path, name, fp)
+		}
+		if err != nil {
+			log.Warn("dropping corrupt artifact cache entry", "digest", DigestPrefix+name, "error", err)
 			_ = os.Remove(path)
 			continue
 		}
-		fp, err := fingerprintOf(path)
-		if err != nil || fp.size != size {
-			continue
+		if fp.mode&0o7777 != 0o555 { // an earlier worker made it writable; the content is intact
+			if err := os.Chmod(path, 0o555); err != nil {
+				return nil, fmt.Errorf("chmod artifact cache entry: %w", err)
+			}
+			if fp, err = fingerprintOf(path); err != nil {
+				return nil, fmt.Errorf("stat artifact cache entry: %w", err)
+			}
 		}
-		c.entries[name] = &entry{size: size, lastUse: time.Unix(0, fp.mtime), fp: fp}
+		c.entries[name] = &entry{size: fp.size, lastUse: time.Unix(0, fp.mtime), fp: fp}
 	}
 	return c, nil
 }
@@ -200,11 +208,7 @@ func (c *Cache) Verify(hexDigest string) (bool, error) {
 	}
 	// Changed (or possibly changed within one timestamp tick): the content decides.
 	if err == nil {
-		var h string
-		h, _, err = hashFile(path)
-		if err == nil && h != hexDigest {
-			err = fmt.Errorf("%w: %s%s now hashes to %s%s", ErrTampered, DigestPrefix, hexDigest, DigestPrefix, h)
-		}
+		err = c.hashUnchanged(path, hexDigest, got)
 	}
 	if err == nil && got.mode&0o7777 != 0o555 {
 		// A worker made it writable. Only chmod when needed: chmod moves ctime, which makes the next check racy.
@@ -229,6 +233,22 @@ func (c *Cache) Verify(hexDigest string) (bool, error) {
 			"digest", DigestPrefix+hexDigest)
 	}
 	return true, nil
+}
+
+// hashUnchanged checks that the file at path hashes to hexDigest and still has the fingerprint fp afterwards (so the
+// hash is of the file that fp describes); the error wraps ErrTampered otherwise.
+func (c *Cache) hashUnchanged(path, hexDigest string, fp fingerprint) error {
+	h, _, err := hashFile(path)
+	if err != nil {
+		return err
+	}
+	if h != hexDigest {
+		return fmt.Errorf("%w: %s%s now hashes to %s%s", ErrTampered, DigestPrefix, hexDigest, DigestPrefix, h)
+	}
+	if after, err := fingerprintOf(path); err != nil || after != fp {
+		return fmt.Errorf("%w: %s%s changed while it was being verified", ErrTampered, DigestPrefix, hexDigest)
+	}
+	return nil
 }
 
 // Path is where the artifact with this hex digest lives (whether or not it is held).

@@ -329,3 +329,23 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// An entry a worker made writable before the wrapper restarted is read-only again after Open, content unchanged.
+func TestReopenRestoresReadOnlyMode(t *testing.T) {
+	dir := t.TempDir()
+	content := []byte("kept")
+	d := digest(content)
+	must(t, open(t, dir).Admit(d, int64(len(content)), bytes.NewReader(content)))
+	path := filepath.Join(dir, "sha256", d)
+	must(t, os.Chmod(path, 0o777))
+
+	c := open(t, dir)
+	st, err := os.Stat(path)
+	must(t, err)
+	if !c.Has(d) || st.Mode().Perm() != 0o555 {
+		t.Errorf("after reopen: held %v, mode %v; want held and 0555", c.Has(d), st.Mode().Perm())
+	}
+	if ok, err := c.Verify(d); !ok || err != nil {
+		t.Errorf("Verify after reopen = %v, %v", ok, err)
+	}
+}
