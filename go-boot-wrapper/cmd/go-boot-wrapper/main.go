@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"recycler.dev/go-boot-wrapper/internal/boot"
 	"recycler.dev/go-boot-wrapper/internal/supervisor"
 	"recycler.dev/go-boot-wrapper/internal/wrapper"
 )
@@ -34,6 +35,8 @@ var (
 	logLevel    = flag.String("log_level", "info", "Log level: debug, info, warn or error. Env RECYCLER_LOG_LEVEL (optional)")
 	cacheMaxMB  = flag.Int64("cache_max_mb", 2048, "Bound of the local artifact cache in MiB, least recently used evicted after a lease; 0 = unbounded. Env RECYCLER_CACHE_MAX_MB (optional)")
 	passEnv     = flag.String("pass_env", "", "Comma-separated names of wrapper environment variables copied into every worker's environment. Env RECYCLER_PASS_ENV (optional)")
+	workerUID   = flag.Int("worker_uid", -1, "Run workers as this user id (the wrapper must run as root); -1 = the wrapper's user. Env RECYCLER_WORKER_UID (optional)")
+	workerGID   = flag.Int("worker_gid", -1, "Group id for --worker_uid (required with it). Env RECYCLER_WORKER_GID (optional)")
 	showVersion = flag.Bool("version", false, "Print the version and exit (optional)")
 )
 
@@ -47,6 +50,8 @@ var envVars = map[string]string{
 	"log_level":    "RECYCLER_LOG_LEVEL",
 	"pass_env":     "RECYCLER_PASS_ENV",
 	"cache_max_mb": "RECYCLER_CACHE_MAX_MB",
+	"worker_uid":   "RECYCLER_WORKER_UID",
+	"worker_gid":   "RECYCLER_WORKER_GID",
 }
 
 // Exit codes.
@@ -64,6 +69,7 @@ type Config struct {
 	LogLevel                slog.Level
 	PassEnv                 []string
 	CacheMaxBytes           int64
+	Worker                  *boot.User // nil: workers run as the wrapper's user
 }
 
 func main() {
@@ -129,6 +135,13 @@ func configFromFlags() (Config, error) {
 	if err := cfg.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return cfg, fmt.Errorf("--log_level must be debug, info, warn or error, not %q", *logLevel)
 	}
+	switch {
+	case *workerUID == -1 && *workerGID == -1:
+	case *workerUID < 0 || *workerGID < 0:
+		return cfg, errors.New("--worker_uid and --worker_gid must be set together, each a non-negative id")
+	default:
+		cfg.Worker = &boot.User{UID: uint32(*workerUID), GID: uint32(*workerGID)}
+	}
 	for _, name := range strings.Split(*passEnv, ",") {
 		if name = strings.TrimSpace(name); name != "" {
 			cfg.PassEnv = append(cfg.PassEnv, name)
@@ -165,6 +178,7 @@ func Run(ctx context.Context, cfg Config) error {
 		GracePeriod:      cfg.GracePeriod,
 		PassEnv:          cfg.PassEnv,
 		CacheMaxBytes:    cfg.CacheMaxBytes,
+		Worker:           cfg.Worker,
 		Version:          version,
 		Stdout:           os.Stdout,
 		Stderr:           os.Stderr,

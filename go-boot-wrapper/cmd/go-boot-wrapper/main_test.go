@@ -69,6 +69,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bad log format", []string{"--slot=s", "--recycler=127.0.0.1:1", "--log_format=xml"}, nil, "text or json"},
 		{"bad env value", []string{"--slot=s", "--recycler=127.0.0.1:1"}, []string{"RECYCLER_GRACE_PERIOD=soon"}, "RECYCLER_GRACE_PERIOD"},
 		{"negative grace", []string{"--slot=s", "--recycler=127.0.0.1:1", "--grace_period=-1s"}, nil, "negative"},
+		{"worker uid without gid", []string{"--slot=s", "--recycler=127.0.0.1:1", "--worker_uid=1000"}, nil, "set together"},
+		{"worker gid from env without uid", []string{"--slot=s", "--recycler=127.0.0.1:1"}, []string{"RECYCLER_WORKER_GID=1000"}, "set together"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -222,4 +224,33 @@ func childrenOf(t *testing.T, ppid int) []int {
 		}
 	}
 	return kids
+}
+
+// A --work_dir that is not the wrapper's is refused at start with exit code 1, a message naming the flag, and
+// nothing in it touched.
+func TestForeignWorkDirIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	precious := filepath.Join(dir, "leases", "pid1-g1", "precious")
+	if err := os.MkdirAll(filepath.Dir(precious), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(precious, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd, stderr := wrapperCmd(t, []string{"--slot=pid1", "--recycler=127.0.0.1:1", "--work_dir=" + dir})
+	if code := exitCode(cmd.Run()); code != exitFailure {
+		t.Errorf("exit code %d, want %d; stderr:\n%s", code, exitFailure, stderr)
+	}
+	if !strings.Contains(stderr.String(), "--work_dir") {
+		t.Errorf("stderr does not name the flag to fix:\n%s", stderr)
+	}
+	if b, err := os.ReadFile(precious); err != nil || string(b) != "keep" {
+		t.Errorf("a file in the refused work dir was touched: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".go-boot-wrapper")); err == nil {
+		t.Errorf("the refused work dir was marked")
+	}
 }

@@ -5,6 +5,18 @@
 // file into place, so a reader never sees a partial or unverified file and a crash leaves at most a temp file that the
 // next Open removes.
 //
+// Tampering: a lease's files are symbolic links to the cache's files, and a worker running as the wrapper's user can
+// chmod and rewrite them (or anything under the cache directory). So an entry is handed out again only while its file
+// is provably what was verified: Verify compares a stat fingerprint (device, inode, size, mode, mtime, ctime) taken
+// when the content was last hashed. Every change made through the file system (write, truncate, chmod, chown,
+// replacing or renaming the file) moves ctime to the current time or changes the inode, and no system call sets ctime
+// to a chosen value, so a matching fingerprint means unchanged content. A mismatch costs one full re-hash: an entry
+// whose content still matches its name is kept (its mode restored), any other is deleted and fetched again. Because
+// file timestamps are coarse (one clock tick), a fingerprint whose ctime is less than racyWindow older than the moment
+// the entry was first handed out after its last hash is not trusted either (the "racy git" problem): a freshly
+// fetched artifact is hashed once more at its next use, and at every use within a second of its fetch. See README.md
+// ("Artifact integrity") for the measured costs and the alternatives.
+//
 // Concurrency: all methods are safe for concurrent use. The mutex guards the in-memory index; file system work on
 // distinct digests runs in parallel and two admissions of the same digest both succeed (the second rename replaces
 // identical content).
@@ -22,8 +34,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
+
+// incomingPrefix names the temp files of admissions in progress.
+const incomingPrefix = ".incoming-"
 
 // DigestPrefix is the prefix of the digest strings exchanged with the recycler ("sha256:<hex>").
 const DigestPrefix = "sha256:"
@@ -43,16 +59,60 @@ type Cache struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	sizes   map[string]int64     // hex digest -> size of the admitted file
-	lastUse map[string]time.Time // hex digest -> last admission or materialization
+	entries map[string]*entry // hex digest -> held artifact
 }
 
-// Open loads (and creates if needed) the cache at dir. Leftover temp files are removed, and every existing entry is
-// verified once; an entry whose content does not match its name is deleted rather than trusted.
-func Open(dir string, log *slog.Logger) (*Cache, error) {
-	c := &Cache{dir: filepath.Join(dir, "sha256"), log: log, sizes: map[string]int64{}, lastUse: map[string]time.Time{}}
-	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+// entry is a held artifact.
+type entry struct {
+	size    int64
+	lastUse time.Time // last admission or materialization
+	// fp is the file's fingerprint when its content was last hashed; exposed is when it was first handed out to a
+	// lease after that (zero: not yet).
+	fp      fingerprint
+	exposed time.Time
+}
+
+// racyWindow bounds the file system's timestamp granularity, with a wide margin: a change made within this time
+// after a fingerprint was recorded may leave ctime unchanged.
+const racyWindow = time.Second
+
+// ErrTampered means a held artifact's file changed after it was verified and its content no longer matches its
+// digest; the entry has been dropped.
+var ErrTampered = errors.New("artifact changed in the local cache")
+
+// fingerprint is the part of a file's stat that any change through the file system alters.
+type fingerprint struct {
+	dev, ino     uint64
+	size         int64
+	mode         uint32
+	mtime, ctime int64 // nanoseconds since the epoch
+}
+
+func fingerprintOf(path string) (fingerprint, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return fingerprint{}, err
+	}
+	return fingerprint{dev: st.Dev, ino: st.Ino, size: st.Size, mode: st.Mode,
+		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}, nil
+}
+
+// Open loads (and creates if needed, mode 0700) the cache at dir. Leftover temp files of an admission are removed,
+// and every existing entry is verified once; an entry whose content does not match its name is deleted rather than
+// trusted. Anything else in the directory is not the cache's: it is logged and left alone, never deleted.
+func Open(dir string, log *slog.Logger) (*Cache, error) { return OpenMode(dir, 0o700, log) }
+
+// OpenMode is Open with dirMode for the cache's directories instead of 0700: 0711 lets workers running as another
+// user reach the (world-readable, read-only) files their lease links to without being able to list or change them.
+func OpenMode(dir string, dirMode os.FileMode, log *slog.Logger) (*Cache, error) {
+	c := &Cache{dir: filepath.Join(dir, "sha256"), log: log, entries: map[string]*entry{}}
+	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create artifact cache directory: %w", err)
+	}
+	for _, d := range []string{dir, c.dir} {
+		if err := os.Chmod(d, dirMode); err != nil { // exact, also when an older version created it 0755
+			return nil, fmt.Errorf("chmod artifact cache directory: %w", err)
+		}
 	}
 	entries, err := os.ReadDir(c.dir)
 	if err != nil {
@@ -61,20 +121,32 @@ func Open(dir string, log *slog.Logger) (*Cache, error) {
 	for _, e := range entries {
 		name := e.Name()
 		path := filepath.Join(c.dir, name)
-		if ValidHex(name) != nil || !e.Type().IsRegular() {
-			_ = os.RemoveAll(path)
+		if strings.HasPrefix(name, incomingPrefix) && e.Type().IsRegular() {
+			_ = os.Remove(path) // an admission that did not finish
 			continue
 		}
-		got, size, err := hashFile(path)
-		if err != nil || got != name {
-			log.Warn("dropping corrupt artifact cache entry", "digest", DigestPrefix+name)
+		if ValidHex(name) != nil || !e.Type().IsRegular() {
+			log.Warn("ignoring a file the artifact cache did not write", "path", path)
+			continue
+		}
+		fp, err := fingerprintOf(path)
+		if err == nil {
+			err = c.hashUnchanged(path, name, fp)
+		}
+		if err != nil {
+			log.Warn("dropping corrupt artifact cache entry", "digest", DigestPrefix+name, "error", err)
 			_ = os.Remove(path)
 			continue
 		}
-		c.sizes[name] = size
-		if info, err := e.Info(); err == nil {
-			c.lastUse[name] = info.ModTime()
+		if fp.mode&0o7777 != 0o555 { // an earlier worker made it writable; the content is intact
+			if err := os.Chmod(path, 0o555); err != nil {
+				return nil, fmt.Errorf("chmod artifact cache entry: %w", err)
+			}
+			if fp, err = fingerprintOf(path); err != nil {
+				return nil, fmt.Errorf("stat artifact cache entry: %w", err)
+			}
 		}
+		c.entries[name] = &entry{size: fp.size, lastUse: time.Unix(0, fp.mtime), fp: fp}
 	}
 	return c, nil
 }
@@ -96,8 +168,8 @@ func ValidHex(h string) error {
 func (c *Cache) Digests() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]string, 0, len(c.sizes))
-	for h := range c.sizes {
+	out := make([]string, 0, len(c.entries))
+	for h := range c.entries {
 		out = append(out, DigestPrefix+h)
 	}
 	slices.Sort(out)
@@ -108,8 +180,75 @@ func (c *Cache) Digests() []string {
 func (c *Cache) Has(hexDigest string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	_, ok := c.sizes[hexDigest]
+	_, ok := c.entries[hexDigest]
 	return ok
+}
+
+// Verify reports whether the artifact hexDigest is held and its file is still exactly the verified content. A file
+// whose fingerprint changed is hashed again: if the content still matches, its read-only mode is restored and true is
+// returned; otherwise the entry is deleted (it is fetched again when needed), and the error wraps ErrTampered. Call it
+// only while no process of a lease runs (before a boot), so nothing can change the file between Verify and use.
+func (c *Cache) Verify(hexDigest string) (bool, error) {
+	c.mu.Lock()
+	e, ok := c.entries[hexDigest]
+	var want fingerprint
+	var exposed time.Time
+	if ok {
+		want, exposed = e.fp, e.exposed
+	}
+	c.mu.Unlock()
+	if !ok {
+		return false, nil
+	}
+	path := c.Path(hexDigest)
+	got, err := fingerprintOf(path)
+	racy := !exposed.IsZero() && want.ctime >= exposed.Add(-racyWindow).UnixNano()
+	if err == nil && got == want && !racy {
+		return true, nil
+	}
+	// Changed (or possibly changed within one timestamp tick): the content decides.
+	if err == nil {
+		err = c.hashUnchanged(path, hexDigest, got)
+	}
+	if err == nil && got.mode&0o7777 != 0o555 {
+		// A worker made it writable. Only chmod when needed: chmod moves ctime, which makes the next check racy.
+		if err = os.Chmod(path, 0o555); err == nil {
+			got, err = fingerprintOf(path)
+		}
+	}
+	if err != nil {
+		c.Remove(hexDigest)
+		if !errors.Is(err, ErrTampered) {
+			err = fmt.Errorf("%w: %s%s: %w", ErrTampered, DigestPrefix, hexDigest, err)
+		}
+		return false, err
+	}
+	c.mu.Lock()
+	if e, ok := c.entries[hexDigest]; ok {
+		e.fp, e.exposed = got, time.Time{}
+	}
+	c.mu.Unlock()
+	if got != want {
+		c.log.Warn("artifact cache entry was changed behind the cache's back; content still matches, mode restored",
+			"digest", DigestPrefix+hexDigest)
+	}
+	return true, nil
+}
+
+// hashUnchanged checks that the file at path hashes to hexDigest and still has the fingerprint fp afterwards (so the
+// hash is of the file that fp describes); the error wraps ErrTampered otherwise.
+func (c *Cache) hashUnchanged(path, hexDigest string, fp fingerprint) error {
+	h, _, err := hashFile(path)
+	if err != nil {
+		return err
+	}
+	if h != hexDigest {
+		return fmt.Errorf("%w: %s%s now hashes to %s%s", ErrTampered, DigestPrefix, hexDigest, DigestPrefix, h)
+	}
+	if after, err := fingerprintOf(path); err != nil || after != fp {
+		return fmt.Errorf("%w: %s%s changed while it was being verified", ErrTampered, DigestPrefix, hexDigest)
+	}
+	return nil
 }
 
 // Path is where the artifact with this hex digest lives (whether or not it is held).
@@ -123,7 +262,7 @@ func (c *Cache) Admit(hexDigest string, size int64, r io.Reader) (err error) {
 	if err := ValidHex(hexDigest); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(c.dir, ".incoming-*")
+	tmp, err := os.CreateTemp(c.dir, incomingPrefix+"*")
 	if err != nil {
 		return fmt.Errorf("create temp file in artifact cache: %w", err)
 	}
@@ -158,36 +297,49 @@ func (c *Cache) Admit(hexDigest string, size int64, r io.Reader) (err error) {
 	if err := os.Rename(tmp.Name(), c.Path(hexDigest)); err != nil {
 		return fmt.Errorf("move artifact into cache: %w", err)
 	}
+	fp, err := fingerprintOf(c.Path(hexDigest))
+	if err != nil {
+		return fmt.Errorf("stat admitted artifact: %w", err)
+	}
 	c.mu.Lock()
-	c.sizes[hexDigest] = n
-	c.lastUse[hexDigest] = time.Now()
+	c.entries[hexDigest] = &entry{size: n, lastUse: time.Now(), fp: fp}
 	c.mu.Unlock()
 	return nil
 }
 
-// Materialize places the held artifact hexDigest at dst as an executable, read-only file: a hard link when dst is on
-// the cache's file system (no bytes copied), a copy otherwise. dst must not exist.
+// Materialize places the held artifact hexDigest at dst as a symbolic link to the cache's read-only file. dst must
+// not exist. Call Verify first: Materialize only re-checks the fingerprint (a stat), and fails with ErrTampered,
+// dropping the entry, if the file changed since.
+//
+// A symbolic link, not a hard link or a copy: creating or deleting a hard link moves the cached inode's ctime, which
+// would make every lease's fingerprint check fail and cost a full hash, and a copy costs 35 to 50 ms for an 84 to 130
+// MB binary (README.md, "Artifact integrity"). Through a symbolic link the cached inode changes only when someone
+// changes it, which Verify detects.
 func (c *Cache) Materialize(hexDigest, dst string) error {
+	now := time.Now()
 	c.mu.Lock()
-	size, ok := c.sizes[hexDigest]
+	e, ok := c.entries[hexDigest]
+	var want fingerprint
 	if ok {
-		c.lastUse[hexDigest] = time.Now()
+		e.lastUse = now
+		if e.exposed.IsZero() {
+			e.exposed = now
+		}
+		want = e.fp
 	}
 	c.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("artifact %s%s is not in the local cache", DigestPrefix, hexDigest)
 	}
 	src := c.Path(hexDigest)
-	// A cheap guard against an entry that was truncated or replaced behind our back: the size must still match.
-	st, err := os.Stat(src)
-	if err != nil || st.Size() != size {
-		c.forget(hexDigest)
-		return fmt.Errorf("artifact %s%s vanished or changed in the local cache; it will be fetched again next lease", DigestPrefix, hexDigest)
+	if got, err := fingerprintOf(src); err != nil || got != want {
+		c.Remove(hexDigest)
+		return fmt.Errorf("%w: %s%s changed since it was verified; it will be fetched again next lease", ErrTampered, DigestPrefix, hexDigest)
 	}
-	if err := os.Link(src, dst); err == nil {
-		return nil
+	if err := os.Symlink(src, dst); err != nil {
+		return fmt.Errorf("link artifact: %w", err)
 	}
-	return copyFile(src, dst)
+	return nil
 }
 
 // Remove drops a held artifact (for example one that failed to execute); it is fetched again when next needed.
@@ -198,33 +350,31 @@ func (c *Cache) Remove(hexDigest string) {
 
 func (c *Cache) forget(hexDigest string) {
 	c.mu.Lock()
-	delete(c.sizes, hexDigest)
-	delete(c.lastUse, hexDigest)
+	delete(c.entries, hexDigest)
 	c.mu.Unlock()
 }
 
 // Trim evicts the least recently used artifacts until the cache holds at most maxBytes, but never the most recently
 // used one (the current job's binary may alone exceed the bound). maxBytes <= 0 disables trimming. Call it only while
 // no boot is running: an evicted file already linked into a lease directory stays valid there, but a boot in progress
-// could lose an artifact between fetch and link. It returns the evicted digests.
+// could lose an artifact between fetch and link, and a running worker would lose its staged files. It returns the evicted digests.
 func (c *Cache) Trim(maxBytes int64) []string {
 	if maxBytes <= 0 {
 		return nil
 	}
 	c.mu.Lock()
 	var total int64
-	hexes := make([]string, 0, len(c.sizes))
-	for h, n := range c.sizes {
-		total += n
+	hexes := make([]string, 0, len(c.entries))
+	for h, e := range c.entries {
+		total += e.size
 		hexes = append(hexes, h)
 	}
-	slices.SortFunc(hexes, func(a, b string) int { return c.lastUse[a].Compare(c.lastUse[b]) })
+	slices.SortFunc(hexes, func(a, b string) int { return c.entries[a].lastUse.Compare(c.entries[b].lastUse) })
 	var evict []string
 	for i := 0; i < len(hexes)-1 && total > maxBytes; i++ {
-		total -= c.sizes[hexes[i]]
+		total -= c.entries[hexes[i]].size
 		evict = append(evict, hexes[i])
-		delete(c.sizes, hexes[i])
-		delete(c.lastUse, hexes[i])
+		delete(c.entries, hexes[i])
 	}
 	c.mu.Unlock()
 	for i, h := range evict {
@@ -232,23 +382,6 @@ func (c *Cache) Trim(maxBytes int64) []string {
 		evict[i] = DigestPrefix + h
 	}
 	return evict
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("open cached artifact: %w", err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", dst, err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		_ = out.Close()
-		return fmt.Errorf("copy artifact to %s: %w", dst, err)
-	}
-	return out.Close()
 }
 
 func hashFile(path string) (string, int64, error) {

@@ -10,7 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 func digest(b []byte) string {
@@ -80,7 +83,7 @@ func TestMaterializeAndReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, err := os.Stat(dst)
-	if err != nil || st.Mode().Perm()&0o111 == 0 {
+	if err != nil || st.Mode().Perm() != 0o555 {
 		t.Fatalf("materialized file %v not executable (%v)", st, err)
 	}
 	if b, _ := os.ReadFile(dst); !bytes.Equal(b, content) {
@@ -90,21 +93,24 @@ func TestMaterializeAndReopen(t *testing.T) {
 		t.Errorf("Materialize over an existing file succeeded")
 	}
 
-	// A reopened cache keeps good entries and drops corrupt ones and leftovers.
+	// A reopened cache keeps good entries, drops corrupt ones and leftovers of its own admissions, and leaves alone
+	// what it did not write (it used to delete every file not named like a digest).
 	bad := digest([]byte("other"))
-	if err := os.WriteFile(filepath.Join(dir, "sha256", bad), []byte("not other"), 0o444); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "sha256", ".incoming-123"), []byte("partial"), 0o644); err != nil {
-		t.Fatal(err)
+	for name, content := range map[string]string{bad: "not other", ".incoming-123": "partial", "notes.txt": "someone's", "sub/file": "someone's"} {
+		must(t, os.MkdirAll(filepath.Dir(filepath.Join(dir, "sha256", name)), 0o755))
+		must(t, os.WriteFile(filepath.Join(dir, "sha256", name), []byte(content), 0o444))
 	}
 	c2 := open(t, dir)
 	if got, want := c2.Digests(), []string{"sha256:" + d}; !slices.Equal(got, want) {
 		t.Errorf("reopened Digests = %v, want %v", got, want)
 	}
+	var left []string
 	entries, _ := os.ReadDir(filepath.Join(dir, "sha256"))
-	if len(entries) != 1 {
-		t.Errorf("reopen left %d files, want only the good entry", len(entries))
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if want := []string{d, "notes.txt", "sub"}; !slices.Equal(left, want) {
+		t.Errorf("reopen left %v, want %v", left, want)
 	}
 
 	// An entry changed behind the cache's back is not handed out.
@@ -180,5 +186,166 @@ func TestTrimEvictsLeastRecentlyUsed(t *testing.T) {
 				t.Errorf("evicted %s still on disk", d)
 			}
 		}
+	}
+}
+
+// A lease's files are symbolic links to the cache's files, and its worker runs as the wrapper's user: whatever it does to
+// them, the next lease must get exactly the bytes the digest names, or a fresh fetch.
+func TestVerifyAfterTampering(t *testing.T) {
+	content := []byte("#!/bin/sh\nexit 0\n")
+	d := digest(content)
+	tests := []struct {
+		name       string
+		tamper     func(t *testing.T, cached, linked string)
+		wantKept   bool
+		wantErr    error
+		wantRehash bool // the fingerprint changed, so the content was hashed again
+	}{
+		{name: "untouched", tamper: func(*testing.T, string, string) {}, wantKept: true},
+		{name: "chmod only", wantKept: true, wantRehash: true, tamper: func(t *testing.T, _, linked string) {
+			must(t, os.Chmod(linked, 0o777))
+		}},
+		{name: "rewritten through the lease's link", wantErr: ErrTampered, tamper: func(t *testing.T, _, linked string) {
+			must(t, os.Chmod(linked, 0o755))
+			must(t, os.WriteFile(linked, []byte("#!/bin/sh\nexit 42\n"), 0o755))
+		}},
+		{name: "same length, one byte changed", wantErr: ErrTampered, tamper: func(t *testing.T, cached, _ string) {
+			must(t, os.Chmod(cached, 0o755))
+			f, err := os.OpenFile(cached, os.O_WRONLY, 0)
+			must(t, err)
+			_, err = f.WriteAt([]byte("X"), 3)
+			must(t, err)
+			must(t, f.Close())
+		}},
+		{name: "replaced by another file", wantErr: ErrTampered, tamper: func(t *testing.T, cached, _ string) {
+			other := cached + ".evil"
+			must(t, os.WriteFile(other, []byte("#!/bin/sh\nexit 43\n"), 0o555))
+			must(t, os.Rename(other, cached))
+		}},
+		{name: "replaced by an identical copy", wantKept: true, wantRehash: true, tamper: func(t *testing.T, cached, _ string) {
+			other := cached + ".copy"
+			must(t, os.WriteFile(other, content, 0o555))
+			must(t, os.Rename(other, cached))
+		}},
+		{name: "deleted", wantErr: ErrTampered, tamper: func(t *testing.T, cached, _ string) {
+			must(t, os.Remove(cached))
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs syncBuffer
+			c, err := Open(t.TempDir(), slog.New(slog.NewTextHandler(&logs, nil)))
+			must(t, err)
+			must(t, c.Admit(d, int64(len(content)), bytes.NewReader(content)))
+			// Let the admission's ctime fall outside the racy window, as it has for any entry older than a second.
+			c.backdate(d)
+			linked := filepath.Join(t.TempDir(), "worker")
+			must(t, c.Materialize(d, linked))
+			tt.tamper(t, c.Path(d), linked)
+
+			kept, err := c.Verify(d)
+			if kept != tt.wantKept || !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Verify = %v, %v; want %v, %v", kept, err, tt.wantKept, tt.wantErr)
+			}
+			if kept {
+				b, err := os.ReadFile(c.Path(d))
+				st, serr := os.Stat(c.Path(d))
+				if err != nil || !bytes.Equal(b, content) || serr != nil || st.Mode().Perm() != 0o555 {
+					t.Errorf("kept entry: content %q (%v), mode %v; want the original, read-only", b, err, st.Mode())
+				}
+				if got := strings.Contains(logs.String(), "changed behind the cache's back"); got != tt.wantRehash {
+					t.Errorf("logged a changed entry = %v, want %v", got, tt.wantRehash)
+				}
+				must(t, c.Materialize(d, filepath.Join(t.TempDir(), "next")))
+				return
+			}
+			if c.Has(d) || slices.Contains(c.Digests(), DigestPrefix+d) {
+				t.Errorf("tampered entry still held")
+			}
+			if _, err := os.Stat(c.Path(d)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("tampered file still in the cache (%v)", err)
+			}
+			// It can be admitted again and then serves the right bytes.
+			must(t, c.Admit(d, int64(len(content)), bytes.NewReader(content)))
+			next := filepath.Join(t.TempDir(), "next")
+			must(t, c.Materialize(d, next))
+			if b, _ := os.ReadFile(next); !bytes.Equal(b, content) {
+				t.Errorf("re-admitted entry serves %q", b)
+			}
+		})
+	}
+}
+
+// A fingerprint recorded within one timestamp tick of a lease's start proves nothing: such an entry is hashed again.
+func TestVerifyRehashesARacyEntry(t *testing.T) {
+	content := []byte("racy")
+	d := digest(content)
+	c := open(t, t.TempDir())
+	must(t, c.Admit(d, int64(len(content)), bytes.NewReader(content)))
+	must(t, c.Materialize(d, filepath.Join(t.TempDir(), "w"))) // handed out right after admission: racy
+	// Corrupt the file and put the recorded fingerprint back in line with it, as a same-tick write would leave it.
+	must(t, os.Chmod(c.Path(d), 0o755))
+	must(t, os.WriteFile(c.Path(d), []byte("RACY"), 0o755))
+	must(t, os.Chmod(c.Path(d), 0o555))
+	fp, err := fingerprintOf(c.Path(d))
+	must(t, err)
+	c.mu.Lock()
+	c.entries[d].fp = fp
+	c.entries[d].exposed = time.Unix(0, fp.ctime) // exposed in the same tick as the last change
+	c.mu.Unlock()
+
+	if kept, err := c.Verify(d); kept || !errors.Is(err, ErrTampered) {
+		t.Errorf("Verify of a racy, changed entry = %v, %v; want it dropped with ErrTampered", kept, err)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// backdate moves the entry's recorded verification out of the racy window.
+func (c *Cache) backdate(hexDigest string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.entries[hexDigest].exposed = time.Unix(0, c.entries[hexDigest].fp.ctime).Add(2 * racyWindow)
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// An entry a worker made writable before the wrapper restarted is read-only again after Open, content unchanged.
+func TestReopenRestoresReadOnlyMode(t *testing.T) {
+	dir := t.TempDir()
+	content := []byte("kept")
+	d := digest(content)
+	must(t, open(t, dir).Admit(d, int64(len(content)), bytes.NewReader(content)))
+	path := filepath.Join(dir, "sha256", d)
+	must(t, os.Chmod(path, 0o777))
+
+	c := open(t, dir)
+	st, err := os.Stat(path)
+	must(t, err)
+	if !c.Has(d) || st.Mode().Perm() != 0o555 {
+		t.Errorf("after reopen: held %v, mode %v; want held and 0555", c.Has(d), st.Mode().Perm())
+	}
+	if ok, err := c.Verify(d); !ok || err != nil {
+		t.Errorf("Verify after reopen = %v, %v", ok, err)
 	}
 }

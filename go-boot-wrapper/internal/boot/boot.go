@@ -8,7 +8,9 @@
 //     boot then uses them as the answers of GetProvisionInfo and ResolveArtifacts and makes neither call, so a lease
 //     whose artifacts are all cached starts its worker without a single round trip;
 //   - artifacts come through a local content-addressed cache, verified by size and sha256, so an unchanged binary is
-//     never transferred twice; they are hard-linked into the lease directory, never downloaded into a shared one;
+//     never transferred twice; they are hard-linked into the lease directory, never downloaded into a shared one,
+//     and re-verified before every lease (artifactcache.Cache.Verify), so a lease runs exactly the bytes its sha256
+//     names even if an earlier worker rewrote its hard link;
 //   - every lease gets a fresh directory (semi_persist_dir, cwd, TMPDIR) that the wrapper deletes afterwards, and the
 //     worker gets a clean environment instead of the wrapper's.
 package boot
@@ -23,6 +25,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	fnpb "github.com/apache/beam/sdks/v2/go/pkg/beam/model/fnexecution_v1"
@@ -63,6 +66,13 @@ const (
 	TmpDir      = "tmp"
 )
 
+// Modes of the lease directory (and its subdirectories) and of the files the wrapper writes into it, set exactly
+// (not filtered by the umask).
+const (
+	LeaseDirMode  os.FileMode = 0o700
+	LeaseFileMode os.FileMode = 0o600
+)
+
 // defaultPath is the worker's PATH when the wrapper has none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -96,7 +106,13 @@ type Config struct {
 	ProvisionTimeout, ArtifactTimeout time.Duration
 	// Stdout and Stderr receive the worker's output (nil: /dev/null).
 	Stdout, Stderr *os.File
+	// Worker, when set, is the user the worker runs as (the wrapper runs as root): the lease directory, its
+	// subdirectories and the options file are given to that user. Nil: the wrapper's own user.
+	Worker *User
 }
+
+// User is a worker's user and group id. The worker gets no supplementary groups.
+type User struct{ UID, GID uint32 }
 
 // Booter prepares leases. Safe for concurrent use on different leases.
 type Booter struct {
@@ -181,9 +197,13 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot clear lease directory %s: %v; check --work_dir", dir, err)
 	}
+	// Private to the wrapper's user whatever the umask: it holds the pipeline options, which may carry secrets.
 	for _, d := range []string{dir, filepath.Join(dir, TmpDir), filepath.Join(dir, StagedDir)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := mkdirExact(d, LeaseDirMode); err != nil {
 			return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot create lease directory %s: %v; check --work_dir is writable", d, err)
+		}
+		if err := b.giveToWorker(d); err != nil {
+			return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot give lease directory %s to the worker user: %v; the wrapper must run as root to use --worker_uid", d, err)
 		}
 	}
 
@@ -205,8 +225,11 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 		options = string(js)
 	}
 	optionsPath := filepath.Join(dir, OptionsFile)
-	if err := os.WriteFile(optionsPath, []byte(options), 0o644); err != nil {
+	if err := writeFileExact(optionsPath, []byte(options), LeaseFileMode); err != nil {
 		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot write %s: %v; check --work_dir has space", optionsPath, err)
+	}
+	if err := b.giveToWorker(optionsPath); err != nil {
+		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_START, err, "cannot give %s to the worker user: %v", optionsPath, err)
 	}
 
 	// (5) The worker's command line and environment, as Beam's boot starts it.
@@ -219,11 +242,27 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 			"--control_endpoint=" + info.GetControlEndpoint().GetUrl(),
 			"--semi_persist_dir=" + dir,
 		},
-		Env:    b.env(info, dir, optionsPath),
-		Dir:    dir,
-		Stdout: b.cfg.Stdout,
-		Stderr: b.cfg.Stderr,
+		Env:        b.env(info, dir, optionsPath),
+		Dir:        dir,
+		Stdout:     b.cfg.Stdout,
+		Stderr:     b.cfg.Stderr,
+		Credential: b.credential(),
 	}}, nil
+}
+
+// giveToWorker makes path the worker user's, when the worker runs as its own user.
+func (b *Booter) giveToWorker(path string) error {
+	if b.cfg.Worker == nil {
+		return nil
+	}
+	return os.Lchown(path, int(b.cfg.Worker.UID), int(b.cfg.Worker.GID))
+}
+
+func (b *Booter) credential() *syscall.Credential {
+	if b.cfg.Worker == nil {
+		return nil
+	}
+	return &syscall.Credential{Uid: b.cfg.Worker.UID, Gid: b.cfg.Worker.GID, Groups: []uint32{}}
 }
 
 // Where a lease's boot inputs came from, as named in failure messages.
@@ -315,7 +354,14 @@ func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, prepar
 		return "", fail(stage, err, "%v; stage the Go worker binary with role %s", err, URNGoWorkerBinaryRole)
 	}
 	for _, a := range arts {
-		if b.cache.Has(a.hex) {
+		// Verify, not Has: a previous lease's worker may have rewritten the cached file (it is hard-linked into every
+		// lease directory); a changed entry is dropped and fetched again here.
+		ok, err := b.cache.Verify(a.hex)
+		if err != nil {
+			log.Warn("artifact changed in the local cache since it was verified; fetching it again",
+				"digest", artifactcache.DigestPrefix+a.hex, "error", err)
+		}
+		if ok {
 			continue
 		}
 		client, err := svc.client()
@@ -502,4 +548,30 @@ func (b *Booter) env(info *fnpb.ProvisionInfo, dir, optionsPath string) []string
 		env = append(env, "STATUS_ENDPOINT="+s)
 	}
 	return env
+}
+
+// mkdirExact creates the directory dir (its parent must exist) with exactly mode: Mkdir's mode is filtered by the
+// umask, so it is set again afterwards.
+func mkdirExact(dir string, mode os.FileMode) error {
+	if err := os.Mkdir(dir, mode); err != nil {
+		return err
+	}
+	return os.Chmod(dir, mode)
+}
+
+// writeFileExact creates path (it must not exist) with data and exactly mode, whatever the umask.
+func writeFileExact(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }

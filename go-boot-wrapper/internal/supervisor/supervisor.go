@@ -44,6 +44,9 @@ type Spec struct {
 	// Stdout and Stderr receive the worker's output directly (no pipes, so nothing in the wrapper can block the
 	// worker); nil means /dev/null.
 	Stdout, Stderr *os.File
+	// Credential, when set, is the user and groups the worker runs as (the wrapper must be root); nil: the
+	// wrapper's own.
+	Credential *syscall.Credential
 }
 
 // ExitStatus is how a worker process ended.
@@ -73,8 +76,10 @@ func (s ExitStatus) String() string {
 type Supervisor struct {
 	sys System
 	log *slog.Logger
-	// drainPoll is the pause between drain rounds while processes are still dying.
-	drainPoll time.Duration
+	// drainMin and drainMax bound the pause between drain rounds while processes are still dying: it starts at
+	// drainMin and doubles up to drainMax. No jitter: nothing else competes for what the loop waits on.
+	drainMin, drainMax time.Duration
+	sleep              func(time.Duration) // time.Sleep; tests record the pauses
 
 	mu      sync.Mutex
 	tracked map[int]bool // pids of running workers, reaped only by their own Wait goroutine
@@ -82,7 +87,8 @@ type Supervisor struct {
 
 // New returns a Supervisor using sys (LinuxSystem{} in production).
 func New(sys System, log *slog.Logger) *Supervisor {
-	return &Supervisor{sys: sys, log: log, drainPoll: 5 * time.Millisecond, tracked: map[int]bool{}}
+	return &Supervisor{sys: sys, log: log, drainMin: 5 * time.Millisecond, drainMax: 100 * time.Millisecond,
+		sleep: time.Sleep, tracked: map[int]bool{}}
 }
 
 // BecomeReaper makes orphaned descendants of this process re-parent to it: as PID 1 that is already so, otherwise it
@@ -113,7 +119,7 @@ func (s *Supervisor) ReapZombies(ctx context.Context, interval time.Duration) {
 		case <-sigs:
 		case <-t.C:
 		}
-		s.sweepOrphans(false)
+		s.sweepOrphans(false, false)
 	}
 }
 
@@ -134,7 +140,8 @@ func (s *Supervisor) Start(spec Spec) (*Process, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid: true,
 		// If the wrapper dies without stopping it, the worker goes too rather than serving a job nobody supervises.
-		Pdeathsig: syscall.SIGKILL,
+		Pdeathsig:  syscall.SIGKILL, // set after the credentials change, which would clear it
+		Credential: spec.Credential,
 	}
 	s.mu.Lock()
 	err := cmd.Start()
@@ -158,11 +165,16 @@ func (s *Supervisor) untrack(pid int) {
 
 // sweepOrphans reaps this process's children that are not running workers (orphans re-parented to us), first
 // killing the live ones when kill is set, and returns how many it found. The lock is held throughout, so Start cannot
-// fork a worker that reuses an orphan's pid between the scan and the kill or wait4.
-func (s *Supervisor) sweepOrphans(kill bool) int {
+// fork a worker that reuses an orphan's pid between the scan and the kill or wait4; that is why the listing is the
+// kernel's children lists (a few files) and the scan of all of /proc (exact) runs only when exact is set.
+func (s *Supervisor) sweepOrphans(kill, exact bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	kids, err := s.sys.Children(s.sys.Getpid())
+	list := s.sys.Children
+	if exact {
+		list = s.sys.ScanChildren
+	}
+	kids, err := list(s.sys.Getpid())
 	if err != nil {
 		s.log.Warn("cannot list child processes", "error", err)
 		return 0
@@ -274,6 +286,7 @@ func (p *Process) drain() {
 	pgid := p.pid
 	start := time.Now()
 	nextWarn := start.Add(5 * time.Second)
+	delay := p.sup.drainMin
 	for {
 		// The leader is reaped (done is closed), so wait4 on the group only finds members re-parented to us.
 		_ = sys.Kill(-pgid, syscall.SIGKILL)
@@ -283,9 +296,11 @@ func (p *Process) drain() {
 				break
 			}
 		}
-		orphans := p.sup.sweepOrphans(true)
+		orphans := p.sup.sweepOrphans(true, false)
 		groupGone := errors.Is(sys.Kill(-pgid, 0), syscall.ESRCH)
-		if groupGone && orphans == 0 {
+		// The children lists can miss an orphan being re-parented right now: before declaring the lease's processes
+		// gone, confirm with the exact scan (once per stop, not per round).
+		if groupGone && orphans == 0 && p.sup.sweepOrphans(true, true) == 0 {
 			return
 		}
 		if now := time.Now(); now.After(nextWarn) {
@@ -293,7 +308,8 @@ func (p *Process) drain() {
 				"group_alive", !groupGone, "waited", now.Sub(start).Round(time.Second))
 			nextWarn = now.Add(30 * time.Second)
 		}
-		time.Sleep(p.sup.drainPoll) // waiting for the kernel to finish killing; nothing to select on
+		p.sup.sleep(delay) // waiting for the kernel to finish killing; nothing to select on
+		delay = min(2*delay, p.sup.drainMax)
 	}
 }
 

@@ -39,11 +39,32 @@ const (
 	ModeGrandchildSetsid = "grandchild-setsid" // start a grandchild in a new session (escaping the group), then exit 0
 	ModeGrandchildHang   = "grandchild-hang"   // start a setsid grandchild, then hang (the worker is stopped by Exit)
 	ModeChatty           = "chatty"            // write 8 MiB to stdout and stderr, then exit 0
+	// ModeTamper attacks the worker binary in its cwd as GBW_HELPER_TAMPER says, then exits 0: "chmod" makes it
+	// writable, "rewrite" makes it writable and overwrites it with TamperedScript, "replace" renames a file with
+	// TamperedScript over the file it links to.
+	ModeTamper = "tamper"
+	// ModeLogUntilTerm writes LogLines numbered lines to stdout and to stderr, becomes ready, and on SIGTERM writes
+	// LastLogLine to both and exits 0.
+	ModeLogUntilTerm = "log-until-term"
+)
+
+// ModeLogUntilTerm's output.
+const (
+	LogLines    = 2000
+	LastLogLine = "worker: got SIGTERM, last words"
+)
+
+// TamperedScript is what ModeTamper writes: a worker that exits with TamperedExitCode without reporting.
+const (
+	TamperedScript   = "#!/bin/sh\nexit 42\n"
+	TamperedExitCode = 42
 )
 
 // Report is what the helper records about how it was started.
 type Report struct {
 	Pid     int      `json:"pid"`
+	UID     int      `json:"uid"`
+	GID     int      `json:"gid"`
 	Pgid    int      `json:"pgid"`
 	Args    []string `json:"args"`
 	Env     []string `json:"env"`
@@ -85,6 +106,24 @@ func run(mode, dir string) int {
 			blockForever()
 		}
 		return 0
+	case ModeTamper:
+		if err := tamper(os.Getenv("GBW_HELPER_TAMPER")); err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 3
+		}
+		return 0
+	case ModeLogUntilTerm:
+		terms := make(chan os.Signal, 1)
+		signal.Notify(terms, syscall.SIGTERM)
+		for i := 1; i <= LogLines; i++ {
+			fmt.Fprintf(os.Stdout, "worker: stdout line %d\n", i)
+			fmt.Fprintf(os.Stderr, "worker: stderr line %d\n", i)
+		}
+		ready(dir)
+		<-terms
+		fmt.Fprintln(os.Stdout, LastLogLine)
+		fmt.Fprintln(os.Stderr, LastLogLine)
+		return 0
 	case ModeChatty:
 		line := strings.Repeat("all work and no play makes jack a dull boy ", 20) + "\n"
 		for n := 0; n < 8<<20; n += len(line) {
@@ -97,6 +136,34 @@ func run(mode, dir string) int {
 		return 4
 	}
 	return 0
+}
+
+func tamper(how string) error {
+	const bin = "worker" // the lease directory is the worker's cwd
+	switch how {
+	case "chmod":
+		target, err := filepath.EvalSymlinks(bin)
+		if err != nil {
+			return err
+		}
+		return os.Chmod(target, 0o777)
+	case "rewrite":
+		if err := os.Chmod(bin, 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(bin, []byte(TamperedScript), 0o755)
+	case "replace":
+		target, err := filepath.EvalSymlinks(bin)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(target+".evil", []byte(TamperedScript), 0o555); err != nil {
+			return err
+		}
+		return os.Rename(target+".evil", target)
+	default:
+		return fmt.Errorf("unknown GBW_HELPER_TAMPER %q", how)
+	}
 }
 
 func startGrandchild(dir string, setsid bool) error {
@@ -120,7 +187,7 @@ func startGrandchild(dir string, setsid bool) error {
 
 func writeReport(dir string) {
 	wd, _ := os.Getwd()
-	r := Report{Pid: os.Getpid(), Pgid: syscall.Getpgrp(), Args: os.Args[1:], Env: os.Environ(), Cwd: wd}
+	r := Report{Pid: os.Getpid(), UID: os.Getuid(), GID: os.Getgid(), Pgid: syscall.Getpgrp(), Args: os.Args[1:], Env: os.Environ(), Cwd: wd}
 	if f := os.Getenv("PIPELINE_OPTIONS_FILE"); f != "" {
 		b, _ := os.ReadFile(f)
 		r.Options = string(b)
@@ -151,6 +218,11 @@ func Script(t testing.TB, mode, dir string, extraEnv ...string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ScriptFor(self, mode, dir, extraEnv...)
+}
+
+// ScriptFor is Script running the test binary at the path self (for example a copy another user can execute).
+func ScriptFor(self, mode, dir string, extraEnv ...string) []byte {
 	env := append([]string{EnvMode + "=" + mode, EnvDir + "=" + dir, NoRaceExitDelay}, extraEnv...)
 	return []byte(fmt.Sprintf("#!/bin/sh\nexec env %s '%s' \"$@\"\n", strings.Join(env, " "), self))
 }

@@ -43,12 +43,19 @@ type Config struct {
 	Version          string
 	// CacheMaxBytes bounds the local artifact cache after each lease (least recently used evicted first); 0: no bound.
 	CacheMaxBytes int64
-	// MinBackoff and MaxBackoff bound the re-attach delay (defaults 100ms and 5s).
+	// MinBackoff and MaxBackoff bound the re-attach delay and the pause between attempts to delete a lease directory
+	// (defaults 100ms and 5s).
 	MinBackoff, MaxBackoff time.Duration
 	// Stdout and Stderr receive the workers' output (nil: /dev/null).
 	Stdout, Stderr *os.File
 	// Getenv reads the wrapper's environment for the workers' allow-list (os.Getenv when nil).
 	Getenv func(string) string
+	// Worker, when set, is the user the workers run as instead of the wrapper's (which must then be root): they can
+	// neither change the cache nor reach the wrapper's files; see README.md ("Artifact integrity").
+	Worker *boot.User
+	// RemoveAll deletes a lease directory (os.RemoveAll when nil): the file-system seam tests script to get a
+	// directory that cannot be deleted, which root, who runs the tests, otherwise rarely meets.
+	RemoveAll func(string) error
 }
 
 // Wrapper holds one slot.
@@ -62,22 +69,53 @@ type Wrapper struct {
 	attacher *attach.Attacher
 }
 
-// New prepares the work directory (removing lease directories a previous wrapper of this slot left behind), opens the
-// slot's artifact cache and creates the (lazy) client connection to the recycler. Close releases the connection.
+// New claims the work directory (see claimWorkDir: a foreign one is refused with ErrForeignWorkDir), removes the lease
+// directories a previous wrapper of this slot left behind, opens the slot's artifact cache and creates the (lazy)
+// client connection to the recycler. Close releases the connection.
 func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, error) {
 	if cfg.SlotID == "" || cfg.RecyclerEndpoint == "" || cfg.WorkDir == "" {
 		return nil, errors.New("slot id, recycler endpoint and work dir are required")
 	}
 	log = log.With("slot", cfg.SlotID)
-	// Several wrappers (slots) may share one work dir: each touches only its own lease directories and cache.
-	leases := filepath.Join(cfg.WorkDir, "leases")
-	if err := os.MkdirAll(leases, 0o755); err != nil {
-		return nil, fmt.Errorf("create %s: %w", leases, err)
+	if cfg.RemoveAll == nil {
+		cfg.RemoveAll = os.RemoveAll
 	}
-	if err := removeStaleLeaseDirs(leases, cfg.SlotID); err != nil {
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(cfg.MinBackoff, 5*time.Second)
+	}
+	// Our directories are private; with a worker user they are also traversable (not listable) by it, so it reaches
+	// its lease directory and the read-only cache files its lease links to.
+	dirMode := os.FileMode(0o700)
+	if cfg.Worker != nil {
+		if err := checkWorkerUser(*cfg.Worker); err != nil {
+			return nil, err
+		}
+		dirMode = 0o711
+	}
+	// Several wrappers (slots) may share one work dir: each touches only its own lease directories and cache.
+	if err := claimWorkDir(cfg.WorkDir, dirMode); err != nil {
 		return nil, err
 	}
-	cache, err := artifactcache.Open(filepath.Join(cfg.WorkDir, "cache", boot.SafeName(cfg.SlotID)), log)
+	if cfg.Worker != nil {
+		if err := reachable(cfg.WorkDir, *cfg.Worker); err != nil {
+			return nil, err
+		}
+	}
+	leases := filepath.Join(cfg.WorkDir, "leases")
+	for _, d := range []string{leases, filepath.Join(cfg.WorkDir, "cache")} {
+		// Exact, also when an older wrapper created it 0755.
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+		if err := os.Chmod(d, dirMode); err != nil {
+			return nil, fmt.Errorf("chmod %s: %w", d, err)
+		}
+	}
+	removeStaleLeaseDirs(leases, cfg.SlotID, cfg.RemoveAll, log)
+	cache, err := artifactcache.OpenMode(filepath.Join(cfg.WorkDir, "cache", boot.SafeName(cfg.SlotID)), dirMode, log)
 	if err != nil {
 		return nil, err
 	}
@@ -99,6 +137,7 @@ func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, er
 		Getenv:           cfg.Getenv,
 		Stdout:           cfg.Stdout,
 		Stderr:           cfg.Stderr,
+		Worker:           cfg.Worker,
 	}, conn, cache)
 	w.attacher = attach.NewAttacher(conn, attach.Config{
 		SlotID:        cfg.SlotID,
@@ -112,21 +151,26 @@ func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, er
 	return w, nil
 }
 
-// removeStaleLeaseDirs deletes what a previous wrapper of this slot left behind (it may have been killed mid-lease).
-func removeStaleLeaseDirs(leases, slotID string) error {
+// removeStaleLeaseDirs deletes what a previous wrapper of this slot left behind (it may have been killed mid-lease):
+// the directories named like this slot's lease directories, nothing else. One that cannot be deleted is logged and
+// left: it belongs to no lease the recycler knows (should a lease get the same generation, its boot cannot clear the
+// directory and the lease waits for it as for its own directory, see removeLeaseDir).
+func removeStaleLeaseDirs(leases, slotID string, removeAll func(string) error, log *slog.Logger) {
 	entries, err := os.ReadDir(leases)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", leases, err)
+		log.Warn("cannot list stale lease directories", "dir", leases, "error", err)
+		return
 	}
 	prefix := boot.LeaseDirPrefix(slotID)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) {
-			if err := os.RemoveAll(filepath.Join(leases, e.Name())); err != nil {
-				return fmt.Errorf("remove stale lease directory: %w", err)
+		// "<slot>-g<digits>" exactly: slot "a" must not take slot "a-g1"'s directories for its own.
+		gen, ok := strings.CutPrefix(e.Name(), prefix)
+		if ok && e.IsDir() && gen != "" && strings.Trim(gen, "0123456789") == "" {
+			if err := removeAll(filepath.Join(leases, e.Name())); err != nil {
+				log.Warn("cannot delete stale lease directory", "dir", filepath.Join(leases, e.Name()), "error", err)
 			}
 		}
 	}
-	return nil
 }
 
 // Close releases the recycler connection.
@@ -301,6 +345,10 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	close(stopWatch)
 	cancel()
 	if err != nil {
+		// Boot removed what it created, but it cannot wait for a directory that resists deletion; this does.
+		if !w.removeLeaseDir(w.booter.LeaseDir(gen), r.abortReq, log) {
+			return
+		}
 		var f *boot.Failure
 		switch {
 		case errors.As(err, &f):
@@ -312,11 +360,12 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	}
 	select {
 	case <-r.exitReq:
-		_ = os.RemoveAll(prepared.Dir)
-		exitedDuringBoot()
+		if w.removeLeaseDir(prepared.Dir, r.abortReq, log) {
+			exitedDuringBoot()
+		}
 		return
 	case <-r.abortReq:
-		_ = os.RemoveAll(prepared.Dir)
+		w.removeLeaseDir(prepared.Dir, r.abortReq, log)
 		return
 	default:
 	}
@@ -324,7 +373,9 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	// (2) Start the worker.
 	proc, err := w.sup.Start(prepared.Spec)
 	if err != nil {
-		_ = os.RemoveAll(prepared.Dir)
+		if !w.removeLeaseDir(prepared.Dir, r.abortReq, log) {
+			return
+		}
 		bootFailed(recyclerpb.BootStage_BOOT_STAGE_START, fmt.Sprintf(
 			"cannot execute the staged worker binary (%v); it must be a linux/%s executable built with the Beam Go SDK", err, goarch()))
 		return
@@ -352,11 +403,43 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	ended.ExitCode, ended.Signal = int32(st.Code), st.SignalName()
 
 	// (4) Wipe the lease directory, then report.
-	if err := os.RemoveAll(prepared.Dir); err != nil {
-		log.Error("cannot delete lease directory", "dir", prepared.Dir, "error", err)
-		ended.Message = fmt.Sprintf("lease directory %s could not be deleted: %v", prepared.Dir, err)
+	if w.removeLeaseDir(prepared.Dir, r.abortReq, log) {
+		report()
 	}
-	report()
+}
+
+// removeLeaseDir deletes a lease directory and returns true once it is gone. LeaseEnded promises that the directory
+// is gone, and the protocol has no way to report a lease whose files survive (LeaseEnded.message is for boot
+// failures, and the recycler frees the slot on any LeaseEnded), so a directory that resists deletion (a mount point
+// the worker left, an immutable file, an I/O error) is retried with capped exponential backoff, logged at WARN the
+// first time and every 10th attempt, and the lease is not reported until it is gone: the slot stays draining in the
+// recycler's table. It gives up, returning false, only when giveUp is closed (the stream is gone or the wrapper is
+// stopping, so no LeaseEnded will be sent); the directory is then deleted when a wrapper of this slot starts again.
+func (w *Wrapper) removeLeaseDir(dir string, giveUp <-chan struct{}, log *slog.Logger) bool {
+	b := attach.Backoff{Min: w.cfg.MinBackoff, Max: w.cfg.MaxBackoff}
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		err := w.cfg.RemoveAll(dir)
+		if err == nil {
+			if attempt > 0 {
+				log.Info("deleted lease directory", "dir", dir, "attempts", attempt+1, "took", time.Since(start).Round(time.Millisecond))
+			}
+			return true
+		}
+		if attempt%10 == 0 {
+			log.Warn("cannot delete lease directory; retrying, the lease is not reported ended until it is gone",
+				"dir", dir, "attempt", attempt+1, "error", err)
+		}
+		t := time.NewTimer(b.Next())
+		select {
+		case <-giveUp:
+			t.Stop()
+			log.Error("giving up deleting lease directory: no lease end to report; a restarted wrapper deletes it",
+				"dir", dir, "error", err)
+			return false
+		case <-t.C:
+		}
+	}
 }
 
 func goarch() string { return runtime.GOARCH }
