@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"recycler.dev/go-boot-wrapper/internal/attach"
 	"recycler.dev/go-boot-wrapper/internal/supervisor"
 	"recycler.dev/go-boot-wrapper/internal/wrapper"
 )
@@ -34,6 +35,7 @@ var (
 	logLevel    = flag.String("log_level", "info", "Log level: debug, info, warn or error. Env RECYCLER_LOG_LEVEL (optional)")
 	cacheMaxMB  = flag.Int64("cache_max_mb", 2048, "Bound of the local artifact cache in MiB, least recently used evicted after a lease; 0 = unbounded. Env RECYCLER_CACHE_MAX_MB (optional)")
 	passEnv     = flag.String("pass_env", "", "Comma-separated names of wrapper environment variables copied into every worker's environment. Env RECYCLER_PASS_ENV (optional)")
+	secretFile  = flag.String("attach_secret_file", "", "File holding the secret the recycler requires on attach (its attach-secret-file), e.g. a mounted Kubernetes Secret. Env RECYCLER_ATTACH_SECRET_FILE (optional)")
 	showVersion = flag.Bool("version", false, "Print the version and exit (optional)")
 )
 
@@ -47,6 +49,8 @@ var envVars = map[string]string{
 	"log_level":    "RECYCLER_LOG_LEVEL",
 	"pass_env":     "RECYCLER_PASS_ENV",
 	"cache_max_mb": "RECYCLER_CACHE_MAX_MB",
+
+	"attach_secret_file": "RECYCLER_ATTACH_SECRET_FILE",
 }
 
 // Exit codes.
@@ -64,6 +68,8 @@ type Config struct {
 	LogLevel                slog.Level
 	PassEnv                 []string
 	CacheMaxBytes           int64
+	// AttachSecret is the content of --attach_secret_file ("": none). A secret: never log it.
+	AttachSecret string
 }
 
 func main() {
@@ -129,6 +135,13 @@ func configFromFlags() (Config, error) {
 	if err := cfg.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return cfg, fmt.Errorf("--log_level must be debug, info, warn or error, not %q", *logLevel)
 	}
+	if *secretFile != "" {
+		secret, err := attach.ReadSecretFile(*secretFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--attach_secret_file: %w", err)
+		}
+		cfg.AttachSecret = secret
+	}
 	for _, name := range strings.Split(*passEnv, ",") {
 		if name = strings.TrimSpace(name); name != "" {
 			cfg.PassEnv = append(cfg.PassEnv, name)
@@ -165,6 +178,7 @@ func Run(ctx context.Context, cfg Config) error {
 		GracePeriod:      cfg.GracePeriod,
 		PassEnv:          cfg.PassEnv,
 		CacheMaxBytes:    cfg.CacheMaxBytes,
+		AttachSecret:     cfg.AttachSecret,
 		Version:          version,
 		Stdout:           os.Stdout,
 		Stderr:           os.Stderr,
@@ -174,6 +188,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer w.Close()
 	log.Info("starting", "slot", cfg.Slot, "recycler", cfg.Recycler, "work_dir", cfg.WorkDir,
-		"grace_period", cfg.GracePeriod, "pid", os.Getpid(), "version", version)
+		"grace_period", cfg.GracePeriod, "pid", os.Getpid(), "version", version, "attach_secret", cfg.AttachSecret != "")
 	return w.Run(ctx)
 }
