@@ -110,11 +110,10 @@ public final class Authenticator {
     return next.startCall(call, headers);
   }
 
+  /** Closes the call with the failure's status; logs the method, caller address and reason, never a presented value. */
   private static <Q, R> ServerCall.Listener<Q> refuse(ServerCall<Q, R> call, RecyclerException e) {
-    if (e.kind() == RecyclerException.Kind.UNAUTHENTICATED || e.kind() == RecyclerException.Kind.FORBIDDEN) {
-      LOG.warn("refused call method={} peer={} code={}: {}", call.getMethodDescriptor().getFullMethodName(),
-          CallerContext.peer(), e.kind().code(), e.getMessage());
-    }
+    LOG.warn("refused call method={} peer={} code={}: {}", call.getMethodDescriptor().getFullMethodName(),
+        CallerContext.peer(), e.kind().code(), e.getMessage());
     call.close(e.toStatusException().getStatus(), new Metadata());
     return new ServerCall.Listener<>() {};
   }
