@@ -24,6 +24,9 @@ public final class LeaseCredentials {
 
   private static final Pattern CREDENTIAL = Pattern.compile("[0-9a-f]{" + 2 * BYTES + "}");
 
+  /** A public worker id: a slot id (see {@code RecyclerConfig}) and a generation. */
+  private static final Pattern PUBLIC_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\\.g[0-9]{1,19}");
+
   private LeaseCredentials() {}
 
   /** A fresh credential: {@value #BYTES} random bytes as lowercase hex. */
@@ -55,6 +58,14 @@ public final class LeaseCredentials {
   /** {@code workerId} without its credential, for logs and views. */
   public static String redact(String workerId) {
     return split(workerId).publicId();
+  }
+
+  /**
+   * {@code id} quoted for an error message or log when it has the form of a public worker id, else only its length:
+   * a malformed id may carry a credential the parser did not recognise, and must not be echoed.
+   */
+  public static String describe(String id) {
+    return PUBLIC_ID.matcher(id).matches() ? "'" + id + "'" : "of " + id.length() + " characters";
   }
 
   /** Constant-time comparison; false when either side is empty. */

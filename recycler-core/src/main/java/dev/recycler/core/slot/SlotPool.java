@@ -666,14 +666,15 @@ public final class SlotPool implements LeaseVerifier {
     if (presented.credential().isEmpty()) {
       throw new RecyclerException(UNAUTHENTICATED, presented.publicId().isEmpty()
           ? "the worker_id header is missing: start the worker with the --id its wrapper got in the Lease"
-          : "worker id '" + presented.publicId() + "' carries no lease credential: start the worker with the full"
-              + " --id its wrapper got in the Lease");
+          : "worker id " + LeaseCredentials.describe(presented.publicId()) + " carries no lease credential: start"
+              + " the worker with the full --id its wrapper got in the Lease");
     }
     lock.lock();
     try {
       Lease lease = byWorkerId.get(presented.publicId());
       if (lease == null) {
-        throw new RecyclerException(UNKNOWN_ID, "no lease has worker id '" + presented.publicId() + "'");
+        throw new RecyclerException(UNKNOWN_ID, "no lease has worker id "
+            + LeaseCredentials.describe(presented.publicId()));
       }
       if (!LeaseCredentials.matches(lease.credential, presented.credential())) {
         throw new RecyclerException(FORBIDDEN, "wrong lease credential for worker '" + presented.publicId() + "'");

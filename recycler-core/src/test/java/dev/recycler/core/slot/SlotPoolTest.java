@@ -166,6 +166,10 @@ class SlotPoolTest {
     assertThatThrownBy(() -> pool.verifyWorker("slot-1.g1." + credential))
         .isInstanceOfSatisfying(RecyclerException.class, e -> assertThat(e.kind()).isEqualTo(Kind.UNKNOWN_ID))
         .hasMessageNotContaining(credential);
+    // A credential in a form the parser does not know (upper case) is not recognised, and not echoed either.
+    assertThatThrownBy(() -> pool.verifyWorker("slot-0.g1." + credential.toUpperCase()))
+        .isInstanceOfSatisfying(RecyclerException.class, e -> assertThat(e.kind()).isEqualTo(Kind.UNAUTHENTICATED))
+        .hasMessageNotContaining(credential.toUpperCase());
 
     pool.verifyWrapper("slot-0", "1", credential);
     assertThatThrownBy(() -> pool.verifyWrapper("slot-0", "1", ""))
