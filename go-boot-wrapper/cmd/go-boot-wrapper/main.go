@@ -41,15 +41,14 @@ var (
 
 // envVars maps each flag to the environment variable that sets it; an explicit flag wins over the variable.
 var envVars = map[string]string{
-	"slot":         "RECYCLER_SLOT",
-	"recycler":     "RECYCLER_ENDPOINT",
-	"work_dir":     "RECYCLER_WORK_DIR",
-	"grace_period": "RECYCLER_GRACE_PERIOD",
-	"log_format":   "RECYCLER_LOG_FORMAT",
-	"log_level":    "RECYCLER_LOG_LEVEL",
-	"pass_env":     "RECYCLER_PASS_ENV",
-	"cache_max_mb": "RECYCLER_CACHE_MAX_MB",
-
+	"slot":               "RECYCLER_SLOT",
+	"recycler":           "RECYCLER_ENDPOINT",
+	"work_dir":           "RECYCLER_WORK_DIR",
+	"grace_period":       "RECYCLER_GRACE_PERIOD",
+	"log_format":         "RECYCLER_LOG_FORMAT",
+	"log_level":          "RECYCLER_LOG_LEVEL",
+	"pass_env":           "RECYCLER_PASS_ENV",
+	"cache_max_mb":       "RECYCLER_CACHE_MAX_MB",
 	"attach_secret_file": "RECYCLER_ATTACH_SECRET_FILE",
 }
 
