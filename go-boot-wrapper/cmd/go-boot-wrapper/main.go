@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"recycler.dev/go-boot-wrapper/internal/attach"
 	"recycler.dev/go-boot-wrapper/internal/boot"
 	"recycler.dev/go-boot-wrapper/internal/supervisor"
 	"recycler.dev/go-boot-wrapper/internal/wrapper"
@@ -37,21 +38,23 @@ var (
 	passEnv     = flag.String("pass_env", "", "Comma-separated names of wrapper environment variables copied into every worker's environment. Env RECYCLER_PASS_ENV (optional)")
 	workerUID   = flag.Int("worker_uid", -1, "Run workers as this user id (the wrapper must run as root); -1 = the wrapper's user. Env RECYCLER_WORKER_UID (optional)")
 	workerGID   = flag.Int("worker_gid", -1, "Group id for --worker_uid (required with it). Env RECYCLER_WORKER_GID (optional)")
+	secretFile  = flag.String("attach_secret_file", "", "File holding the secret the recycler requires on attach (its attach-secret-file), e.g. a mounted Kubernetes Secret. Env RECYCLER_ATTACH_SECRET_FILE (optional)")
 	showVersion = flag.Bool("version", false, "Print the version and exit (optional)")
 )
 
 // envVars maps each flag to the environment variable that sets it; an explicit flag wins over the variable.
 var envVars = map[string]string{
-	"slot":         "RECYCLER_SLOT",
-	"recycler":     "RECYCLER_ENDPOINT",
-	"work_dir":     "RECYCLER_WORK_DIR",
-	"grace_period": "RECYCLER_GRACE_PERIOD",
-	"log_format":   "RECYCLER_LOG_FORMAT",
-	"log_level":    "RECYCLER_LOG_LEVEL",
-	"pass_env":     "RECYCLER_PASS_ENV",
-	"cache_max_mb": "RECYCLER_CACHE_MAX_MB",
-	"worker_uid":   "RECYCLER_WORKER_UID",
-	"worker_gid":   "RECYCLER_WORKER_GID",
+	"slot":               "RECYCLER_SLOT",
+	"recycler":           "RECYCLER_ENDPOINT",
+	"work_dir":           "RECYCLER_WORK_DIR",
+	"grace_period":       "RECYCLER_GRACE_PERIOD",
+	"log_format":         "RECYCLER_LOG_FORMAT",
+	"log_level":          "RECYCLER_LOG_LEVEL",
+	"pass_env":           "RECYCLER_PASS_ENV",
+	"cache_max_mb":       "RECYCLER_CACHE_MAX_MB",
+	"worker_uid":         "RECYCLER_WORKER_UID",
+	"worker_gid":         "RECYCLER_WORKER_GID",
+	"attach_secret_file": "RECYCLER_ATTACH_SECRET_FILE",
 }
 
 // Exit codes.
@@ -70,6 +73,8 @@ type Config struct {
 	PassEnv                 []string
 	CacheMaxBytes           int64
 	Worker                  *boot.User // nil: workers run as the wrapper's user
+	// AttachSecret is the content of --attach_secret_file ("": none). A secret: never log it.
+	AttachSecret string
 }
 
 func main() {
@@ -142,6 +147,13 @@ func configFromFlags() (Config, error) {
 	default:
 		cfg.Worker = &boot.User{UID: uint32(*workerUID), GID: uint32(*workerGID)}
 	}
+	if *secretFile != "" {
+		secret, err := attach.ReadSecretFile(*secretFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--attach_secret_file: %w", err)
+		}
+		cfg.AttachSecret = secret
+	}
 	for _, name := range strings.Split(*passEnv, ",") {
 		if name = strings.TrimSpace(name); name != "" {
 			cfg.PassEnv = append(cfg.PassEnv, name)
@@ -179,6 +191,7 @@ func Run(ctx context.Context, cfg Config) error {
 		PassEnv:          cfg.PassEnv,
 		CacheMaxBytes:    cfg.CacheMaxBytes,
 		Worker:           cfg.Worker,
+		AttachSecret:     cfg.AttachSecret,
 		Version:          version,
 		Stdout:           os.Stdout,
 		Stderr:           os.Stderr,
@@ -188,6 +201,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer w.Close()
 	log.Info("starting", "slot", cfg.Slot, "recycler", cfg.Recycler, "work_dir", cfg.WorkDir,
-		"grace_period", cfg.GracePeriod, "pid", os.Getpid(), "version", version)
+		"grace_period", cfg.GracePeriod, "pid", os.Getpid(), "version", version, "attach_secret", cfg.AttachSecret != "")
 	return w.Run(ctx)
 }

@@ -58,6 +58,10 @@ func exitCode(err error) int {
 }
 
 func TestUsageErrors(t *testing.T) {
+	short := filepath.Join(t.TempDir(), "short")
+	if err := os.WriteFile(short, []byte("too-short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		args    []string
@@ -71,6 +75,8 @@ func TestUsageErrors(t *testing.T) {
 		{"negative grace", []string{"--slot=s", "--recycler=127.0.0.1:1", "--grace_period=-1s"}, nil, "negative"},
 		{"worker uid without gid", []string{"--slot=s", "--recycler=127.0.0.1:1", "--worker_uid=1000"}, nil, "set together"},
 		{"worker gid from env without uid", []string{"--slot=s", "--recycler=127.0.0.1:1"}, []string{"RECYCLER_WORKER_GID=1000"}, "set together"},
+		{"missing secret file", []string{"--slot=s", "--recycler=127.0.0.1:1", "--attach_secret_file=/nonexistent/secret"}, nil, "--attach_secret_file: read attach secret file"},
+		{"short secret", []string{"--slot=s", "--recycler=127.0.0.1:1"}, []string{"RECYCLER_ATTACH_SECRET_FILE=" + short}, "fewer than 16 characters"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,17 +92,25 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
-// TestSigtermStopsWorkerAndExitsZero runs the real binary: attach with flags given as environment variables, a lease
-// whose worker ignores SIGTERM, then SIGTERM to the wrapper.
+// TestSigtermStopsWorkerAndExitsZero runs the real binary: attach with flags given as environment variables (among
+// them the attach secret file, which the fake requires), a lease whose worker ignores SIGTERM, then SIGTERM to the
+// wrapper.
 func TestSigtermStopsWorkerAndExitsZero(t *testing.T) {
+	const secret = "attach-secret-from-a-mounted-file"
+	secretFile := filepath.Join(t.TempDir(), "attach-secret")
+	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	f := fakerecycler.Start(t, "slot-env")
+	f.RequireAttachSecret(secret)
 	helperDir := t.TempDir()
 	f.Stage(fakerecycler.Artifact{Role: boot.URNGoWorkerBinaryRole, Path: "/w",
 		Content: testhelper.Script(t, testhelper.ModeIgnoreTerm, helperDir)})
 	workDir := t.TempDir()
 	cmd, stderr := wrapperCmd(t, []string{"--grace_period=200ms", "--log_format=json"},
 		"RECYCLER_SLOT=slot-env", "RECYCLER_ENDPOINT="+f.Addr(), "RECYCLER_WORK_DIR="+workDir,
-		"RECYCLER_GRACE_PERIOD=1h") // the explicit flag wins over the variable
+		"RECYCLER_GRACE_PERIOD=1h", // the explicit flag wins over the variable
+		"RECYCLER_ATTACH_SECRET_FILE="+secretFile)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -142,6 +156,9 @@ func TestSigtermStopsWorkerAndExitsZero(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), `"msg":"attached"`) {
 		t.Errorf("json log lacks the attach line:\n%s", stderr)
+	}
+	if strings.Contains(stderr.String(), secret) || strings.Contains(stderr.String(), f.Credential(1)) {
+		t.Errorf("the wrapper logged the attach secret or the lease credential:\n%s", stderr)
 	}
 }
 

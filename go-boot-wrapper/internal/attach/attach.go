@@ -10,11 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"recycler.dev/go-boot-wrapper/internal/recyclerpb"
@@ -22,6 +25,35 @@ import (
 
 // ErrNotAttached means the recycler's first message on the stream was not Attached.
 var ErrNotAttached = errors.New("recycler did not answer Hello with Attached")
+
+// ErrBadSecret means an attach secret file holds no usable secret.
+var ErrBadSecret = errors.New("unusable attach secret")
+
+// HeaderAttachSecret is the metadata key of the attach secret on the Attach call.
+const HeaderAttachSecret = "recycler-attach-secret"
+
+// MinSecretLength is the shortest attach secret accepted, in characters (the recycler requires the same).
+const MinSecretLength = 16
+
+// ReadSecretFile reads an attach secret from path (as a Kubernetes Secret mounts it), ignoring surrounding
+// whitespace. The secret travels as a gRPC header, so it must be at least MinSecretLength printable ASCII characters
+// without spaces. Errors never contain the file's content.
+func ReadSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read attach secret file: %w", err)
+	}
+	secret := strings.TrimSpace(string(b))
+	if len(secret) < MinSecretLength {
+		return "", fmt.Errorf("%w: %s holds fewer than %d characters", ErrBadSecret, path, MinSecretLength)
+	}
+	for i := 0; i < len(secret); i++ {
+		if secret[i] <= ' ' || secret[i] >= 0x7f {
+			return "", fmt.Errorf("%w: %s must hold printable ASCII without spaces (generate one with `head -c 32 /dev/urandom | base64`)", ErrBadSecret, path)
+		}
+	}
+	return secret, nil
+}
 
 // Config configures an Attacher.
 type Config struct {
@@ -37,6 +69,8 @@ type Config struct {
 	LogEvery int
 	// AttachTimeout bounds the wait for the recycler's answer to Hello (default 30s).
 	AttachTimeout time.Duration
+	// AttachSecret is sent as HeaderAttachSecret on every Attach call ("": none). A secret: never log it.
+	AttachSecret string
 }
 
 // NewIncarnationID returns a fresh random id for one wrapper process start.
@@ -123,7 +157,10 @@ func (a *Attacher) Attach(ctx context.Context) (*Session, error) {
 
 func (a *Attacher) logFailure(err error, code codes.Code, failures int) {
 	switch code {
-	case codes.NotFound, codes.InvalidArgument, codes.AlreadyExists, codes.PermissionDenied, codes.Unimplemented:
+	case codes.Unauthenticated, codes.PermissionDenied:
+		a.log.Error("recycler refused attach; give the wrapper the recycler's attach secret with --attach_secret_file (retrying)",
+			"code", code.String(), "error", status.Convert(err).Message(), "attempts", failures)
+	case codes.NotFound, codes.InvalidArgument, codes.AlreadyExists, codes.Unimplemented:
 		a.log.Error("recycler refused attach; fix the wrapper's --slot or the recycler's slot ids (retrying)",
 			"code", code.String(), "error", status.Convert(err).Message(), "attempts", failures)
 	default:
@@ -148,6 +185,9 @@ func (a *Attacher) try(ctx context.Context) (*Session, error) {
 	// The stream outlives ctx's cancellation on purpose: on shutdown the wrapper first stops its worker, and only
 	// then closes the session, so the recycler never sees the slot detached while the worker still runs.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	if a.cfg.AttachSecret != "" {
+		sctx = metadata.AppendToOutgoingContext(sctx, HeaderAttachSecret, a.cfg.AttachSecret)
+	}
 	stream, err := a.client.Attach(sctx)
 	if err != nil {
 		cancel()

@@ -2,9 +2,14 @@ package attach
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -113,5 +118,43 @@ func TestAttachStopsWithContext(t *testing.T) {
 	wg.Wait()
 	if got != context.Canceled {
 		t.Errorf("Attach after cancel = %v, want context.Canceled", got)
+	}
+}
+
+func TestReadSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name, content string
+		want          string
+		wantErr       error // nil: success; else errors.Is target (or any error for a missing file)
+	}{
+		{"trailing newline is ignored", "0123456789abcdef-secret\n", "0123456789abcdef-secret", nil},
+		{"too short", "short\n", "", ErrBadSecret},
+		{"inner space", "0123456789 abcdef-secret", "", ErrBadSecret},
+		{"non-ascii", "0123456789abcdef-sécret", "", ErrBadSecret},
+		{"missing file", "", "", os.ErrNotExist},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(dir, "secret-"+strconv.Itoa(i))
+			if tt.wantErr != os.ErrNotExist {
+				if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := ReadSecretFile(path)
+			if tt.wantErr == nil {
+				if err != nil || got != tt.want {
+					t.Fatalf("ReadSecretFile = %q, %v; want %q", got, err, tt.want)
+				}
+				return
+			}
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("ReadSecretFile error = %v, want %v", err, tt.wantErr)
+			}
+			if tt.content != "" && strings.Contains(err.Error(), strings.TrimSpace(tt.content)) {
+				t.Errorf("error %q shows the file's content", err)
+			}
+		})
 	}
 }

@@ -3,7 +3,8 @@
 // nothing: it returns a supervisor.Spec for the wrapper to start.
 //
 // Differences from Beam's boot, all deliberate:
-//   - provision and artifact calls go to the recycler and carry the slot id and lease generation as metadata;
+//   - provision and artifact calls go to the recycler and carry the slot id, lease generation and lease credential as
+//     metadata;
 //   - the recycler usually sends the provision info and the resolved artifacts with the Lease (Lease.prepared); the
 //     boot then uses them as the answers of GetProvisionInfo and ResolveArtifacts and makes neither call, so a lease
 //     whose artifacts are all cached starts its worker without a single round trip;
@@ -45,9 +46,11 @@ import (
 
 // Metadata keys on every ProvisionService and ArtifactRetrievalService call, and the GetArtifact response header.
 const (
-	HeaderWorkerID      = "worker_id"
-	HeaderGeneration    = "recycler-generation"
-	HeaderContentLength = "recycler-content-length"
+	HeaderWorkerID   = "worker_id"
+	HeaderGeneration = "recycler-generation"
+	// HeaderLeaseCredential carries Lease.credential; a secret, never logged.
+	HeaderLeaseCredential = "recycler-lease-credential"
+	HeaderContentLength   = "recycler-content-length"
 )
 
 // Beam URNs (sdks/go/pkg/beam/artifact).
@@ -138,13 +141,26 @@ func New(cfg Config, conn grpc.ClientConnInterface, cache *artifactcache.Cache) 
 // Lease is what the recycler's Lease instruction says.
 type Lease struct {
 	Generation int64
-	WorkerID   string
+	// WorkerID is the inner worker's --id: the public id, ".", and the credential. A secret: log PublicID instead.
+	WorkerID string
+	// Credential is the lease credential, sent on every provision and artifact call. A secret: never log it.
+	Credential string
 	JobName    string
 	// Prepared, when set, is the provision info and the resolved artifacts the recycler fetched for this lease: the
 	// boot uses them instead of calling GetProvisionInfo and ResolveArtifacts, and validates them the same way. Nil
 	// (an older recycler, or one that could not fetch them) means the boot makes both calls. It holds the pipeline
 	// options: never log it.
 	Prepared *recyclerpb.PreparedLease
+}
+
+// PublicID is the worker id without its credential ("slot-0.g7"), for logs.
+func (l Lease) PublicID() string {
+	if l.Credential != "" {
+		if id, ok := strings.CutSuffix(l.WorkerID, "."+l.Credential); ok {
+			return id
+		}
+	}
+	return l.WorkerID
 }
 
 // Prepared is a booted lease, ready to start.
@@ -181,14 +197,16 @@ func (b *Booter) Boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 }
 
 func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, error) {
-	ctx = metadata.AppendToOutgoingContext(ctx, HeaderWorkerID, b.cfg.SlotID, HeaderGeneration, strconv.FormatInt(lease.Generation, 10))
+	ctx = metadata.AppendToOutgoingContext(ctx, HeaderWorkerID, b.cfg.SlotID, HeaderGeneration, strconv.FormatInt(lease.Generation, 10),
+		HeaderLeaseCredential, lease.Credential)
 
 	// (1) Provision info: from the Lease, else from the recycler.
 	info, ferr := b.provision(ctx, lease.Prepared)
 	if ferr != nil {
 		return nil, ferr
 	}
-	log.ConnectBeam(info.GetLoggingEndpoint().GetUrl(), lease.WorkerID)
+	// The runner's logging service does not check worker_id: the public id keeps the credential out of its logs.
+	log.ConnectBeam(info.GetLoggingEndpoint().GetUrl(), lease.PublicID())
 	log.Info("provisioned", "control_endpoint", info.GetControlEndpoint().GetUrl(), "artifacts", len(info.GetDependencies()),
 		"prepared", lease.Prepared != nil)
 

@@ -97,10 +97,10 @@ func (e *bootEnv) info() *fnpb.ProvisionInfo {
 // boot runs one boot of generation gen, made current at the fake with info.
 func (e *bootEnv) boot(t testing.TB, gen int64, info *fnpb.ProvisionInfo, prepared *recyclerpb.PreparedLease) (*Prepared, error) {
 	t.Helper()
-	e.f.Assign("slot-0", gen, info)
+	cred := e.f.Assign("slot-0", gen, info)
 	log := NewLog(slog.New(slog.NewTextHandler(e.logs, nil)))
 	defer log.Close()
-	p, err := e.b.Boot(context.Background(), Lease{Generation: gen, WorkerID: "slot-0.g1", Prepared: prepared}, log)
+	p, err := e.b.Boot(context.Background(), Lease{Generation: gen, WorkerID: "slot-0.g1." + cred, Credential: cred, Prepared: prepared}, log)
 	if p != nil {
 		t.Cleanup(func() { _ = os.RemoveAll(p.Dir) })
 	}
@@ -160,7 +160,8 @@ func TestPreparedLease(t *testing.T) {
 				t.Errorf("cache lacks the worker binary after the boot")
 			}
 			dir := filepath.Join(e.leases, "slot-0-g1")
-			wantArgs := []string{"--worker=true", "--id=slot-0.g1", "--logging_endpoint=" + e.f.Addr(),
+			// --id is the full worker id of the Lease: the public id and the lease credential.
+			wantArgs := []string{"--worker=true", "--id=slot-0.g1." + e.f.Credential(1), "--logging_endpoint=" + e.f.Addr(),
 				"--control_endpoint=localhost:1", "--semi_persist_dir=" + dir}
 			if p.Dir != dir || p.Spec.Path != filepath.Join(dir, WorkerFile) || !slices.Equal(p.Spec.Args, wantArgs) {
 				t.Errorf("prepared = dir %q path %q args %q; want dir %q and args %q", p.Dir, p.Spec.Path, p.Spec.Args, dir, wantArgs)
@@ -182,6 +183,9 @@ func TestPreparedLease(t *testing.T) {
 			}
 			if strings.Contains(logs, secretOption) {
 				t.Errorf("boot log contains a pipeline option value:\n%s", logs)
+			}
+			if strings.Contains(logs, e.f.Credential(1)) {
+				t.Errorf("boot log contains the lease credential:\n%s", logs)
 			}
 		})
 	}

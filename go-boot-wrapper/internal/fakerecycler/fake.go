@@ -1,11 +1,14 @@
 // Package fakerecycler is an in-process recycler for tests: SlotControl, ProvisionService, ArtifactRetrievalService
 // and BeamFnLogging on one 127.0.0.1 port, scripted by the test. It checks the wrapper's side of the protocol (the
-// worker_id and recycler-generation metadata, Hello first) the way the real recycler does. Imported only by tests.
+// worker_id, recycler-generation and recycler-lease-credential metadata, the attach secret when RequireAttachSecret
+// was called, Hello first) the way the real recycler does. Imported only by tests.
 package fakerecycler
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -74,7 +77,9 @@ type Fake struct {
 	refuse     codes.Code       // when not OK, Attach is refused with this code
 	generation map[string]int64 // slot -> current lease generation
 	info       map[int64]*fnpb.ProvisionInfo
-	provErr    error // when set, GetProvisionInfo fails with it
+	credential map[int64]string // generation -> lease credential
+	secret     string           // when set, Attach requires it as recycler-attach-secret
+	provErr    error            // when set, GetProvisionInfo fails with it
 	artifacts  []Artifact
 	gate       chan struct{}  // when set, GetArtifact waits for it to close
 	fetches    map[string]int // digest -> GetArtifact calls
@@ -89,7 +94,7 @@ func Start(t testing.TB, slots ...string) *Fake {
 	t.Helper()
 	f := &Fake{
 		t: t, sessions: make(chan *Session, 16), slots: map[string]bool{}, generation: map[string]int64{},
-		info: map[int64]*fnpb.ProvisionInfo{}, fetches: map[string]int{}, calls: map[string]int{},
+		info: map[int64]*fnpb.ProvisionInfo{}, credential: map[int64]string{}, fetches: map[string]int{}, calls: map[string]int{},
 	}
 	for _, s := range slots {
 		f.slots[s] = true
@@ -165,6 +170,21 @@ func (f *Fake) Refuse(code codes.Code) {
 	f.mu.Unlock()
 }
 
+// RequireAttachSecret makes Attach require metadata recycler-attach-secret: secret ("": none), refusing a call
+// without it with UNAUTHENTICATED and one with a different value with PERMISSION_DENIED, as the real recycler does.
+func (f *Fake) RequireAttachSecret(secret string) {
+	f.mu.Lock()
+	f.secret = secret
+	f.mu.Unlock()
+}
+
+// Credential is the lease credential minted for generation ("" if none was assigned).
+func (f *Fake) Credential(generation int64) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.credential[generation]
+}
+
 // Stage sets the artifacts the current and later leases resolve to.
 func (f *Fake) Stage(arts ...Artifact) {
 	f.mu.Lock()
@@ -232,7 +252,7 @@ func (f *Fake) LogLines() []string {
 	return slices.Clone(f.logLines)
 }
 
-// BadCalls lists provision/artifact calls that lacked or misstated the lease metadata.
+// BadCalls lists provision/artifact calls that lacked or misstated the lease metadata, or the lease credential.
 func (f *Fake) BadCalls() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -282,17 +302,24 @@ func (f *Fake) Prepared(info *fnpb.ProvisionInfo) *recyclerpb.PreparedLease {
 	return &recyclerpb.PreparedLease{ProvisionInfo: info, Artifacts: f.Resolved()}
 }
 
-// Assign makes generation slotID's current lease with info (what GetProvisionInfo answers for it), without sending
-// anything: for tests that drive a boot.Booter directly. Lease and LeasePrepared do it before sending the Lease.
-func (f *Fake) Assign(slotID string, generation int64, info *fnpb.ProvisionInfo) {
+// Assign makes generation slotID's current lease with info (what GetProvisionInfo answers for it) and a fresh lease
+// credential, which it returns, without sending anything: for tests that drive a boot.Booter directly. Lease and
+// LeasePrepared do it before sending the Lease.
+func (f *Fake) Assign(slotID string, generation int64, info *fnpb.ProvisionInfo) string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	cred := hex.EncodeToString(b)
 	f.mu.Lock()
 	f.generation[slotID] = generation
 	f.info[generation] = info
+	f.credential[generation] = cred
 	f.mu.Unlock()
+	return cred
 }
 
 // Lease makes generation the slot's current lease with info, and sends Lease without prepared (an older recycler, or
-// one that could not fetch the inputs): the wrapper must call GetProvisionInfo and ResolveArtifacts.
+// one that could not fetch the inputs): the wrapper must call GetProvisionInfo and ResolveArtifacts. As the real
+// recycler does, the Lease's worker_id is workerID + "." + the lease credential (see Credential).
 func (f *Fake) Lease(s *Session, generation int64, workerID string, info *fnpb.ProvisionInfo) {
 	f.LeasePrepared(s, generation, workerID, info, nil)
 }
@@ -300,9 +327,9 @@ func (f *Fake) Lease(s *Session, generation int64, workerID string, info *fnpb.P
 // LeasePrepared is Lease with Lease.prepared set to prepared (nil: none). GetProvisionInfo and ResolveArtifacts still
 // answer info and the staged artifacts, so a wrapper that ignored prepared would still boot; Calls tells.
 func (f *Fake) LeasePrepared(s *Session, generation int64, workerID string, info *fnpb.ProvisionInfo, prepared *recyclerpb.PreparedLease) {
-	f.Assign(s.Hello.GetSlotId(), generation, info)
+	cred := f.Assign(s.Hello.GetSlotId(), generation, info)
 	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Lease{Lease: &recyclerpb.Lease{
-		Generation: generation, WorkerId: workerID, JobName: "test-job", Prepared: prepared}}})
+		Generation: generation, WorkerId: workerID + "." + cred, Credential: cred, JobName: "test-job", Prepared: prepared}}})
 }
 
 // NextSession waits for the next accepted Attach.
@@ -329,8 +356,17 @@ func (f *Fake) checkLease(ctx context.Context, call string) (int64, error) {
 		return 0, status.Error(codes.InvalidArgument, "missing worker_id or recycler-generation metadata")
 	}
 	f.calls[call]++
+	cred := first(md.Get("recycler-lease-credential"))
+	if cred == "" {
+		f.badCalls = append(f.badCalls, fmt.Sprintf("%s: no recycler-lease-credential", call))
+		return 0, status.Error(codes.Unauthenticated, "the recycler-lease-credential header is missing")
+	}
 	if cur, ok := f.generation[slot]; !ok || cur != gen {
 		return 0, status.Errorf(codes.FailedPrecondition, "generation %d is not slot %s's current lease", gen, slot)
+	}
+	if subtle.ConstantTimeCompare([]byte(cred), []byte(f.credential[gen])) != 1 {
+		f.badCalls = append(f.badCalls, fmt.Sprintf("%s: wrong recycler-lease-credential", call))
+		return 0, status.Errorf(codes.PermissionDenied, "wrong lease credential for slot %s generation %d", slot, gen)
 	}
 	return gen, nil
 }

@@ -1,12 +1,14 @@
 package fakerecycler
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -25,6 +27,18 @@ type Session struct {
 
 // Attach implements SlotControl.
 func (f *Fake) Attach(stream grpc.BidiStreamingServer[recyclerpb.WrapperMessage, recyclerpb.RecyclerMessage]) error {
+	f.mu.Lock()
+	secret := f.secret
+	f.mu.Unlock()
+	if secret != "" {
+		md, _ := metadata.FromIncomingContext(stream.Context())
+		switch got := first(md.Get("recycler-attach-secret")); {
+		case got == "":
+			return status.Error(codes.Unauthenticated, "the recycler-attach-secret header is missing")
+		case subtle.ConstantTimeCompare([]byte(got), []byte(secret)) != 1:
+			return status.Error(codes.PermissionDenied, "the attach secret is wrong")
+		}
+	}
 	m, err := stream.Recv()
 	if err != nil {
 		return err

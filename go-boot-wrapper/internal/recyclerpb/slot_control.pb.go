@@ -6,16 +6,19 @@
 // Beam services the wrapper and its inner worker call (ProvisionService, ArtifactRetrievalService, BeamFnControl).
 //
 // Life of a slot, as seen by a wrapper:
-//   1. Attach: open the stream and send Hello{slot_id, incarnation_id, held_digests}. The recycler answers Attached or
-//      ends the call with a status (INVALID_ARGUMENT bad hello, NOT_FOUND unknown slot id, ALREADY_EXISTS another live
-//      wrapper holds the slot).
-//   2. Lease{generation, worker_id, prepared}: run Beam's boot contract for this generation. The recycler normally
+//   1. Attach: open the stream, with the metadata `recycler-attach-secret: <secret>` when the recycler is configured
+//      with an attach secret, and send Hello{slot_id, incarnation_id, held_digests}. The recycler answers Attached or
+//      ends the call with a status (UNAUTHENTICATED no secret, PERMISSION_DENIED wrong secret, INVALID_ARGUMENT bad
+//      hello, NOT_FOUND unknown slot id, ALREADY_EXISTS another live wrapper holds the slot).
+//   2. Lease{generation, worker_id, credential, prepared}: run Beam's boot contract for this generation. The recycler normally
 //      sends the Lease only once it has the lease's provision info and resolved artifacts, and puts both in
 //      `prepared`: the wrapper then needs no call before starting the worker unless an artifact is missing from its
 //      local cache. Without `prepared` (the recycler could not get them) the wrapper asks GetProvisionInfo and
 //      ResolveArtifacts itself, and a failure there is the boot failure to report. Every ProvisionService and
-//      ArtifactRetrievalService call carries the metadata `worker_id: <slot id>` and `recycler-generation:
-//      <generation>`; calls for a generation that is not the slot's current one fail with FAILED_PRECONDITION.
+//      ArtifactRetrievalService call carries the metadata `worker_id: <slot id>`, `recycler-generation:
+//      <generation>` and `recycler-lease-credential: <credential>`; calls without the credential fail with
+//      UNAUTHENTICATED, with a wrong one PERMISSION_DENIED, for a generation that is not the slot's current one
+//      FAILED_PRECONDITION. The inner worker's control connection is checked by the credential inside its worker_id.
 //      Report WorkerStarted{generation, pid} once the inner worker runs.
 //   3. Exit{generation}: stop the inner process group (SIGTERM, grace period, SIGKILL), reap, delete the lease directory.
 //   4. LeaseEnded{generation}: sent exactly once per Lease, only when no process of that lease is alive and its
@@ -588,12 +591,18 @@ type Lease struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Strictly increasing per slot; fences every call and report of this lease.
 	Generation int64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
-	// The id the inner worker must use: its --id flag and the worker_id header on its control connection.
+	// The id the inner worker must use: its --id flag and the worker_id header on its control connection. It ends with
+	// "." + credential (e.g. "slot-0.g7.<32 hex digits>"): a secret, never log it; the part before is the public id the
+	// slot table shows. Unique across recycler restarts.
 	WorkerId string `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// Informational, for logs: the job name from the pipeline options, when known. Never the options themselves.
 	JobName string `protobuf:"bytes,3,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
 	// What the wrapper would otherwise ask for; absent when the recycler could not get it before the Lease.
-	Prepared      *PreparedLease `protobuf:"bytes,4,opt,name=prepared,proto3" json:"prepared,omitempty"`
+	Prepared *PreparedLease `protobuf:"bytes,4,opt,name=prepared,proto3" json:"prepared,omitempty"`
+	// The lease credential (128 random bits, lowercase hex): send it as `recycler-lease-credential` on every
+	// ProvisionService and ArtifactRetrievalService call of this lease. The same value ends worker_id. A secret: never
+	// log it or pass it to anything but the inner worker's --id.
+	Credential    string `protobuf:"bytes,5,opt,name=credential,proto3" json:"credential,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -654,6 +663,13 @@ func (x *Lease) GetPrepared() *PreparedLease {
 		return x.Prepared
 	}
 	return nil
+}
+
+func (x *Lease) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
 }
 
 // A lease's boot inputs, fetched by the recycler from the runner while the slot was being assigned.
@@ -1109,7 +1125,7 @@ type SlotStatus struct {
 	IncarnationId string `protobuf:"bytes,3,opt,name=incarnation_id,json=incarnationId,proto3" json:"incarnation_id,omitempty"`
 	WrapperPid    int64  `protobuf:"varint,4,opt,name=wrapper_pid,json=wrapperPid,proto3" json:"wrapper_pid,omitempty"`
 	Generation    int64  `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
-	// Of the current lease, if any.
+	// Of the current lease, if any: the public worker id (<slot>.g<generation>), never the credential.
 	WorkerId            string `protobuf:"bytes,6,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	RunnerWorkerId      string `protobuf:"bytes,7,opt,name=runner_worker_id,json=runnerWorkerId,proto3" json:"runner_worker_id,omitempty"`
 	JobName             string `protobuf:"bytes,8,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
@@ -1228,14 +1244,15 @@ func (x *SlotStatus) GetLeasesServed() int64 {
 }
 
 type LeaseRecord struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	SlotId          string                 `protobuf:"bytes,1,opt,name=slot_id,json=slotId,proto3" json:"slot_id,omitempty"`
-	Generation      int64                  `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	RunnerWorkerId  string                 `protobuf:"bytes,3,opt,name=runner_worker_id,json=runnerWorkerId,proto3" json:"runner_worker_id,omitempty"`
-	WorkerId        string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	JobName         string                 `protobuf:"bytes,5,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
-	WorkerPid       int64                  `protobuf:"varint,6,opt,name=worker_pid,json=workerPid,proto3" json:"worker_pid,omitempty"`
-	StartUnixMillis int64                  `protobuf:"varint,7,opt,name=start_unix_millis,json=startUnixMillis,proto3" json:"start_unix_millis,omitempty"`
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	SlotId         string                 `protobuf:"bytes,1,opt,name=slot_id,json=slotId,proto3" json:"slot_id,omitempty"`
+	Generation     int64                  `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	RunnerWorkerId string                 `protobuf:"bytes,3,opt,name=runner_worker_id,json=runnerWorkerId,proto3" json:"runner_worker_id,omitempty"`
+	// The public worker id (<slot>.g<generation>), never the credential.
+	WorkerId        string `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	JobName         string `protobuf:"bytes,5,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
+	WorkerPid       int64  `protobuf:"varint,6,opt,name=worker_pid,json=workerPid,proto3" json:"worker_pid,omitempty"`
+	StartUnixMillis int64  `protobuf:"varint,7,opt,name=start_unix_millis,json=startUnixMillis,proto3" json:"start_unix_millis,omitempty"`
 	// StartWorker to control connection; -1 if the lease never became ready.
 	ReadyLatencyMillis int64 `protobuf:"varint,8,opt,name=ready_latency_millis,json=readyLatencyMillis,proto3" json:"ready_latency_millis,omitempty"`
 	// 0 while the lease is still running.
@@ -1408,14 +1425,17 @@ const file_recycler_v1_slot_control_proto_rawDesc = "" +
 	"\bAttached\x12\x1f\n" +
 	"\vrecycler_id\x18\x01 \x01(\tR\n" +
 	"recyclerId\x12'\n" +
-	"\x0flast_generation\x18\x02 \x01(\x03R\x0elastGeneration\"\x97\x01\n" +
+	"\x0flast_generation\x18\x02 \x01(\x03R\x0elastGeneration\"\xb7\x01\n" +
 	"\x05Lease\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x03R\n" +
 	"generation\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x19\n" +
 	"\bjob_name\x18\x03 \x01(\tR\ajobName\x126\n" +
-	"\bprepared\x18\x04 \x01(\v2\x1a.recycler.v1.PreparedLeaseR\bprepared\"\xc2\x01\n" +
+	"\bprepared\x18\x04 \x01(\v2\x1a.recycler.v1.PreparedLeaseR\bprepared\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x05 \x01(\tR\n" +
+	"credential\"\xc2\x01\n" +
 	"\rPreparedLease\x12[\n" +
 	"\x0eprovision_info\x18\x01 \x01(\v24.org.apache.beam.model.fn_execution.v1.ProvisionInfoR\rprovisionInfo\x12T\n" +
 	"\tartifacts\x18\x02 \x03(\v26.org.apache.beam.model.pipeline.v1.ArtifactInformationR\tartifacts\"W\n" +

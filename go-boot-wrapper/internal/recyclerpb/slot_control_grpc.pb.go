@@ -6,16 +6,19 @@
 // Beam services the wrapper and its inner worker call (ProvisionService, ArtifactRetrievalService, BeamFnControl).
 //
 // Life of a slot, as seen by a wrapper:
-//   1. Attach: open the stream and send Hello{slot_id, incarnation_id, held_digests}. The recycler answers Attached or
-//      ends the call with a status (INVALID_ARGUMENT bad hello, NOT_FOUND unknown slot id, ALREADY_EXISTS another live
-//      wrapper holds the slot).
-//   2. Lease{generation, worker_id, prepared}: run Beam's boot contract for this generation. The recycler normally
+//   1. Attach: open the stream, with the metadata `recycler-attach-secret: <secret>` when the recycler is configured
+//      with an attach secret, and send Hello{slot_id, incarnation_id, held_digests}. The recycler answers Attached or
+//      ends the call with a status (UNAUTHENTICATED no secret, PERMISSION_DENIED wrong secret, INVALID_ARGUMENT bad
+//      hello, NOT_FOUND unknown slot id, ALREADY_EXISTS another live wrapper holds the slot).
+//   2. Lease{generation, worker_id, credential, prepared}: run Beam's boot contract for this generation. The recycler normally
 //      sends the Lease only once it has the lease's provision info and resolved artifacts, and puts both in
 //      `prepared`: the wrapper then needs no call before starting the worker unless an artifact is missing from its
 //      local cache. Without `prepared` (the recycler could not get them) the wrapper asks GetProvisionInfo and
 //      ResolveArtifacts itself, and a failure there is the boot failure to report. Every ProvisionService and
-//      ArtifactRetrievalService call carries the metadata `worker_id: <slot id>` and `recycler-generation:
-//      <generation>`; calls for a generation that is not the slot's current one fail with FAILED_PRECONDITION.
+//      ArtifactRetrievalService call carries the metadata `worker_id: <slot id>`, `recycler-generation:
+//      <generation>` and `recycler-lease-credential: <credential>`; calls without the credential fail with
+//      UNAUTHENTICATED, with a wrong one PERMISSION_DENIED, for a generation that is not the slot's current one
+//      FAILED_PRECONDITION. The inner worker's control connection is checked by the credential inside its worker_id.
 //      Report WorkerStarted{generation, pid} once the inner worker runs.
 //   3. Exit{generation}: stop the inner process group (SIGTERM, grace period, SIGKILL), reap, delete the lease directory.
 //   4. LeaseEnded{generation}: sent exactly once per Lease, only when no process of that lease is alive and its

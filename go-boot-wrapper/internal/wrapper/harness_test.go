@@ -69,6 +69,8 @@ func withGrace(d time.Duration) option { return func(c *Config) { c.GracePeriod 
 
 func withSlot(id string) option { return func(c *Config) { c.SlotID = id } }
 
+func withAttachSecret(s string) option { return func(c *Config) { c.AttachSecret = s } }
+
 // startWrapper runs a wrapper (for slot-0 unless an option says otherwise) against f until the test ends.
 func startWrapper(t *testing.T, f *fakerecycler.Fake, workDir string, opts ...option) *harness {
 	t.Helper()

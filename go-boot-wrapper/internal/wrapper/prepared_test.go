@@ -44,7 +44,8 @@ func TestPreparedLease(t *testing.T) {
 		s.ExpectStarted(t, gen)
 		r := testhelper.ReadReport(t, helperDir)
 		dir := h.leaseDir(gen)
-		wantArgs := []string{"--worker=true", "--id=" + workerID, "--logging_endpoint=" + f.Addr(),
+		// The worker's --id is the Lease's worker_id: the public id and the lease credential.
+		wantArgs := []string{"--worker=true", "--id=" + workerID + "." + f.Credential(gen), "--logging_endpoint=" + f.Addr(),
 			"--control_endpoint=localhost:1", "--semi_persist_dir=" + dir}
 		if !slices.Equal(r.Args, wantArgs) || r.Cwd != dir {
 			t.Errorf("lease %d: worker args %q cwd %q, want %q in %q", gen, r.Args, r.Cwd, wantArgs, dir)

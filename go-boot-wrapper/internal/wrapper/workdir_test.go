@@ -157,7 +157,7 @@ func TestWorkerUserRefused(t *testing.T) {
 		{name: "root isolates nothing", user: boot.User{UID: 0, GID: 0},
 			workDir: func(t *testing.T) string { return filepath.Join(t.TempDir(), "work") }, wantText: "must not be 0"},
 		{name: "work dir the worker cannot reach", user: boot.User{UID: 65534, GID: 65534},
-			workDir: func(t *testing.T) string { return filepath.Join(t.TempDir(), "work") }, // under a 0700 directory
+			workDir:  func(t *testing.T) string { return filepath.Join(t.TempDir(), "work") }, // under a 0700 directory
 			wantText: "cannot reach --work_dir"},
 	}
 	for _, tt := range tests {

@@ -41,6 +41,8 @@ type Config struct {
 	GracePeriod      time.Duration
 	PassEnv          []string
 	Version          string
+	// AttachSecret is presented on every Attach ("": none). A secret: never log it.
+	AttachSecret string
 	// CacheMaxBytes bounds the local artifact cache after each lease (least recently used evicted first); 0: no bound.
 	CacheMaxBytes int64
 	// MinBackoff and MaxBackoff bound the re-attach delay and the pause between attempts to delete a lease directory
@@ -145,6 +147,7 @@ func New(cfg Config, sup *supervisor.Supervisor, log *slog.Logger) (*Wrapper, er
 		Version:       cfg.Version,
 		Pid:           int64(os.Getpid()),
 		HeldDigests:   cache.Digests,
+		AttachSecret:  cfg.AttachSecret,
 		MinBackoff:    cfg.MinBackoff,
 		MaxBackoff:    cfg.MaxBackoff,
 	}, log)
@@ -281,8 +284,8 @@ func (r *leaseRun) abort() { r.abortOnce.Do(func() { close(r.abortReq) }) }
 
 func (w *Wrapper) startLease(s *attach.Session, l *recyclerpb.Lease) *leaseRun {
 	r := &leaseRun{
-		lease: boot.Lease{Generation: l.GetGeneration(), WorkerID: l.GetWorkerId(), JobName: l.GetJobName(),
-			Prepared: l.GetPrepared()},
+		lease: boot.Lease{Generation: l.GetGeneration(), WorkerID: l.GetWorkerId(), Credential: l.GetCredential(),
+			JobName: l.GetJobName(), Prepared: l.GetPrepared()},
 		done:     make(chan struct{}),
 		exitReq:  make(chan struct{}),
 		abortReq: make(chan struct{}),
@@ -298,7 +301,7 @@ func (w *Wrapper) startLease(s *attach.Session, l *recyclerpb.Lease) *leaseRun {
 // (none when the stream is gone), only once no process of the lease is alive and its directory is deleted.
 func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	gen := r.lease.Generation
-	log := w.log.With("generation", gen, "worker_id", r.lease.WorkerID)
+	log := w.log.With("generation", gen, "worker_id", r.lease.PublicID())
 	log.Info("lease", "job_name", r.lease.JobName)
 	start := time.Now()
 	bootLog := boot.NewLog(log)

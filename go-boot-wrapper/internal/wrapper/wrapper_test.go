@@ -61,7 +61,7 @@ func TestLeaseLifecycle(t *testing.T) {
 			if int64(r.Pid) != started.GetPid() || r.Pgid != r.Pid {
 				t.Errorf("worker pid %d pgid %d, WorkerStarted pid %d: want the started pid leading its own group", r.Pid, r.Pgid, started.GetPid())
 			}
-			wantArgs := []string{"--worker=true", "--id=slot-0.g7", "--logging_endpoint=" + f.Addr(),
+			wantArgs := []string{"--worker=true", "--id=slot-0.g7." + f.Credential(7), "--logging_endpoint=" + f.Addr(),
 				"--control_endpoint=localhost:1", "--semi_persist_dir=" + dir}
 			if !slices.Equal(r.Args, wantArgs) {
 				t.Errorf("worker args = %q, want %q", r.Args, wantArgs)
@@ -303,23 +303,38 @@ func TestRecyclerNotThereYet(t *testing.T) {
 }
 
 func TestAttachRefused(t *testing.T) {
+	const secret = "the-recyclers-attach-secret-0123"
 	tests := []struct {
-		name   string
-		slots  []string
-		refuse codes.Code
+		name          string
+		slots         []string
+		refuse        codes.Code
+		secret        string // the recycler requires it ("": none)
+		wrapperSecret string // the wrapper's --attach_secret_file content ("": none)
+		wantLog       string
 	}{
-		{"unknown slot", []string{"other-slot"}, codes.OK},
-		{"slot held by another live wrapper", []string{"slot-0"}, codes.AlreadyExists},
+		{"unknown slot", []string{"other-slot"}, codes.OK, "", "", "fix the wrapper's --slot"},
+		{"slot held by another live wrapper", []string{"slot-0"}, codes.AlreadyExists, "", "", "fix the wrapper's --slot"},
+		{"no attach secret", []string{"slot-0"}, codes.OK, secret, "", "code=Unauthenticated"},
+		{"wrong attach secret", []string{"slot-0"}, codes.OK, secret, "not-the-recyclers-secret-0123456", "code=PermissionDenied"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := fakerecycler.Start(t, tt.slots...)
 			f.Refuse(tt.refuse)
-			h := startWrapper(t, f, t.TempDir())
-			testhelper.Eventually(t, 10*time.Second, func() bool { return len(f.Hellos()) >= 3 },
-				"wrapper did not keep retrying after a refusal")
-			if !strings.Contains(h.logs.String(), "level=ERROR msg=\"recycler refused attach") {
-				t.Errorf("refusal not logged at ERROR:\n%s", h.logs.String())
+			f.RequireAttachSecret(tt.secret)
+			h := startWrapper(t, f, t.TempDir(), withAttachSecret(tt.wrapperSecret))
+			if tt.secret != "" { // refused before the Hello is read
+				testhelper.Eventually(t, 10*time.Second, func() bool { return strings.Contains(h.logs.String(), "recycler refused attach") },
+					"wrapper did not report the refusal")
+			} else {
+				testhelper.Eventually(t, 10*time.Second, func() bool { return len(f.Hellos()) >= 3 },
+					"wrapper did not keep retrying after a refusal")
+			}
+			if !strings.Contains(h.logs.String(), "level=ERROR msg=\"recycler refused attach") || !strings.Contains(h.logs.String(), tt.wantLog) {
+				t.Errorf("refusal not logged at ERROR with %q:\n%s", tt.wantLog, h.logs.String())
+			}
+			if tt.wrapperSecret != "" && strings.Contains(h.logs.String(), tt.wrapperSecret) {
+				t.Errorf("the wrapper logged its attach secret:\n%s", h.logs.String())
 			}
 			select {
 			case err := <-h.runErr:
@@ -327,6 +342,40 @@ func TestAttachRefused(t *testing.T) {
 			default:
 			}
 		})
+	}
+}
+
+// TestAttachSecretAndLeaseCredential: the wrapper presents its attach secret on Attach and the Lease's credential on
+// every provision and artifact call (the fake refuses, and records as a bad call, anything else), starts the worker
+// with the full worker id, and logs neither secret.
+func TestAttachSecretAndLeaseCredential(t *testing.T) {
+	const secret = "the-recyclers-attach-secret-0123"
+	f := fakerecycler.Start(t, "slot-0")
+	f.RequireAttachSecret(secret)
+	h := startWrapper(t, f, t.TempDir(), withAttachSecret(secret))
+	helperDir := t.TempDir()
+	f.Stage(workerArtifact(t, testhelper.ModeExit, helperDir))
+	s := f.NextSession(t)
+
+	f.Lease(s, 1, "slot-0.g1", f.ProvisionInfo(nil)) // not prepared: the wrapper calls provision and resolve itself
+	s.ExpectStarted(t, 1)
+	if e := s.ExpectEnded(t, 1); e.GetOutcome() != recyclerpb.Outcome_OUTCOME_WORKER_EXITED {
+		t.Errorf("lease ended %v, want WORKER_EXITED", e)
+	}
+	for _, m := range []string{fakerecycler.MethodGetProvisionInfo, fakerecycler.MethodResolveArtifacts, fakerecycler.MethodGetArtifact} {
+		if f.Calls(m) != 1 {
+			t.Errorf("%s calls = %d, want 1", m, f.Calls(m))
+		}
+	}
+	if r := testhelper.ReadReport(t, helperDir); !slices.Contains(r.Args, "--id=slot-0.g1."+f.Credential(1)) {
+		t.Errorf("worker args %q lack the Lease's full worker id", r.Args)
+	}
+	logs := h.logs.String()
+	if strings.Contains(logs, secret) || strings.Contains(logs, f.Credential(1)) {
+		t.Errorf("the wrapper logged the attach secret or the lease credential:\n%s", logs)
+	}
+	if !strings.Contains(logs, "worker_id=slot-0.g1 ") {
+		t.Errorf("the wrapper log lacks the public worker id:\n%s", logs)
 	}
 }
 

@@ -5,6 +5,8 @@ import dev.recycler.core.admin.AdminService;
 import dev.recycler.core.artifact.ArtifactCache;
 import dev.recycler.core.artifact.ArtifactService;
 import dev.recycler.core.artifact.Artifacts;
+import dev.recycler.core.auth.AttachSecret;
+import dev.recycler.core.auth.Authenticator;
 import dev.recycler.core.control.ControlServices;
 import dev.recycler.core.metrics.RecyclerMetrics;
 import dev.recycler.core.provision.ProvisionService;
@@ -25,6 +27,7 @@ import dev.recycler.proto.v1.SlotTable;
 import io.grpc.BindableService;
 import io.grpc.Server;
 import io.grpc.ServerInterceptors;
+import io.grpc.ServerServiceDefinition;
 import io.grpc.netty.shaded.io.grpc.netty.NettyServerBuilder;
 import io.micrometer.core.instrument.MeterRegistry;
 import io.micrometer.prometheusmetrics.PrometheusConfig;
@@ -72,6 +75,8 @@ public final class Recycler implements AutoCloseable {
       throws IOException {
     this.config = config;
     this.registry = registry;
+    // Read first: a bad secret file fails the start before anything is bound or spawned.
+    AttachSecret attachSecret = config.attachSecretFile() == null ? null : AttachSecret.read(config.attachSecretFile());
     this.timer = Executors.newSingleThreadScheduledExecutor(r -> {
       Thread t = new Thread(r, "recycler-timer");
       t.setDaemon(true);
@@ -109,13 +114,19 @@ public final class Recycler implements AutoCloseable {
     services.add(new AdminService(pool));
     NettyServerBuilder builder = NettyServerBuilder
         .forAddress(new InetSocketAddress(config.bindHost(), config.port()))
-        .maxInboundMessageSize(Integer.MAX_VALUE)
+        .maxInboundMessageSize(config.maxInboundMessageBytes())
         .permitKeepAliveTime(5, TimeUnit.SECONDS)
         .permitKeepAliveWithoutCalls(true)
         .keepAliveTime(20, TimeUnit.SECONDS)
         .keepAliveTimeout(10, TimeUnit.SECONDS);
-    CallerContext interceptor = new CallerContext();
-    services.forEach(s -> builder.addService(ServerInterceptors.intercept(s, interceptor)));
+    CallerContext callerContext = new CallerContext();
+    Authenticator authenticator = new Authenticator(pool, attachSecret);
+    for (BindableService s : services) {
+      ServerServiceDefinition definition = s.bindService();
+      // The last interceptor runs first: the caller context is set up before the authenticator checks the call.
+      builder.addService(ServerInterceptors.intercept(definition,
+          authenticator.interceptorFor(definition.getServiceDescriptor().getName()), callerContext));
+    }
     try {
       this.server = builder.build().start();
     } catch (IOException e) {
@@ -127,6 +138,10 @@ public final class Recycler implements AutoCloseable {
       throw bind;
     }
     this.endpoint = config.advertiseHost() + ":" + server.getPort();
+    if (attachSecret == null) {
+      LOG.warn("no attach secret configured: any local process that can reach {} may attach as a wrapper and receive"
+          + " leases with their pipeline options; set attach-secret-file (see docs/security.md)", endpoint);
+    }
     AdminHttpServer http = null;
     if (config.adminPort() >= 0) {
       try {
@@ -142,8 +157,10 @@ public final class Recycler implements AutoCloseable {
       }
     }
     this.admin = http;
-    LOG.info("recycler serving endpoint={} bind={}:{} slots={} admin_port={} id={}", endpoint, config.bindHost(),
-        server.getPort(), config.slotIds().size(), adminPort(), recyclerId);
+    LOG.info("recycler serving endpoint={} bind={}:{} slots={} admin_port={} id={} attach_secret={}"
+        + " max_inbound_message_bytes={} max_waiting_starts={}", endpoint, config.bindHost(), server.getPort(),
+        config.slotIds().size(), adminPort(), recyclerId, attachSecret != null, config.maxInboundMessageBytes(),
+        config.maxWaitingStarts());
   }
 
   /**
@@ -174,7 +191,8 @@ public final class Recycler implements AutoCloseable {
    * Starts a recycler reporting into {@code registry}.
    *
    * @throws java.net.BindException when the port (or admin port) cannot be bound; the message says which and what to do
-   * @throws IOException when the cache directory cannot be prepared
+   * @throws IOException when the cache directory cannot be prepared or the attach secret file cannot be read or is
+   *     unusable (the message names the file, never its content)
    */
   public static Recycler start(RecyclerConfig config, MeterRegistry registry) throws IOException {
     return start(config, registry, ChannelFactory.netty());

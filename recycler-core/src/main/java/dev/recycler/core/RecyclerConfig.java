@@ -18,6 +18,14 @@ public final class RecyclerConfig {
   /** Slot ids become metadata values, directory names and log keys: keep them simple. */
   static final Pattern SLOT_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9_.-]{0,62}");
 
+  /**
+   * Default bound of one inbound message on the fixed port: 64 MiB. Beam's runner and SDKs use no bound; the largest
+   * messages the recycler receives are InstructionResponses from workers (e.g. split residuals carrying encoded
+   * elements, monitoring data), usually far below a MiB. Outbound messages (process bundle descriptors to workers) and
+   * responses the recycler receives from the runner are not limited by it.
+   */
+  public static final int DEFAULT_MAX_INBOUND_MESSAGE_BYTES = 64 << 20;
+
   private final List<String> slotIds;
   private final String bindHost;
   private final int port;
@@ -38,6 +46,9 @@ public final class RecyclerConfig {
   private final Duration shutdownTimeout;
   private final int adminPort;
   private final int leaseHistorySize;
+  private final Path attachSecretFile;
+  private final int maxInboundMessageBytes;
+  private final int maxWaitingStarts;
 
   private RecyclerConfig(Builder b) {
     this.slotIds = List.copyOf(b.slotIds);
@@ -60,6 +71,9 @@ public final class RecyclerConfig {
     this.shutdownTimeout = b.shutdownTimeout;
     this.adminPort = b.adminPort;
     this.leaseHistorySize = b.leaseHistorySize;
+    this.attachSecretFile = b.attachSecretFile;
+    this.maxInboundMessageBytes = b.maxInboundMessageBytes;
+    this.maxWaitingStarts = b.maxWaitingStarts;
   }
 
   private static String defaultAdvertiseHost(String bindHost) {
@@ -175,13 +189,32 @@ public final class RecyclerConfig {
     return leaseHistorySize;
   }
 
+  /**
+   * File holding the shared secret wrappers must present to attach (as a Kubernetes Secret mounts it); read at start.
+   * {@code null}: no secret, any process that can reach the port may attach (the recycler warns at start).
+   */
+  public Path attachSecretFile() {
+    return attachSecretFile;
+  }
+
+  /** Largest inbound gRPC message on the fixed port, in bytes ({@link #DEFAULT_MAX_INBOUND_MESSAGE_BYTES}). */
+  public int maxInboundMessageBytes() {
+    return maxInboundMessageBytes;
+  }
+
+  /** Most StartWorker calls that may wait for a free slot at once; more fail at once with RESOURCE_EXHAUSTED. */
+  public int maxWaitingStarts() {
+    return maxWaitingStarts;
+  }
+
   @Override
   public String toString() {
     return "RecyclerConfig{slots=" + slotIds + ", bind=" + bindHost + ":" + port + ", advertise=" + advertiseHost
         + ", cacheDirectory=" + cacheDirectory + ", cacheMaxBytes=" + cacheMaxBytes
         + ", localArtifactDirectories=" + localArtifactDirectories
         + ", leaseWaitTimeout=" + leaseWaitTimeout + ", readyTimeout=" + readyTimeout
-        + ", drainTimeout=" + drainTimeout + ", adminPort=" + adminPort + "}";
+        + ", drainTimeout=" + drainTimeout + ", adminPort=" + adminPort + ", attachSecretFile=" + attachSecretFile
+        + ", maxInboundMessageBytes=" + maxInboundMessageBytes + ", maxWaitingStarts=" + maxWaitingStarts + "}";
   }
 
   /** Strict builder: each setter validates its argument; {@link #build()} checks the combination. */
@@ -206,6 +239,9 @@ public final class RecyclerConfig {
     private Duration shutdownTimeout = Duration.ofSeconds(30);
     private int adminPort = -1;
     private int leaseHistorySize = 1000;
+    private Path attachSecretFile;
+    private int maxInboundMessageBytes = DEFAULT_MAX_INBOUND_MESSAGE_BYTES;
+    private int maxWaitingStarts = 256;
 
     private Builder() {}
 
@@ -354,6 +390,29 @@ public final class RecyclerConfig {
         throw new IllegalArgumentException("lease history size must be between 0 and 1000000, got " + size);
       }
       this.leaseHistorySize = size;
+      return this;
+    }
+
+    /** See {@link RecyclerConfig#attachSecretFile()}; {@code null} turns the check off. */
+    public Builder attachSecretFile(Path file) {
+      this.attachSecretFile = file;
+      return this;
+    }
+
+    public Builder maxInboundMessageBytes(long bytes) {
+      if (bytes < 1 << 20 || bytes > Integer.MAX_VALUE) {
+        throw new IllegalArgumentException("max inbound message bytes must be between 1 MiB (1048576) and "
+            + Integer.MAX_VALUE + ", got " + bytes);
+      }
+      this.maxInboundMessageBytes = (int) bytes;
+      return this;
+    }
+
+    public Builder maxWaitingStarts(int count) {
+      if (count < 1 || count > 1_000_000) {
+        throw new IllegalArgumentException("max waiting starts must be between 1 and 1000000, got " + count);
+      }
+      this.maxWaitingStarts = count;
       return this;
     }
 

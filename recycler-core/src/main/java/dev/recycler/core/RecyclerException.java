@@ -25,7 +25,11 @@ public final class RecyclerException extends Exception {
     CONFLICT(Status.Code.ALREADY_EXISTS),
     /** Valid request, wrong moment: a stale generation, an ended lease, a boot that failed. */
     WRONG_STATE(Status.Code.FAILED_PRECONDITION),
-    /** All slots busy for longer than the lease wait timeout. */
+    /** The caller presented no credential where one is required (attach secret, lease credential). */
+    UNAUTHENTICATED(Status.Code.UNAUTHENTICATED),
+    /** The caller presented a credential, and it is not the right one. */
+    FORBIDDEN(Status.Code.PERMISSION_DENIED),
+    /** All slots busy for longer than the lease wait timeout, or too many calls already waiting. */
     BUSY(Status.Code.RESOURCE_EXHAUSTED),
     /** Retryable: no wrapper attached, a wrapper or worker vanished, the recycler is stopping, upstream unreachable. */
     UNAVAILABLE(Status.Code.UNAVAILABLE),

@@ -51,14 +51,17 @@ class GoHarnessIT {
     workerBinary = Path.of(System.getProperty("recycler.worker.binary", "missing"));
     assertThat(wrapperBinary).as("go-boot-wrapper binary (built by .ci/run)").isExecutable();
     assertThat(workerBinary).as("Beam Go worker binary (built by .ci/run)").isExecutable();
+    // The attach secret is on, as in the shipped manifests: the real wrapper must present it.
+    Path secret = Files.writeString(tmp.resolve("attach-secret"), "go-harness-it-attach-secret\n");
     recycler = Recycler.start(RecyclerConfig.builder().slots(2, "slot-").port(0).cacheDirectory(tmp.resolve("cache"))
         .readyTimeout(Duration.ofSeconds(60)).leaseWaitTimeout(Duration.ofSeconds(60))
-        .shutdownTimeout(Duration.ofSeconds(20)).build(), new SimpleMeterRegistry());
+        .shutdownTimeout(Duration.ofSeconds(20)).attachSecretFile(secret).build(), new SimpleMeterRegistry());
     channel = NettyChannelBuilder.forTarget(recycler.endpoint()).usePlaintext().build();
     for (int i = 0; i < 2; i++) {
       Path log = tmp.resolve("wrapper-" + i + ".log");
       wrappers.add(new ProcessBuilder(wrapperBinary.toString(), "--slot", "slot-" + i, "--recycler",
-          recycler.endpoint(), "--work_dir", tmp.resolve("work").toString(), "--grace_period", "2s")
+          recycler.endpoint(), "--work_dir", tmp.resolve("work").toString(), "--grace_period", "2s",
+          "--attach_secret_file", secret.toString())
           .redirectErrorStream(true).redirectOutput(log.toFile()).start());
     }
     await().atMost(AWAIT).until(() -> slots().stream().allMatch(s -> s.getState().equals("IDLE")));
@@ -98,14 +101,17 @@ class GoHarnessIT {
         .withDeadlineAfter(90, TimeUnit.SECONDS).startWorker(env.startRequest()));
   }
 
-  /** Processes whose command line carries {@code --id=<workerId>}: the inner worker of one lease. */
+  /**
+   * Processes whose command line carries {@code --id=<workerId>.<lease credential>}: the inner worker of one lease
+   * ({@code workerId} is the public id of the slot table).
+   */
   private static List<Long> processesOf(String workerId) throws IOException {
     List<Long> pids = new ArrayList<>();
     try (Stream<Path> procs = Files.list(Path.of("/proc"))) {
       for (Path p : procs.filter(p -> p.getFileName().toString().matches("\\d+")).toList()) {
         try {
           String cmd = Files.readString(p.resolve("cmdline")).replace('\0', ' ');
-          if (cmd.contains("--id=" + workerId + " ") || cmd.endsWith("--id=" + workerId)) {
+          if (cmd.contains("--id=" + workerId + ".")) {
             pids.add(Long.parseLong(p.getFileName().toString()));
           }
         } catch (IOException gone) {
@@ -162,6 +168,12 @@ class GoHarnessIT {
     assertThat(recycler.meterRegistry().get("recycler.artifact.served").summary().count()).isEqualTo(2);
     try (Stream<Path> left = Files.list(tmp.resolve("work").resolve("leases"))) {
       assertThat(left).as("per-lease directories").isEmpty();
+    }
+    // The wrappers' logs (with the workers' own output) name leases by public id, never with the credential.
+    for (int i = 0; i < 2; i++) {
+      String log = Files.readString(tmp.resolve("wrapper-" + i + ".log"));
+      assertThat(log).contains("worker_id=slot-" + i + ".g1").doesNotContainPattern("\\.g\\d+\\.[0-9a-f]{32}")
+          .doesNotContain("go-harness-it-attach-secret");
     }
   }
 

@@ -20,6 +20,9 @@ class RecyclerConfigTest {
     assertThat(c.bindHost()).isEqualTo("127.0.0.1");
     assertThat(c.advertiseHost()).isEqualTo("127.0.0.1");
     assertThat(c.adminPort()).isEqualTo(-1);
+    assertThat(c.attachSecretFile()).isNull();
+    assertThat(c.maxInboundMessageBytes()).isEqualTo(64 << 20);
+    assertThat(c.maxWaitingStarts()).isEqualTo(256);
   }
 
   @Test
@@ -37,6 +40,9 @@ class RecyclerConfigTest {
     assertThatThrownBy(() -> b.port(70000)).hasMessageContaining("between 0 and 65535");
     assertThatThrownBy(() -> b.readyTimeout(Duration.ZERO)).hasMessageContaining("must be positive");
     assertThatThrownBy(() -> b.cacheMaxBytes(10)).hasMessageContaining("at least 1 MiB");
+    assertThatThrownBy(() -> b.maxInboundMessageBytes(1000)).hasMessageContaining("between 1 MiB");
+    assertThatThrownBy(() -> b.maxInboundMessageBytes(1L << 31)).hasMessageContaining("between 1 MiB");
+    assertThatThrownBy(() -> b.maxWaitingStarts(0)).hasMessageContaining("between 1 and 1000000");
   }
 
   @Test

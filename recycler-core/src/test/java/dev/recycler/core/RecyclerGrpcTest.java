@@ -13,30 +13,48 @@ import dev.recycler.proto.v1.GetSlotTableRequest;
 import dev.recycler.proto.v1.RecyclerAdminGrpc;
 import dev.recycler.proto.v1.RecyclerMessage.KindCase;
 import dev.recycler.proto.v1.SlotTable;
+import io.grpc.Channel;
+import io.grpc.ClientInterceptors;
 import io.grpc.ManagedChannel;
 import io.grpc.Metadata;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
 import io.grpc.stub.MetadataUtils;
+import io.grpc.stub.StreamObserver;
 import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
 import java.net.ServerSocket;
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.net.http.HttpResponse.BodyHandlers;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.MessageDigest;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HexFormat;
 import java.util.List;
+import java.util.Map;
 import java.util.Random;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
+import java.util.function.Consumer;
+import java.util.function.UnaryOperator;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.GetProcessBundleDescriptorRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerResponse;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StopWorkerRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnControlGrpc;
 import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoRequest;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.ProvisionInfo;
 import org.apache.beam.model.fnexecution.v1.ProvisionServiceGrpc;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactRequest;
+import org.apache.beam.model.jobmanagement.v1.ArtifactApi.ResolveArtifactsRequest;
+import org.apache.beam.model.jobmanagement.v1.ArtifactRetrievalServiceGrpc;
 import org.apache.beam.model.pipeline.v1.Endpoints.ApiServiceDescriptor;
 import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactFilePayload;
 import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactInformation;
@@ -80,9 +98,14 @@ class RecyclerGrpcTest {
   }
 
   private Recycler start(int slots, Duration readyTimeout) throws Exception {
-    recycler = Recycler.start(RecyclerConfig.builder().slots(slots, "slot-").port(0).cacheDirectory(cacheDir)
+    return start(slots, readyTimeout, b -> b);
+  }
+
+  private Recycler start(int slots, Duration readyTimeout, UnaryOperator<RecyclerConfig.Builder> more)
+      throws Exception {
+    recycler = Recycler.start(more.apply(RecyclerConfig.builder().slots(slots, "slot-").port(0).cacheDirectory(cacheDir)
         .memoryBlobMaxBytes(100_000).leaseWaitTimeout(Duration.ofSeconds(5)).readyTimeout(readyTimeout)
-        .attachProbeTimeout(Duration.ofMillis(500)).shutdownTimeout(Duration.ofSeconds(5)).build(),
+        .attachProbeTimeout(Duration.ofMillis(500)).shutdownTimeout(Duration.ofSeconds(5))).build(),
         new SimpleMeterRegistry(), TestingRunner::channel);
     runnerChannel = NettyChannelBuilder.forTarget(recycler.endpoint()).usePlaintext().build();
     return recycler;
@@ -291,33 +314,216 @@ class RecyclerGrpcTest {
   void wrapperCallsAreFencedToTheCurrentGeneration() throws Exception {
     start(1, Duration.ofSeconds(10));
     TestingRunner runner = runner("/staging/a/bin");
-    wrapper("slot-0", "a").attach();
+    TestingWrapper w = wrapper("slot-0", "a").attach();
     await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
     pool().startWorker(runner.startRequest("1-1"));
+    String cred = w.received(KindCase.LEASE).get(0).getLease().getCredential();
 
-    assertThat(provisionCode("slot-0", "1")).isEqualTo(Status.Code.OK);
-    assertThat(provisionCode("slot-0", "0")).isEqualTo(Status.Code.FAILED_PRECONDITION);
-    assertThat(provisionCode("slot-0", "")).isEqualTo(Status.Code.INVALID_ARGUMENT);
-    assertThat(provisionCode("slot-9", "1")).isEqualTo(Status.Code.NOT_FOUND);
+    assertThat(provisionCode("slot-0", "1", cred)).isEqualTo(Status.Code.OK);
+    assertThat(provisionCode("slot-0", "0", cred)).isEqualTo(Status.Code.FAILED_PRECONDITION);
+    assertThat(provisionCode("slot-0", "", cred)).isEqualTo(Status.Code.INVALID_ARGUMENT);
+    assertThat(provisionCode("slot-9", "1", cred)).isEqualTo(Status.Code.NOT_FOUND);
 
     runner.controls.get("1-1").onCompleted();
     await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
-    assertThat(provisionCode("slot-0", "1")).isEqualTo(Status.Code.FAILED_PRECONDITION);
+    assertThat(provisionCode("slot-0", "1", cred)).isEqualTo(Status.Code.FAILED_PRECONDITION);
   }
 
-  private Status.Code provisionCode(String slot, String generation) {
+  private Status.Code provisionCode(String slot, String generation, String credential) {
+    return call(wrapperHeaders(slot, generation, credential), ch -> ProvisionServiceGrpc.newBlockingStub(ch)
+        .withDeadlineAfter(5, TimeUnit.SECONDS).getProvisionInfo(GetProvisionInfoRequest.getDefaultInstance()))
+        .getCode();
+  }
+
+  private static Metadata wrapperHeaders(String slot, String generation, String credential) {
     Metadata md = new Metadata();
     md.put(Metadata.Key.of("worker_id", Metadata.ASCII_STRING_MARSHALLER), slot);
     if (!generation.isEmpty()) {
       md.put(Metadata.Key.of("recycler-generation", Metadata.ASCII_STRING_MARSHALLER), generation);
     }
-    try {
-      ProvisionServiceGrpc.newBlockingStub(runnerChannel).withInterceptors(MetadataUtils.newAttachHeadersInterceptor(md))
-          .withDeadlineAfter(5, TimeUnit.SECONDS).getProvisionInfo(GetProvisionInfoRequest.getDefaultInstance());
-      return Status.Code.OK;
-    } catch (StatusRuntimeException e) {
-      return e.getStatus().getCode();
+    if (!credential.isEmpty()) {
+      md.put(Metadata.Key.of("recycler-lease-credential", Metadata.ASCII_STRING_MARSHALLER), credential);
     }
+    return md;
+  }
+
+  private static Metadata workerHeaders(String workerId) {
+    Metadata md = new Metadata();
+    if (!workerId.isEmpty()) {
+      md.put(Metadata.Key.of("worker_id", Metadata.ASCII_STRING_MARSHALLER), workerId);
+    }
+    return md;
+  }
+
+  /** The status of {@code call} made on the recycler's port with the headers {@code md}. */
+  private Status call(Metadata md, Consumer<Channel> call) {
+    try {
+      call.accept(ClientInterceptors.intercept(runnerChannel, MetadataUtils.newAttachHeadersInterceptor(md)));
+      return Status.OK;
+    } catch (StatusRuntimeException e) {
+      return e.getStatus();
+    }
+  }
+
+  /** How a control stream opened with {@code md} ends (or OK when it stays open and gets an instruction). */
+  private Status controlStream(Metadata md) throws Exception {
+    CompletableFuture<Status> ended = new CompletableFuture<>();
+    BeamFnControlGrpc.newStub(runnerChannel).withInterceptors(MetadataUtils.newAttachHeadersInterceptor(md))
+        .control(new StreamObserver<InstructionRequest>() {
+          @Override
+          public void onNext(InstructionRequest r) {
+            ended.complete(Status.OK.withDescription("received instruction " + r.getInstructionId()));
+          }
+
+          @Override
+          public void onError(Throwable t) {
+            ended.complete(Status.fromThrowable(t));
+          }
+
+          @Override
+          public void onCompleted() {
+            ended.complete(Status.OK);
+          }
+        });
+    return ended.get(10, TimeUnit.SECONDS);
+  }
+
+  @Test
+  void aRogueLocalClientWithoutTheLeaseCredentialGetsNothingOfALiveLease() throws Exception {
+    start(1, Duration.ofSeconds(10), b -> b.adminPort(0));
+    TestingRunner runner = runner("/staging/a/bin");
+    TestingWrapper w = wrapper("slot-0", "a").attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    pool().startWorker(runner.startRequest("1-1"));
+    dev.recycler.proto.v1.Lease lease = w.received(KindCase.LEASE).get(0).getLease();
+    String cred = lease.getCredential();
+    assertThat(cred).matches("[0-9a-f]{32}");
+    assertThat(lease.getWorkerId()).isEqualTo("slot-0.g1." + cred);
+    String wrong = cred.equals("0".repeat(32)) ? "1".repeat(32) : "0".repeat(32);
+    List<ArtifactInformation> upstream = lease.getPrepared().getProvisionInfo().getDependenciesList();
+    ArtifactInformation resolved = lease.getPrepared().getArtifacts(0);
+    List<Status> refusals = new ArrayList<>();
+
+    // Wrapper-facing services: the slot id and generation are public (slot table), the credential is not.
+    Map<String, Consumer<Channel>> wrapperCalls = Map.of(
+        "GetProvisionInfo", ch -> ProvisionServiceGrpc.newBlockingStub(ch).withDeadlineAfter(5, TimeUnit.SECONDS)
+            .getProvisionInfo(GetProvisionInfoRequest.getDefaultInstance()),
+        "ResolveArtifacts", ch -> ArtifactRetrievalServiceGrpc.newBlockingStub(ch)
+            .withDeadlineAfter(5, TimeUnit.SECONDS)
+            .resolveArtifacts(ResolveArtifactsRequest.newBuilder().addAllArtifacts(upstream).build()),
+        "GetArtifact", ch -> ArtifactRetrievalServiceGrpc.newBlockingStub(ch).withDeadlineAfter(5, TimeUnit.SECONDS)
+            .getArtifact(GetArtifactRequest.newBuilder().setArtifact(resolved).build()).forEachRemaining(r -> { }));
+    wrapperCalls.forEach((name, c) -> {
+      Status none = call(wrapperHeaders("slot-0", "1", ""), c);
+      Status bad = call(wrapperHeaders("slot-0", "1", wrong), c);
+      assertThat(none.getCode()).as(name + " without a credential").isEqualTo(Status.Code.UNAUTHENTICATED);
+      assertThat(none.getDescription()).as(name).contains("recycler-lease-credential header is missing");
+      assertThat(bad.getCode()).as(name + " with a wrong credential").isEqualTo(Status.Code.PERMISSION_DENIED);
+      assertThat(call(wrapperHeaders("slot-0", "1", cred), c).getCode()).as(name + " with the credential")
+          .isEqualTo(Status.Code.OK);
+      refusals.addAll(List.of(none, bad));
+    });
+
+    // The worker-facing control service: the credential rides in the worker id (the Go worker sends nothing else).
+    GetProcessBundleDescriptorRequest pbd =
+        GetProcessBundleDescriptorRequest.newBuilder().setProcessBundleDescriptorId("1").build();
+    Consumer<Channel> descriptor = ch -> BeamFnControlGrpc.newBlockingStub(ch).withDeadlineAfter(5, TimeUnit.SECONDS)
+        .getProcessBundleDescriptor(pbd);
+    for (String id : List.of("", "slot-0.g1", "slot-0.g1." + wrong)) {
+      refusals.add(call(workerHeaders(id), descriptor));
+      refusals.add(controlStream(workerHeaders(id)));
+    }
+    assertThat(refusals.subList(6, 12)).extracting(Status::getCode).containsExactly(
+        Status.Code.UNAUTHENTICATED, Status.Code.UNAUTHENTICATED, Status.Code.UNAUTHENTICATED,
+        Status.Code.UNAUTHENTICATED, Status.Code.PERMISSION_DENIED, Status.Code.PERMISSION_DENIED);
+    assertThat(refusals.get(8).getDescription()).contains("slot-0.g1", "carries no lease credential");
+    // With the credential the descriptor call passes the recycler and reaches the runner (whose fake lacks it).
+    assertThat(call(workerHeaders(lease.getWorkerId()), descriptor).getDescription())
+        .startsWith("runner GetProcessBundleDescriptor");
+    assertThat(refusals).allSatisfy(s -> assertThat(String.valueOf(s.getDescription())).doesNotContain(cred));
+
+    // None of it reached the runner or disturbed the lease: one control stream upstream, the worker still serves.
+    assertThat(runner.controlCallers).containsExactly("1-1");
+    runner.controls.get("1-1").onNext(InstructionRequest.newBuilder().setInstructionId("after").build());
+    await().atMost(AWAIT).until(() -> runner.responses.getOrDefault("1-1", List.of()).size() == 1);
+    assertThat(state("slot-0")).isEqualTo("ACTIVE");
+
+    // The admin views show the public worker id, never the credential.
+    assertThat(table().getSlots(0).getWorkerId()).isEqualTo("slot-0.g1");
+    assertThat(table().toString()).doesNotContain(cred);
+    HttpResponse<String> slots = HttpClient.newHttpClient().send(HttpRequest.newBuilder(
+        URI.create("http://127.0.0.1:" + recycler.adminPort() + "/slots")).build(), BodyHandlers.ofString());
+    assertThat(slots.body()).contains("slot-0.g1").doesNotContain(cred);
+  }
+
+  @Test
+  void workerIdsStayUniqueAcrossARecyclerRestart() throws Exception {
+    List<String> workerIds = new ArrayList<>();
+    for (int run = 0; run < 2; run++) {
+      start(1, Duration.ofSeconds(10));
+      TestingRunner runner = runner("/staging/a/bin");
+      TestingWrapper w = wrapper("slot-0", "inc-" + run).attach();
+      await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+      pool().startWorker(runner.startRequest("1-1"));
+      workerIds.add(w.received(KindCase.LEASE).get(0).getLease().getWorkerId());
+      assertThat(table().getSlots(0).getWorkerId()).isEqualTo("slot-0.g1");
+      recycler.close();
+      w.close();
+      runnerChannel.shutdownNow();
+    }
+    // Both recyclers numbered the lease generation 1 of slot-0; the ids the workers got still differ.
+    assertThat(workerIds).allSatisfy(id -> assertThat(id).startsWith("slot-0.g1.")).doesNotHaveDuplicates();
+  }
+
+  @Test
+  void attachNeedsTheConfiguredSecret(@TempDir Path secrets) throws Exception {
+    String secret = "a-very-secret-attach-token";
+    Path file = Files.writeString(secrets.resolve("attach-secret"), secret + "\n");
+    start(1, Duration.ofSeconds(10), b -> b.attachSecretFile(file));
+    TestingRunner runner = runner("/staging/a/bin");
+
+    TestingWrapper none = wrapper("slot-0", "a").attach();
+    TestingWrapper wrong = wrapper("slot-0", "b").attachSecret("not-the-attach-token-0").attach();
+    await().atMost(AWAIT).until(() -> none.attachStatus != null && wrong.attachStatus != null);
+
+    assertThat(none.attachStatus.getCode()).isEqualTo(Status.Code.UNAUTHENTICATED);
+    assertThat(none.attachStatus.getDescription()).contains("recycler-attach-secret header is missing");
+    assertThat(wrong.attachStatus.getCode()).isEqualTo(Status.Code.PERMISSION_DENIED);
+    assertThat(wrong.attachStatus.getDescription()).contains("attach secret is wrong")
+        .doesNotContain(secret, "not-the-attach-token-0");
+    assertThat(none.received).isEmpty();
+    assertThat(wrong.received).isEmpty();
+    assertThat(state("slot-0")).isEqualTo("DETACHED");
+
+    TestingWrapper right = wrapper("slot-0", "c").attachSecret(secret).attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    assertThat(pool().startWorker(runner.startRequest("1-1")).getError()).isEmpty();
+    assertThat(right.received(KindCase.LEASE)).hasSize(1);
+  }
+
+  @Test
+  void anUnusableAttachSecretFileFailsTheStartNamingTheFile(@TempDir Path secrets) throws Exception {
+    Path shortSecret = Files.writeString(secrets.resolve("short"), "tiny\n");
+    Path missing = secrets.resolve("missing");
+    for (Path file : List.of(shortSecret, missing)) {
+      assertThatThrownBy(() -> Recycler.start(RecyclerConfig.builder().slots(1, "s").port(0).attachSecretFile(file)
+          .build(), new SimpleMeterRegistry()))
+          .isInstanceOf(java.io.IOException.class)
+          .hasMessageContaining(file.toString())
+          .hasMessageNotContaining("tiny");
+    }
+  }
+
+  @Test
+  void aMessageAboveTheInboundBoundIsRefused() throws Exception {
+    start(1, Duration.ofSeconds(10), b -> b.maxInboundMessageBytes(1 << 20));
+    TestingRunner runner = runner("/staging/a/bin");
+
+    assertThatThrownBy(() -> pool().startWorker(runner.startRequest("x".repeat(2 << 20))))
+        .isInstanceOfSatisfying(StatusRuntimeException.class,
+            e -> assertThat(e.getStatus().getCode()).isEqualTo(Status.Code.RESOURCE_EXHAUSTED));
+    // The port still serves calls within the bound.
+    assertThat(table().getSlotsCount()).isEqualTo(1);
   }
 
   @Test

@@ -80,6 +80,11 @@ final class FlinkRecyclerConfig {
     apply(RecyclerOptions.SHUTDOWN_TIMEOUT, get(params, RecyclerOptions.SHUTDOWN_TIMEOUT), b::shutdownTimeout);
     apply(RecyclerOptions.ADMIN_PORT, get(params, RecyclerOptions.ADMIN_PORT), b::adminPort);
     apply(RecyclerOptions.LEASE_HISTORY_SIZE, get(params, RecyclerOptions.LEASE_HISTORY_SIZE), b::leaseHistorySize);
+    read(params, RecyclerOptions.ATTACH_SECRET_FILE)
+        .ifPresent(f -> apply(RecyclerOptions.ATTACH_SECRET_FILE, f, v -> b.attachSecretFile(Path.of(v))));
+    apply(RecyclerOptions.MAX_INBOUND_MESSAGE_SIZE, get(params, RecyclerOptions.MAX_INBOUND_MESSAGE_SIZE).getBytes(),
+        b::maxInboundMessageBytes);
+    apply(RecyclerOptions.MAX_WAITING_STARTS, get(params, RecyclerOptions.MAX_WAITING_STARTS), b::maxWaitingStarts);
 
     try {
       return b.build();

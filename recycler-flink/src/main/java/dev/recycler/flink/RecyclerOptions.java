@@ -171,6 +171,30 @@ public final class RecyclerOptions {
           .defaultValue(1000)
           .withDescription("How many ended leases the slot table (RecyclerAdmin/GetSlotTable, /slots) keeps.");
 
+  public static final ConfigOption<String> ATTACH_SECRET_FILE =
+      ConfigOptions.key("attach-secret-file")
+          .stringType()
+          .noDefaultValue()
+          .withDescription("File holding the shared secret every go-boot-wrapper must present to attach (the same"
+              + " secret in the wrappers' --attach_secret_file), e.g. a mounted Kubernetes Secret; read when the"
+              + " TaskManager starts. Unset: any process in the pod may attach as a wrapper and receive leases (a WARN"
+              + " says so). See docs/security.md.");
+
+  public static final ConfigOption<MemorySize> MAX_INBOUND_MESSAGE_SIZE =
+      ConfigOptions.key("max-inbound-message-size")
+          .memoryType()
+          .defaultValue(MemorySize.parse("64mb"))
+          .withDescription("Largest gRPC message the fixed port accepts (from wrappers, inner workers and the"
+              + " runner's StartWorker). Beam's own messages to the recycler (instruction responses) are far"
+              + " smaller; process bundle descriptors go the other way and are not limited by it.");
+
+  public static final ConfigOption<Integer> MAX_WAITING_STARTS =
+      ConfigOptions.key("max-waiting-starts")
+          .intType()
+          .defaultValue(256)
+          .withDescription("Most StartWorker calls that may wait for a free slot at once; more fail at once with"
+              + " RESOURCE_EXHAUSTED naming this option.");
+
   public static final ConfigOption<Boolean> FAIL_TASK_MANAGER_ON_ERROR =
       ConfigOptions.key("fail-task-manager-on-error")
           .booleanType()

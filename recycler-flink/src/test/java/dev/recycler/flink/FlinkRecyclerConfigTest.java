@@ -76,6 +76,9 @@ class FlinkRecyclerConfigTest {
     assertThat(mapped.shutdownTimeout()).isEqualTo(core.shutdownTimeout());
     assertThat(mapped.adminPort()).isEqualTo(core.adminPort());
     assertThat(mapped.leaseHistorySize()).isEqualTo(core.leaseHistorySize());
+    assertThat(mapped.attachSecretFile()).isEqualTo(core.attachSecretFile()).isNull();
+    assertThat(mapped.maxInboundMessageBytes()).isEqualTo(core.maxInboundMessageBytes());
+    assertThat(mapped.maxWaitingStarts()).isEqualTo(core.maxWaitingStarts());
     // the one deliberate difference: inside a TaskManager large artifacts go to disk, not to the heap
     assertThat(mapped.cacheDirectory())
         .isEqualTo(Path.of(System.getProperty("java.io.tmpdir"), "recycler-cache-50000"));
@@ -101,7 +104,10 @@ class FlinkRecyclerConfigTest {
         Map.entry("artifact-fetch-timeout", "3 min"),
         Map.entry("shutdown-timeout", "9 s"),
         Map.entry("admin-port", "0"),
-        Map.entry("lease-history-size", "17"))), 2);
+        Map.entry("lease-history-size", "17"),
+        Map.entry("attach-secret-file", "/etc/recycler/attach-secret"),
+        Map.entry("max-inbound-message-size", "16 mb"),
+        Map.entry("max-waiting-starts", "9"))), 2);
 
     assertThat(c.slotIds()).containsExactly("go-0", "go-1");
     assertThat(c.port()).isEqualTo(50123);
@@ -121,6 +127,9 @@ class FlinkRecyclerConfigTest {
     assertThat(c.shutdownTimeout()).isEqualTo(Duration.ofSeconds(9));
     assertThat(c.adminPort()).isZero();
     assertThat(c.leaseHistorySize()).isEqualTo(17);
+    assertThat(c.attachSecretFile()).isEqualTo(Path.of("/etc/recycler/attach-secret"));
+    assertThat(c.maxInboundMessageBytes()).isEqualTo(16 << 20);
+    assertThat(c.maxWaitingStarts()).isEqualTo(9);
   }
 
   @Test
@@ -196,6 +205,6 @@ class FlinkRecyclerConfigTest {
         assertThat(o.description().getBlocks()).as(o.key()).isNotEmpty();
       }
     }
-    assertThat(keys).hasSize(22).allMatch(k -> k.matches("[a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*"));
+    assertThat(keys).hasSize(25).allMatch(k -> k.matches("[a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*"));
   }
 }

@@ -46,15 +46,25 @@ class KubernetesExampleTest {
 
     Map<String, Object> podSpec = map(map(map(spec, "taskManager"), "podTemplate"), "spec");
     List<String> sidecarSlots = new ArrayList<>();
+    // The attach secret is on: the recycler and every wrapper read the same file, from the same Secret.
+    assertThat(config.attachSecretFile()).isNotNull();
+    String secretDir = config.attachSecretFile().getParent().toString();
+    String secretVolume = ((List<Map<String, Object>>) podSpec.get("volumes")).stream()
+        .filter(v -> v.containsKey("secret")).map(v -> (String) v.get("name")).findFirst().orElseThrow();
     for (Object o : (List<Object>) podSpec.get("initContainers")) {
       List<String> args = (List<String>) ((Map<String, Object>) o).get("args");
-      assertThat(args).contains("--recycler=localhost:" + config.port());
+      assertThat(args).contains("--recycler=localhost:" + config.port(),
+          "--attach_secret_file=" + config.attachSecretFile());
+      assertThat((List<Map<String, Object>>) ((Map<String, Object>) o).get("volumeMounts"))
+          .anySatisfy(m -> assertThat(m).containsEntry("name", secretVolume).containsEntry("mountPath", secretDir));
       args.stream().filter(a -> a.startsWith("--slot=")).forEach(a -> sidecarSlots.add(a.substring(7)));
     }
     assertThat(sidecarSlots).as("one harness sidecar per configured slot").isEqualTo(config.slotIds());
 
     Map<String, Object> main = ((List<Map<String, Object>>) podSpec.get("containers")).get(0);
     assertThat(main.get("name")).isEqualTo("flink-main-container");
+    assertThat((List<Map<String, Object>>) main.get("volumeMounts"))
+        .anySatisfy(m -> assertThat(m).containsEntry("name", secretVolume).containsEntry("mountPath", secretDir));
     assertThat((List<Map<String, Object>>) main.get("ports")).extracting(p -> p.get("containerPort"))
         .containsExactlyInAnyOrder(config.port(), config.adminPort());
     assertThat(map(map(map(spec, "taskManager"), "podTemplate"), "metadata").get("annotations"))

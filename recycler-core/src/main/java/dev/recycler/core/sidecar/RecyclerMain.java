@@ -44,6 +44,12 @@ public final class RecyclerMain {
     FLAGS.put("--artifact-fetch-timeout", "deadline of one artifact download from the runner (default 10m)");
     FLAGS.put("--shutdown-timeout", "on SIGTERM, how long to wait for wrappers to stop their workers (default 30s)");
     FLAGS.put("--admin-port", "HTTP port for /slots, /metrics, /healthz (default -1 = off; 0 = any free port)");
+    FLAGS.put("--attach-secret-file", "file holding the secret wrappers must present to attach, e.g. a mounted"
+        + " Kubernetes Secret (default: none, any local process may attach; see docs/security.md)");
+    FLAGS.put("--max-inbound-message-bytes", "largest gRPC message the fixed port accepts (default "
+        + RecyclerConfig.DEFAULT_MAX_INBOUND_MESSAGE_BYTES + " = 64 MiB)");
+    FLAGS.put("--max-waiting-starts", "most StartWorker calls waiting for a free slot at once; more fail with"
+        + " RESOURCE_EXHAUSTED (default 256)");
     FLAGS.put("--help", "print this help");
   }
 
@@ -91,7 +97,7 @@ public final class RecyclerMain {
 
   static String usage() {
     StringBuilder b = new StringBuilder("usage: java -jar recycler-core.jar [flags]\n\n");
-    FLAGS.forEach((k, v) -> b.append(String.format(Locale.ROOT, "  %-26s %s%n", k, v)));
+    FLAGS.forEach((k, v) -> b.append(String.format(Locale.ROOT, "  %-28s %s%n", k, v)));
     b.append("\nDurations: 500ms, 30s, 5m, 1h or ISO-8601 (PT30S).");
     return b.toString();
   }
@@ -167,6 +173,15 @@ public final class RecyclerMain {
           parseDuration("--failure-backoff-max", o.getOrDefault("--failure-backoff-max", "60s")));
     }
     b.adminPort(intFlag(o, "--admin-port", -1));
+    if (o.containsKey("--attach-secret-file")) {
+      b.attachSecretFile(Path.of(o.get("--attach-secret-file")));
+    }
+    if (o.containsKey("--max-inbound-message-bytes")) {
+      b.maxInboundMessageBytes(longFlag(o, "--max-inbound-message-bytes"));
+    }
+    if (o.containsKey("--max-waiting-starts")) {
+      b.maxWaitingStarts(intFlag(o, "--max-waiting-starts", 0));
+    }
     return b.build();
   }
 

@@ -22,6 +22,8 @@ public enum EndReason {
   BOOT_FAILED(ExitReason.EXIT_REASON_UNSPECIFIED, true),
   /** The wrapper holding the slot disconnected or was replaced by a new incarnation. */
   WRAPPER_LOST(ExitReason.EXIT_REASON_UNSPECIFIED, false),
+  /** The StartWorker call was refused because max-waiting-starts calls were already waiting for a slot. */
+  QUEUE_FULL(ExitReason.EXIT_REASON_UNSPECIFIED, false),
   /** The recycler is shutting down. */
   SHUTDOWN(ExitReason.EXIT_REASON_SHUTDOWN, false);
 

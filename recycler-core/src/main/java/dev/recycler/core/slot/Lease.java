@@ -30,7 +30,10 @@ public final class Lease {
   volatile State state = State.WAITING;
   volatile Slot slot;
   volatile long generation;
+  /** The public worker id, {@code <slot>.g<generation>}: shown and logged; the credential is never part of it. */
   volatile String workerId = "";
+  /** Random per lease; sent only in the Lease message. A secret: never log it or add it to views or toString. */
+  volatile String credential = "";
   volatile String jobName = "";
   volatile String retrievalToken = "";
   volatile long workerPid;
@@ -83,7 +86,10 @@ public final class Lease {
     return generation;
   }
 
-  /** The id the inner worker uses ({@code <slot>.g<generation>}), once assigned, else "". */
+  /**
+   * The public worker id ({@code <slot>.g<generation>}), once assigned, else "". The inner worker's {@code --id} is this
+   * plus the lease credential; see {@code LeaseCredentials}.
+   */
   public String workerId() {
     return workerId;
   }

@@ -4,13 +4,17 @@ import static dev.recycler.core.RecyclerException.Kind.BAD_REQUEST;
 import static dev.recycler.core.RecyclerException.Kind.BUSY;
 import static dev.recycler.core.RecyclerException.Kind.CANCELLED;
 import static dev.recycler.core.RecyclerException.Kind.CONFLICT;
+import static dev.recycler.core.RecyclerException.Kind.FORBIDDEN;
 import static dev.recycler.core.RecyclerException.Kind.TIMEOUT;
+import static dev.recycler.core.RecyclerException.Kind.UNAUTHENTICATED;
 import static dev.recycler.core.RecyclerException.Kind.UNAVAILABLE;
 import static dev.recycler.core.RecyclerException.Kind.UNKNOWN_ID;
 import static dev.recycler.core.RecyclerException.Kind.WRONG_STATE;
 
 import dev.recycler.core.RecyclerConfig;
 import dev.recycler.core.RecyclerException;
+import dev.recycler.core.auth.LeaseCredentials;
+import dev.recycler.core.auth.LeaseVerifier;
 import dev.recycler.core.metrics.RecyclerMetrics;
 import dev.recycler.proto.v1.Attached;
 import dev.recycler.proto.v1.Exit;
@@ -23,6 +27,7 @@ import dev.recycler.proto.v1.RecyclerMessage;
 import dev.recycler.proto.v1.SlotStatus;
 import dev.recycler.proto.v1.SlotTable;
 import dev.recycler.proto.v1.WorkerStarted;
+import java.security.SecureRandom;
 import java.time.Duration;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
@@ -57,8 +62,12 @@ import org.slf4j.LoggerFactory;
  * draining by the drain timeout (which re-sends the exit instruction). Reports and calls for a generation that is not the
  * slot's current one are rejected or ignored (fencing). Slots whose leases fail before the worker is ready back off
  * exponentially from their second consecutive failure.
+ *
+ * <p><b>Credentials.</b> Every lease gets a random credential at assignment, sent only in its {@code Lease} message;
+ * lease-scoped calls are checked against it ({@link LeaseVerifier}, constant-time). Leases are indexed, shown and
+ * logged by their public worker id ({@code <slot>.g<generation>}), never with the credential.
  */
-public final class SlotPool {
+public final class SlotPool implements LeaseVerifier {
   private static final Logger LOG = LoggerFactory.getLogger(SlotPool.class);
   private static final int RECENT_STOPS = 4096;
 
@@ -67,6 +76,7 @@ public final class SlotPool {
   private final RecyclerMetrics<SlotState, EndReason> metrics;
   private final LeaseListener listener;
   private final String recyclerId;
+  private final SecureRandom random = new SecureRandom();
 
   private final ReentrantLock lock = new ReentrantLock();
 
@@ -381,6 +391,14 @@ public final class SlotPool {
         metrics.startFailed(EndReason.SHUTDOWN);
         throw new RecyclerException(UNAVAILABLE, "the recycler is shutting down");
       }
+      if (waiting.size() >= config.maxWaitingStarts()) {
+        metrics.startFailed(EndReason.QUEUE_FULL);
+        LOG.warn("StartWorker refused, waiting queue full runner_worker={} waiting={}", request.getWorkerId(),
+            waiting.size());
+        throw new RecyclerException(BUSY, "too many StartWorker calls are waiting for a harness slot ("
+            + waiting.size() + ", the limit max-waiting-starts=" + config.maxWaitingStarts()
+            + "); raise max-waiting-starts, add slots, or run fewer concurrent jobs per TaskManager");
+      }
       Lease lease = new Lease(request, peer, scheduler.nanoTime(), scheduler.now());
       waiting.add(lease);
       lease.waitTask = scheduler.schedule(config.leaseWaitTimeout(), () -> waitTimedOut(lease));
@@ -642,6 +660,44 @@ public final class SlotPool {
     }
   }
 
+  @Override
+  public String verifyWorker(String presentedWorkerId) throws RecyclerException {
+    LeaseCredentials.Presented presented = LeaseCredentials.split(presentedWorkerId);
+    if (presented.credential().isEmpty()) {
+      throw new RecyclerException(UNAUTHENTICATED, presented.publicId().isEmpty()
+          ? "the worker_id header is missing: start the worker with the --id its wrapper got in the Lease"
+          : "worker id " + LeaseCredentials.describe(presented.publicId()) + " carries no lease credential: start"
+              + " the worker with the full --id its wrapper got in the Lease");
+    }
+    lock.lock();
+    try {
+      Lease lease = byWorkerId.get(presented.publicId());
+      if (lease == null) {
+        throw new RecyclerException(UNKNOWN_ID, "no lease has worker id "
+            + LeaseCredentials.describe(presented.publicId()));
+      }
+      if (!LeaseCredentials.matches(lease.credential, presented.credential())) {
+        throw new RecyclerException(FORBIDDEN, "wrong lease credential for worker '" + presented.publicId() + "'");
+      }
+      return presented.publicId();
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  @Override
+  public void verifyWrapper(String slotId, String generationHeader, String credential) throws RecyclerException {
+    if (credential.isEmpty()) {
+      throw new RecyclerException(UNAUTHENTICATED, "the recycler-lease-credential header is missing: wrappers send"
+          + " the credential of their Lease on every provision and artifact call");
+    }
+    Lease lease = currentLease(slotId, generationHeader);
+    if (!LeaseCredentials.matches(lease.credential, credential)) {
+      throw new RecyclerException(FORBIDDEN, "wrong lease credential for slot '" + slotId + "' generation "
+          + lease.generation);
+    }
+  }
+
   /** Records the job name (from the pipeline options) for the slot table and logs. */
   public void jobName(Lease lease, String name) {
     lease.jobName = name == null ? "" : name;
@@ -684,6 +740,7 @@ public final class SlotPool {
     lease.generation = generation;
     lease.assignedNanos = scheduler.nanoTime();
     lease.workerId = slot.id + ".g" + generation;
+    lease.credential = LeaseCredentials.mint(random);
     lease.state = Lease.State.BOOTING;
     slot.lease = lease;
     byWorkerId.put(lease.workerId, lease);
@@ -717,7 +774,8 @@ public final class SlotPool {
       }
       lease.announced = true;
       dev.recycler.proto.v1.Lease.Builder message = dev.recycler.proto.v1.Lease.newBuilder()
-          .setGeneration(lease.generation).setWorkerId(lease.workerId).setJobName(lease.jobName);
+          .setGeneration(lease.generation).setJobName(lease.jobName)
+          .setWorkerId(LeaseCredentials.workerId(lease.workerId, lease.credential)).setCredential(lease.credential);
       if (prepared != null) {
         message.setPrepared(prepared);
       }

@@ -47,6 +47,14 @@ public final class CallerContext implements ServerInterceptor {
     return nullToEmpty(WORKER_ID.get());
   }
 
+  /**
+   * {@code ctx} with the current call's worker id replaced by {@code workerId}: for the authenticator, which checks
+   * the presented id (with its credential) and hands services only the verified id without the secret part.
+   */
+  public static Context withWorkerId(Context ctx, String workerId) {
+    return ctx.withValue(WORKER_ID, workerId);
+  }
+
   /** The raw {@code recycler-generation} header of the current call, or "" when absent. */
   public static String generation() {
     return nullToEmpty(GENERATION.get());

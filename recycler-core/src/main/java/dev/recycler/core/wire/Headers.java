@@ -12,6 +12,17 @@ public final class Headers {
   public static final Metadata.Key<String> GENERATION =
       Metadata.Key.of("recycler-generation", Metadata.ASCII_STRING_MARSHALLER);
 
+  /**
+   * The lease credential on a wrapper's provision/artifact call: the {@code Lease.credential} of the generation it
+   * names. A secret: never log it.
+   */
+  public static final Metadata.Key<String> LEASE_CREDENTIAL =
+      Metadata.Key.of("recycler-lease-credential", Metadata.ASCII_STRING_MARSHALLER);
+
+  /** The shared attach secret a wrapper presents on {@code SlotControl.Attach}. A secret: never log it. */
+  public static final Metadata.Key<String> ATTACH_SECRET =
+      Metadata.Key.of("recycler-attach-secret", Metadata.ASCII_STRING_MARSHALLER);
+
   /** Response header of GetArtifact: the content length in bytes (decimal), for the wrapper to verify. */
   public static final Metadata.Key<String> CONTENT_LENGTH =
       Metadata.Key.of("recycler-content-length", Metadata.ASCII_STRING_MARSHALLER);

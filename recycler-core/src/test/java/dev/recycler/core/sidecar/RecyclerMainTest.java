@@ -30,6 +30,18 @@ class RecyclerMainTest {
   }
 
   @Test
+  void securityAndBoundFlags() {
+    RecyclerConfig c = parse("--attach-secret-file", "/etc/recycler/attach-secret", "--max-inbound-message-bytes",
+        "16777216", "--max-waiting-starts=8");
+
+    assertThat(c.attachSecretFile()).hasToString("/etc/recycler/attach-secret");
+    assertThat(c.maxInboundMessageBytes()).isEqualTo(16 << 20);
+    assertThat(c.maxWaitingStarts()).isEqualTo(8);
+    assertThat(parse().attachSecretFile()).isNull();
+    assertThatThrownBy(() -> parse("--max-waiting-starts", "0")).hasMessageContaining("max waiting starts");
+  }
+
+  @Test
   void explicitSlotIds() {
     assertThat(parse("--slot-ids", "a, b,c").slotIds()).containsExactly("a", "b", "c");
   }

@@ -56,9 +56,13 @@ class SlotPoolTest {
   }
 
   private SlotPool newPool(int slots) {
+    return newPool(slots, 256);
+  }
+
+  private SlotPool newPool(int slots, int maxWaitingStarts) {
     RecyclerConfig config = RecyclerConfig.builder().slots(slots, "slot-").port(0).leaseWaitTimeout(WAIT)
         .readyTimeout(READY).drainTimeout(Duration.ofSeconds(30)).attachProbeTimeout(Duration.ofSeconds(2))
-        .failureBackoff(Duration.ofSeconds(5), Duration.ofSeconds(40)).build();
+        .failureBackoff(Duration.ofSeconds(5), Duration.ofSeconds(40)).maxWaitingStarts(maxWaitingStarts).build();
     LeaseListener listener = new LeaseListener() {
       @Override
       public CompletableFuture<PreparedLease> onAssigned(Lease lease) {
@@ -143,13 +147,79 @@ class SlotPoolTest {
   }
 
   @Test
+  void onlyTheLeasesCredentialPassesAndNoViewShowsIt() throws Exception {
+    TestingWrapperLink link = attach("slot-0", "a");
+    Lease lease = pool.startWorker(request("1-1"), "runner:1");
+    dev.recycler.proto.v1.Lease msg = leaseMessage(link);
+    String credential = msg.getCredential();
+    String wrong = credential.equals("0".repeat(32)) ? "1".repeat(32) : "0".repeat(32);
+
+    assertThat(pool.verifyWorker(msg.getWorkerId())).isEqualTo("slot-0.g1");
+    assertThatThrownBy(() -> pool.verifyWorker("slot-0.g1"))
+        .isInstanceOfSatisfying(RecyclerException.class, e -> assertThat(e.kind()).isEqualTo(Kind.UNAUTHENTICATED))
+        .hasMessageContaining("carries no lease credential");
+    assertThatThrownBy(() -> pool.verifyWorker(""))
+        .isInstanceOfSatisfying(RecyclerException.class, e -> assertThat(e.kind()).isEqualTo(Kind.UNAUTHENTICATED));
+    assertThatThrownBy(() -> pool.verifyWorker("slot-0.g1." + wrong))
+        .isInstanceOfSatisfying(RecyclerException.class, e -> assertThat(e.kind()).isEqualTo(Kind.FORBIDDEN))
+        .hasMessageNotContaining(wrong);
+    assertThatThrownBy(() -> pool.verifyWorker("slot-1.g1." + credential))
+        .isInstanceOfSatisfying(RecyclerException.class, e -> assertThat(e.kind()).isEqualTo(Kind.UNKNOWN_ID))
+        .hasMessageNotContaining(credential);
+    // A credential in a form the parser does not know (upper case) is not recognised, and not echoed either.
+    assertThatThrownBy(() -> pool.verifyWorker("slot-0.g1." + credential.toUpperCase()))
+        .isInstanceOfSatisfying(RecyclerException.class, e -> assertThat(e.kind()).isEqualTo(Kind.UNAUTHENTICATED))
+        .hasMessageNotContaining(credential.toUpperCase());
+
+    pool.verifyWrapper("slot-0", "1", credential);
+    assertThatThrownBy(() -> pool.verifyWrapper("slot-0", "1", ""))
+        .isInstanceOfSatisfying(RecyclerException.class, e -> assertThat(e.kind()).isEqualTo(Kind.UNAUTHENTICATED))
+        .hasMessageContaining("recycler-lease-credential");
+    assertThatThrownBy(() -> pool.verifyWrapper("slot-0", "1", wrong))
+        .isInstanceOfSatisfying(RecyclerException.class, e -> assertThat(e.kind()).isEqualTo(Kind.FORBIDDEN));
+    // Fencing still applies with the right credential: a stale generation is a wrong state, not a wrong secret.
+    assertThatThrownBy(() -> pool.verifyWrapper("slot-0", "2", credential))
+        .isInstanceOfSatisfying(RecyclerException.class, e -> assertThat(e.kind()).isEqualTo(Kind.WRONG_STATE));
+
+    // Views and logs use the public id only.
+    pool.controlConnected("slot-0.g1", new RecordingControl());
+    assertThat(pool.slotTable(0).toString()).contains("slot-0.g1").doesNotContain(credential);
+    assertThat(lease.toString()).doesNotContain(credential);
+    assertThat(lease.workerId()).isEqualTo("slot-0.g1");
+  }
+
+  @Test
+  void startWorkerBeyondMaxWaitingStartsFailsAtOnceNamingTheSetting() throws Exception {
+    pool = newPool(1, 2);
+    attach("slot-0", "a");
+    pool.startWorker(request("1-1"), "runner:1"); // takes the slot
+    Lease second = pool.startWorker(request("1-2"), "runner:2");
+    Lease third = pool.startWorker(request("1-3"), "runner:3");
+
+    assertThatThrownBy(() -> pool.startWorker(request("1-4"), "runner:4"))
+        .isInstanceOfSatisfying(RecyclerException.class, e -> {
+          assertThat(e.kind()).isEqualTo(Kind.BUSY);
+          assertThat(e.toStatusException().getStatus().getCode()).isEqualTo(io.grpc.Status.Code.RESOURCE_EXHAUSTED);
+        })
+        .hasMessageContaining("max-waiting-starts=2");
+    assertThat(second.state()).isEqualTo(Lease.State.WAITING);
+    assertThat(third.state()).isEqualTo(Lease.State.WAITING);
+    assertThat(registry.get("recycler.start.failures").tag("reason", "QUEUE_FULL").counter().count()).isEqualTo(1);
+
+    // A waiting call that goes away frees its place in the queue.
+    pool.cancelStart(third);
+    assertThat(pool.startWorker(request("1-5"), "runner:5").state()).isEqualTo(Lease.State.WAITING);
+  }
+
+  @Test
   void fullLeaseCycleReturnsTheSlotToIdleOnlyAfterLeaseEnded() throws Exception {
     TestingWrapperLink link = attach("slot-0", "a");
 
     Lease lease = pool.startWorker(request("1-1"), "runner:1");
     dev.recycler.proto.v1.Lease msg = leaseMessage(link);
     assertThat(msg.getGeneration()).isEqualTo(1);
-    assertThat(msg.getWorkerId()).isEqualTo("slot-0.g1");
+    assertThat(msg.getCredential()).matches("[0-9a-f]{32}");
+    assertThat(msg.getWorkerId()).isEqualTo("slot-0.g1." + msg.getCredential());
     assertThat(state("slot-0")).isEqualTo(SlotState.BOOTING);
     assertThat(lease.ready()).isNotDone();
 
@@ -254,7 +324,7 @@ class SlotPoolTest {
 
     dev.recycler.proto.v1.Lease sent = leaseMessage(link);
     assertThat(sent.getGeneration()).isEqualTo(1);
-    assertThat(sent.getWorkerId()).isEqualTo("slot-0.g1");
+    assertThat(sent.getWorkerId()).isEqualTo("slot-0.g1." + sent.getCredential());
     assertThat(sent.getPrepared()).isEqualTo(inputs);
   }
 

@@ -72,6 +72,10 @@ public final class TestingWrapper implements AutoCloseable {
       Metadata.Key.of("recycler-generation", Metadata.ASCII_STRING_MARSHALLER);
   private static final Metadata.Key<String> LENGTH =
       Metadata.Key.of("recycler-content-length", Metadata.ASCII_STRING_MARSHALLER);
+  private static final Metadata.Key<String> CREDENTIAL =
+      Metadata.Key.of("recycler-lease-credential", Metadata.ASCII_STRING_MARSHALLER);
+  private static final Metadata.Key<String> ATTACH_SECRET =
+      Metadata.Key.of("recycler-attach-secret", Metadata.ASCII_STRING_MARSHALLER);
 
   private final String slot;
   private final String incarnation;
@@ -79,6 +83,7 @@ public final class TestingWrapper implements AutoCloseable {
   private final ExecutorService boots = Executors.newSingleThreadExecutor();
   private volatile Behavior behavior = Behavior.NORMAL;
   private volatile boolean answerPings = true;
+  private volatile String attachSecret = "";
   private StreamObserver<WrapperMessage> toRecycler;
 
   public final List<RecyclerMessage> received = new CopyOnWriteArrayList<>();
@@ -114,6 +119,12 @@ public final class TestingWrapper implements AutoCloseable {
     return this;
   }
 
+  /** Present {@code secret} on Attach ("" presents none). */
+  public TestingWrapper attachSecret(String secret) {
+    this.attachSecret = secret;
+    return this;
+  }
+
   /** Stop answering pings, as a hung or half-dead wrapper would. */
   public TestingWrapper silent() {
     this.answerPings = false;
@@ -122,7 +133,13 @@ public final class TestingWrapper implements AutoCloseable {
 
   /** Opens the Attach stream and says Hello. */
   public TestingWrapper attach() {
-    toRecycler = SlotControlGrpc.newStub(channel).attach(new StreamObserver<>() {
+    Metadata md = new Metadata();
+    if (!attachSecret.isEmpty()) {
+      md.put(ATTACH_SECRET, attachSecret);
+    }
+    SlotControlGrpc.SlotControlStub stub =
+        SlotControlGrpc.newStub(channel).withInterceptors(MetadataUtils.newAttachHeadersInterceptor(md));
+    toRecycler = stub.attach(new StreamObserver<>() {
       @Override
       public void onNext(RecyclerMessage m) {
         received.add(m);
@@ -157,15 +174,17 @@ public final class TestingWrapper implements AutoCloseable {
     toRecycler.onNext(m);
   }
 
-  private Channel fenced(long generation) {
+  private Channel fenced(long generation, String credential) {
     Metadata md = new Metadata();
     md.put(WORKER_ID, slot);
     md.put(GENERATION, Long.toString(generation));
+    md.put(CREDENTIAL, credential);
     return io.grpc.ClientInterceptors.intercept(channel, MetadataUtils.newAttachHeadersInterceptor(md));
   }
 
   private void boot(dev.recycler.proto.v1.Lease lease) {
     long gen = lease.getGeneration();
+    String cred = lease.getCredential();
     try {
       ProvisionInfo info;
       List<ArtifactInformation> resolved;
@@ -174,10 +193,10 @@ public final class TestingWrapper implements AutoCloseable {
         resolved = lease.getPrepared().getArtifactsList();
       } else {
         bootCalls.incrementAndGet();
-        info = ProvisionServiceGrpc.newBlockingStub(fenced(gen)).withDeadlineAfter(10, TimeUnit.SECONDS)
+        info = ProvisionServiceGrpc.newBlockingStub(fenced(gen, cred)).withDeadlineAfter(10, TimeUnit.SECONDS)
             .getProvisionInfo(GetProvisionInfoRequest.getDefaultInstance()).getInfo();
         bootCalls.incrementAndGet();
-        resolved = ArtifactRetrievalServiceGrpc.newBlockingStub(fenced(gen)).withDeadlineAfter(10, TimeUnit.SECONDS)
+        resolved = ArtifactRetrievalServiceGrpc.newBlockingStub(fenced(gen, cred)).withDeadlineAfter(10, TimeUnit.SECONDS)
             .resolveArtifacts(ResolveArtifactsRequest.newBuilder().addAllArtifacts(info.getDependenciesList()).build())
             .getReplacementsList();
       }
@@ -185,7 +204,7 @@ public final class TestingWrapper implements AutoCloseable {
       for (ArtifactInformation a : resolved) {
         String sha = ArtifactFilePayload.parseFrom(a.getTypePayload()).getSha256();
         if (!held.contains(sha)) {
-          fetch(gen, a, sha);
+          fetch(gen, cred, a, sha);
         }
       }
     } catch (Exception e) {
@@ -206,7 +225,7 @@ public final class TestingWrapper implements AutoCloseable {
     }
   }
 
-  private void fetch(long gen, ArtifactInformation a, String sha) throws Exception {
+  private void fetch(long gen, String cred, ArtifactInformation a, String sha) throws Exception {
     ByteArrayOutputStream bytes = new ByteArrayOutputStream();
     String[] length = new String[1];
     ClientInterceptor headers = new ClientInterceptor() {
@@ -227,7 +246,7 @@ public final class TestingWrapper implements AutoCloseable {
       }
     };
     java.util.Iterator<GetArtifactResponse> it = ArtifactRetrievalServiceGrpc
-        .newBlockingStub(io.grpc.ClientInterceptors.intercept(fenced(gen), headers))
+        .newBlockingStub(io.grpc.ClientInterceptors.intercept(fenced(gen, cred), headers))
         .withDeadlineAfter(10, TimeUnit.SECONDS).getArtifact(GetArtifactRequest.newBuilder().setArtifact(a).build());
     while (it.hasNext()) {
       it.next().getData().writeTo(bytes);

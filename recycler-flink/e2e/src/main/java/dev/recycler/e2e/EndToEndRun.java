@@ -219,7 +219,8 @@ public final class EndToEndRun {
     int overlap = EndToEndResult.maxConcurrentJobs(runs);
     Set<String> slotsUsed = new LinkedHashSet<>();
     runs.forEach(r -> r.leases().forEach(l -> slotsUsed.add(l.slot())));
-    check(n + " concurrent jobs: each exactly the expected output, leases of different jobs at the same time",
+    check(n + " concurrent new jobs on " + s.slots + " harness slots (the rest wait for a slot): each exactly the"
+            + " expected output, leases of different jobs at the same time",
         runs.stream().allMatch(JobRun::succeeded) && overlap >= 2,
         describe(runs) + "; leases of " + overlap + " jobs at once; slots used " + slotsUsed);
   }
@@ -934,11 +935,13 @@ public final class EndToEndRun {
         flinkLib = BuildPaths.flinkLibDirectory();
       }
       if (concurrentJobs < 0) {
-        concurrentJobs = slots;
+        // More new jobs at once than harness slots: the last ones wait for a slot, as on a busy TaskManager (five
+        // concurrent new jobs on three slots once exhausted a TaskManager's heap when every job's binary was
+        // streamed through it).
+        concurrentJobs = slots + 2;
       }
-      if (concurrentJobs > slots) {
-        throw new IllegalArgumentException("concurrent jobs (" + concurrentJobs + ") must not exceed slots (" + slots
-            + ")");
+      if (concurrentJobs < 1) {
+        throw new IllegalArgumentException("concurrent jobs must be at least 1, got " + concurrentJobs);
       }
       return new EndToEndRun(this);
     }

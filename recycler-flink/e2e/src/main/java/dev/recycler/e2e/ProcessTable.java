@@ -6,6 +6,7 @@ import java.nio.file.DirectoryStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Collection;
 import java.util.List;
 
@@ -52,15 +53,17 @@ final class ProcessTable {
   }
 
   /**
-   * Processes whose command line has the argument {@code --id=<workerId>} (an inner Go worker of that lease) and
-   * mentions {@code under} (its wrapper's work directory: the binary and {@code --semi_persist_dir} live below it).
-   * Lease worker ids ({@code slot-0.g4}) are the same in every recycler, so without {@code under} another test's
-   * worker on the same machine would count.
+   * Processes whose command line has the argument {@code --id=<workerId>.<credential>} (an inner Go worker of that
+   * lease: {@code workerId} is the public id the slot table shows, the worker's own id carries the lease credential
+   * after it) and mentions {@code under} (its wrapper's work directory: the binary and {@code --semi_persist_dir} live
+   * below it). Public worker ids ({@code slot-0.g4}) are the same in every recycler, so without {@code under} another
+   * test's worker on the same machine would count.
    */
   List<Proc> withWorkerId(String workerId, String under) {
     String arg = "--id=" + workerId;
     return procs.stream()
-        .filter(p -> List.of(p.cmdline.split(" ")).contains(arg) && p.cmdline.contains(under))
+        .filter(p -> Arrays.stream(p.cmdline.split(" ")).anyMatch(a -> a.equals(arg) || a.startsWith(arg + "."))
+            && p.cmdline.contains(under))
         .toList();
   }
 
