@@ -32,7 +32,9 @@ import org.slf4j.spi.SLF4JServiceProvider;
  * record, so lines of concurrent threads never interleave.
  */
 public final class SidecarLog implements SLF4JServiceProvider {
-  private static final DateTimeFormatter TIME = DateTimeFormatter.ISO_INSTANT;
+  /** UTC with milliseconds, fixed width. */
+  private static final DateTimeFormatter TIME =
+      DateTimeFormatter.ofPattern("yyyy-MM-dd'T'HH:mm:ss.SSS'Z'", Locale.ROOT).withZone(java.time.ZoneOffset.UTC);
   private static volatile Sink sink = new Sink(false, Level.INFO, System.err, Clock.systemUTC());
 
   private final IMarkerFactory markers = new BasicMarkerFactory();
@@ -50,6 +52,8 @@ public final class SidecarLog implements SLF4JServiceProvider {
     sink = new Sink(format.equals("json"), Level.valueOf(level.toUpperCase(Locale.ROOT)), System.err,
         Clock.systemUTC());
     System.setProperty("slf4j.provider", SidecarLog.class.getName());
+    // SLF4J announces an explicitly chosen provider at INFO on stderr; that line would break the JSON format.
+    System.setProperty("slf4j.internal.verbosity", "WARN");
     java.util.logging.Logger root = java.util.logging.Logger.getLogger("");
     for (java.util.logging.Handler h : root.getHandlers()) {
       root.removeHandler(h);

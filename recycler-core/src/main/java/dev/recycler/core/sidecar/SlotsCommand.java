@@ -17,6 +17,7 @@ import java.time.Duration;
 import java.time.Instant;
 import java.time.ZoneOffset;
 import java.time.format.DateTimeFormatter;
+import java.time.temporal.ChronoUnit;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
@@ -145,7 +146,8 @@ final class SlotsCommand {
   /** The slot table as text: one row per slot, then the most recent leases (newest last). */
   static String render(SlotTable table, Instant now) {
     StringBuilder b = new StringBuilder();
-    b.append("slots (").append(table.getSlotsCount()).append(") at ").append(now).append('\n');
+    b.append("slots (").append(table.getSlotsCount()).append(") at ")
+        .append(now.truncatedTo(ChronoUnit.MILLIS)).append('\n');
     List<String[]> rows = new ArrayList<>();
     rows.add(new String[] {"slot", "state", "gen", "job", "worker id", "worker pid", "wrapper pid", "since",
         "failures", "leases"});
