@@ -63,7 +63,8 @@ class OptionTableAgreementTest {
       Object coreParsed = o.parsedDefault();
       if (flinkDefault instanceof MemorySize size) {
         assertThat(coreParsed).isEqualTo(size.getBytes());
-      } else if (flinkDefault instanceof Duration || flinkDefault instanceof Integer || flinkDefault instanceof String) {
+      } else if (flinkDefault instanceof Duration || flinkDefault instanceof Integer
+          || flinkDefault instanceof String) {
         assertThat(coreParsed).isEqualTo(flinkDefault);
       }
     }

@@ -16,8 +16,8 @@ import java.util.Locale;
  */
 public enum RecyclerOption {
   PORT("port", Type.INT, "50000", Scope.SHARED,
-      "The fixed gRPC port: the Beam runner's worker pool, the wrappers' attach, provision and artifact services and the"
-          + " inner workers' control proxy. Pipelines use `--environment_config=localhost:<port>`. `0` picks a free"
+      "The fixed gRPC port: the Beam runner's worker pool, the wrappers' attach, provision and artifact services and"
+          + " the inner workers' control proxy. Pipelines use `--environment_config=localhost:<port>`. `0` picks a free"
           + " port (tests)."),
   SLOTS("slots", Type.INT, "1", Scope.SIDECAR,
       "Number of slots, named `<slot-id-prefix>0 … <slot-id-prefix>(slots-1)`; one go-boot-wrapper per slot. (In"

@@ -13,8 +13,9 @@ import java.util.concurrent.CountDownLatch;
  * java -jar recycler-core.jar slots --admin HOST:PORT} prints a running recycler's slot table instead.
  *
  * <p>Steps: 1. resolve the settings (flags over environment) and the log format; 2. start the recycler; 3. print the
- * {@code recycler listening on ...} line on stdout (scripts wait for it); 4. wait for SIGTERM, which stops it gracefully
- * (exit instructions to every leased slot first). Exit codes: 0 clean stop, 2 bad arguments, 1 failed to start.
+ * {@code recycler listening on ...} line on stdout (scripts wait for it); 4. wait for SIGTERM, which stops it
+ * gracefully (exit instructions to every leased slot first). Exit codes: 0 clean stop, 2 bad arguments, 1 failed to
+ * start.
  */
 public final class RecyclerMain {
   private RecyclerMain() {}

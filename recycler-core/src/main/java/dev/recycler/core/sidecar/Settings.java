@@ -15,8 +15,8 @@ import java.util.TreeSet;
 /**
  * The sidecar's settings, resolved from its command line and environment through the option table ({@link
  * RecyclerOption}): {@code --<key> value}, {@code --<key>=value} or {@code RECYCLER_<KEY>=value}; a flag wins over
- * its variable, old spellings are aliases. Immutable. Errors are {@link IllegalArgumentException}s that name the flag or
- * variable to fix.
+ * its variable, old spellings are aliases. Immutable. Errors are {@link IllegalArgumentException}s that name the flag
+ * or variable to fix.
  */
 final class Settings {
   /** Where a value came from, for messages and precedence. */

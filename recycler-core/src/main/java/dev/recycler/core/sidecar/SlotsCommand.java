@@ -139,6 +139,8 @@ final class SlotsCommand {
           + " or raise --timeout";
       case UNIMPLEMENTED -> target + " answers gRPC but serves no recycler.v1.RecyclerAdmin: is it a Beam worker"
           + " pool or another service instead of a recycler?";
+      case INTERNAL, UNKNOWN -> target + " does not speak gRPC" + cause + ": is it the admin HTTP port? Use the"
+          + " recycler's gRPC port (the one pipelines name in --environment_config)";
       default -> "GetSlotTable at " + target + " failed with " + e.getStatus().getCode() + cause;
     };
   }

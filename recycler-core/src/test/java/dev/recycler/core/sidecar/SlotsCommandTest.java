@@ -78,7 +78,7 @@ class SlotsCommandTest {
 
   @Test
   void printsTheSlotTableOfARunningRecycler() throws Exception {
-    recycler = Recycler.start(RecyclerConfig.builder().slots(2, "slot-").port(0).cacheDirectory(cacheDir)
+    recycler = Recycler.start(RecyclerConfig.builder().slots(2, "slot-").port(0).adminPort(0).cacheDirectory(cacheDir)
         .readyTimeout(Duration.ofSeconds(10)).shutdownTimeout(Duration.ofSeconds(5)).build(),
         new SimpleMeterRegistry(), TestingRunner::channel);
     byte[] binary = new byte[1000];
@@ -118,6 +118,10 @@ class SlotsCommandTest {
     assertThat(slot0.getStateSinceUnixMillis()).isBetween(System.currentTimeMillis() - 60_000,
         System.currentTimeMillis());
     assertThat(parsed.getLeasesList()).extracting(LeaseRecord::getWorkerId).containsExactly("slot-0.g1");
+
+    // The admin HTTP port by mistake: exit 1 and a pointer to the right port.
+    assertThat(run("--admin", "127.0.0.1:" + recycler.adminPort())).isEqualTo(1);
+    assertThat(err()).contains("does not speak gRPC", "is it the admin HTTP port?");
   }
 
   @Test

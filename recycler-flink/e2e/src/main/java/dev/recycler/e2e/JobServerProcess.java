@@ -39,9 +39,9 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Beam quirks this class absorbs: Beam's own driver listens on all interfaces with its job and artifact ports
  * whatever {@code --job-host} says, so this class starts {@code LoopbackJobServerDriver} from the same jar, which binds
- * every port to {@code --job-host} (127.0.0.1); its per-job artifact cleanup ({@code --clean-artifacts-per-job}, on by default) fails for
- * Go jobs because the staged name nests the launcher's absolute binary path in subdirectories, so each job leaves its
- * worker binary under the artifacts directory until this class deletes it.
+ * every port to {@code --job-host} (127.0.0.1); its per-job artifact cleanup ({@code --clean-artifacts-per-job}, on by
+ * default) fails for Go jobs because the staged name nests the launcher's absolute binary path in subdirectories, so
+ * each job leaves its worker binary under the artifacts directory until this class deletes it.
  */
 public final class JobServerProcess implements AutoCloseable {
   private static final Logger LOG = LoggerFactory.getLogger(JobServerProcess.class);
