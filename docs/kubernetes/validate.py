@@ -8,6 +8,9 @@
    local Maven repository; fetch it with
    `mvn dependency:get -Dartifact=org.apache.flink:flink-kubernetes-operator-api:1.10.0 -Dtransitive=false`),
    and its TaskManager pod template as a strict Kubernetes Pod.
+4. PodMonitor (Prometheus Operator): its CRD schema is not available offline, so it is checked against what it must
+   match instead: its selector selects the TaskManager pods of a FlinkDeployment here (the operator labels them
+   app=<name>, component=taskmanager), and each endpoint's port is a named port of the TaskManager's main container.
 
 Usage: pip install pyyaml jsonschema kubernetes-validate && python3 docs/kubernetes/validate.py
 """
@@ -41,10 +44,45 @@ def check_k8s(doc, where):
     print(f"ok  {where}: {doc['kind']} {doc['metadata']['name']} (Kubernetes {K8S_VERSION} schema, strict)")
 
 
+def check_pod_monitor(doc, deployments, where):
+    spec = doc["spec"]
+    allowed = {"selector", "podMetricsEndpoints", "namespaceSelector", "jobLabel", "podTargetLabels",
+               "sampleLimit", "targetLimit"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ValueError(f"PodMonitor spec has fields this check does not know: {sorted(unknown)}")
+    selector = spec["selector"]["matchLabels"]
+    targets = [d for d in deployments
+               if selector == {"app": d["metadata"]["name"], "component": "taskmanager"}]
+    if not targets:
+        raise ValueError(f"PodMonitor selector {selector} selects no TaskManager pods of the FlinkDeployments here "
+                         f"({[d['metadata']['name'] for d in deployments]}): use app=<name>, component=taskmanager")
+    for deployment in targets:
+        containers = deployment["spec"]["taskManager"]["podTemplate"]["spec"]["containers"]
+        main = next(c for c in containers if c["name"] == "flink-main-container")
+        ports = {p.get("name") for p in main.get("ports", [])}
+        for endpoint in spec["podMetricsEndpoints"]:
+            if endpoint.get("port") not in ports:
+                raise ValueError(f"PodMonitor endpoint port {endpoint.get('port')!r} is not a named port of "
+                                 f"{deployment['metadata']['name']}'s flink-main-container ({sorted(ports)})")
+            if endpoint.get("path", "/metrics") != "/metrics":
+                raise ValueError("the recycler serves Prometheus text at /metrics")
+    print(f"ok  {where}: PodMonitor {doc['metadata']['name']} selects the TaskManagers of "
+          f"{[d['metadata']['name'] for d in targets]} at a named admin port")
+
+
 def main():
     failures = 0
     schema = None
-    for path in sorted(glob.glob(os.path.join(HERE, "*.yaml"))):
+    paths = sorted(glob.glob(os.path.join(HERE, "*.yaml")))
+    deployments = []
+    for path in paths:
+        with open(path) as f:
+            try:
+                deployments += [d for d in yaml.safe_load_all(f) if d and d.get("kind") == "FlinkDeployment"]
+            except yaml.YAMLError:
+                pass  # reported below
+    for path in paths:
         name = os.path.basename(path)
         try:
             with open(path) as f:
@@ -63,6 +101,8 @@ def main():
                             pod["metadata"].update(template.get("metadata", {}))
                             pod["metadata"]["name"] = role.lower() + "-pod-template"
                             check_k8s(pod, f"{name} {role}.podTemplate")
+                elif doc["kind"] == "PodMonitor":
+                    check_pod_monitor(doc, deployments, name)
                 else:
                     check_k8s(doc, name)
         except Exception as e:  # report every file, then fail

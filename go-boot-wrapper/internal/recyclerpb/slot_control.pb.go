@@ -1132,8 +1132,12 @@ type SlotStatus struct {
 	ConsecutiveFailures int32  `protobuf:"varint,9,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
 	HeldDigests         int32  `protobuf:"varint,10,opt,name=held_digests,json=heldDigests,proto3" json:"held_digests,omitempty"`
 	LeasesServed        int64  `protobuf:"varint,11,opt,name=leases_served,json=leasesServed,proto3" json:"leases_served,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// When the slot entered its current state (wall clock of the recycler).
+	StateSinceUnixMillis int64 `protobuf:"varint,12,opt,name=state_since_unix_millis,json=stateSinceUnixMillis,proto3" json:"state_since_unix_millis,omitempty"`
+	// Process id of the current lease's inner worker, once the wrapper reported it started; 0 otherwise.
+	WorkerPid     int64 `protobuf:"varint,13,opt,name=worker_pid,json=workerPid,proto3" json:"worker_pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SlotStatus) Reset() {
@@ -1239,6 +1243,20 @@ func (x *SlotStatus) GetHeldDigests() int32 {
 func (x *SlotStatus) GetLeasesServed() int64 {
 	if x != nil {
 		return x.LeasesServed
+	}
+	return 0
+}
+
+func (x *SlotStatus) GetStateSinceUnixMillis() int64 {
+	if x != nil {
+		return x.StateSinceUnixMillis
+	}
+	return 0
+}
+
+func (x *SlotStatus) GetWorkerPid() int64 {
+	if x != nil {
+		return x.WorkerPid
 	}
 	return 0
 }
@@ -1469,7 +1487,7 @@ const file_recycler_v1_slot_control_proto_rawDesc = "" +
 	"max_leases\x18\x01 \x01(\x05R\tmaxLeases\"l\n" +
 	"\tSlotTable\x12-\n" +
 	"\x05slots\x18\x01 \x03(\v2\x17.recycler.v1.SlotStatusR\x05slots\x120\n" +
-	"\x06leases\x18\x02 \x03(\v2\x18.recycler.v1.LeaseRecordR\x06leases\"\x80\x03\n" +
+	"\x06leases\x18\x02 \x03(\v2\x18.recycler.v1.LeaseRecordR\x06leases\"\xd6\x03\n" +
 	"\n" +
 	"SlotStatus\x12\x17\n" +
 	"\aslot_id\x18\x01 \x01(\tR\x06slotId\x12\x14\n" +
@@ -1486,7 +1504,10 @@ const file_recycler_v1_slot_control_proto_rawDesc = "" +
 	"\x14consecutive_failures\x18\t \x01(\x05R\x13consecutiveFailures\x12!\n" +
 	"\fheld_digests\x18\n" +
 	" \x01(\x05R\vheldDigests\x12#\n" +
-	"\rleases_served\x18\v \x01(\x03R\fleasesServed\"\xd5\x03\n" +
+	"\rleases_served\x18\v \x01(\x03R\fleasesServed\x125\n" +
+	"\x17state_since_unix_millis\x18\f \x01(\x03R\x14stateSinceUnixMillis\x12\x1d\n" +
+	"\n" +
+	"worker_pid\x18\r \x01(\x03R\tworkerPid\"\xd5\x03\n" +
 	"\vLeaseRecord\x12\x17\n" +
 	"\aslot_id\x18\x01 \x01(\tR\x06slotId\x12\x1e\n" +
 	"\n" +

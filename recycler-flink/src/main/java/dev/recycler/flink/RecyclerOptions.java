@@ -15,8 +15,9 @@ import org.apache.flink.configuration.MemorySize;
  * of slots is not an option of this class: it is Flink's own {@code external-resource.<name>.amount}.
  *
  * <p>{@link FlinkRecyclerConfig} maps these options to the core {@code RecyclerConfig}; the defaults here equal the
- * core defaults (checked by {@code FlinkRecyclerConfigTest}). The configuration reference in {@code docs/flink.md}
- * lists the same keys.
+ * core defaults (checked by {@code FlinkRecyclerConfigTest}). The keys and defaults are those of recycler-core's option
+ * table, {@code dev.recycler.core.options.RecyclerOption}, which also drives the sidecar's flags (checked by {@code
+ * OptionTableAgreementTest}). The configuration reference in {@code docs/flink.md} lists the same keys.
  */
 public final class RecyclerOptions {
 
@@ -162,8 +163,8 @@ public final class RecyclerOptions {
           .intType()
           .defaultValue(-1)
           .withDescription("Port of the admin HTTP endpoint on the bind host: GET /metrics (Prometheus text of the"
-              + " recycler's meters), /slots (the slot table as JSON), /healthz. -1 disables it, 0 picks a free"
-              + " port (reported as the admin-endpoint property).");
+              + " recycler's meters), /slots (the slot table as JSON), /healthz (liveness), /readyz (readiness: a"
+              + " slot is attached). -1 disables it, 0 picks a free port (reported as the admin-endpoint property).");
 
   public static final ConfigOption<Integer> LEASE_HISTORY_SIZE =
       ConfigOptions.key("lease-history-size")

@@ -67,6 +67,14 @@ class KubernetesExampleTest {
         .anySatisfy(m -> assertThat(m).containsEntry("name", secretVolume).containsEntry("mountPath", secretDir));
     assertThat((List<Map<String, Object>>) main.get("ports")).extracting(p -> p.get("containerPort"))
         .containsExactlyInAnyOrder(config.port(), config.adminPort());
+    // Probes on the admin endpoint: live while it serves, ready once a slot is attached (docs/operations.md).
+    assertThat((List<Map<String, Object>>) main.get("ports"))
+        .anyMatch(p -> "recycler-admin".equals(p.get("name")) && p.get("containerPort").equals(config.adminPort()));
+    assertThat(map(map(main, "livenessProbe"), "httpGet")).containsEntry("path", "/healthz")
+        .containsEntry("port", "recycler-admin");
+    assertThat(map(map(main, "startupProbe"), "httpGet")).containsEntry("path", "/healthz");
+    assertThat(map(map(main, "readinessProbe"), "httpGet")).containsEntry("path", "/readyz")
+        .containsEntry("port", "recycler-admin");
     assertThat(map(map(map(spec, "taskManager"), "podTemplate"), "metadata").get("annotations"))
         .isEqualTo(Map.of("prometheus.io/scrape", "true", "prometheus.io/port",
             Integer.toString(config.adminPort()), "prometheus.io/path", "/metrics"));

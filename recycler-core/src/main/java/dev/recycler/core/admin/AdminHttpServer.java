@@ -15,7 +15,12 @@ import java.util.concurrent.Executors;
 
 /**
  * Plain HTTP for operators: {@code GET /slots} (slot table as JSON), {@code /metrics} (Prometheus text, when the
- * registry is a Prometheus one), {@code /healthz}. Binds where the gRPC port binds.
+ * registry is a Prometheus one), {@code /healthz} and {@code /readyz}. Binds where the gRPC port binds.
+ *
+ * <p>Probes: {@code /healthz} is liveness: 200 while this endpoint answers, which it does from start until the
+ * recycler's close has finished; restarting the process would lose every lease, so nothing else makes it fail.
+ * {@code /readyz} is readiness: 200 while at least one slot is attached and the pool is leasing, 503 otherwise (no
+ * wrapper attached yet, all wrappers gone, or shutting down), with one line that says why.
  */
 public final class AdminHttpServer implements AutoCloseable {
   private final HttpServer server;
@@ -45,6 +50,17 @@ public final class AdminHttpServer implements AutoCloseable {
       }
     });
     server.createContext("/healthz", ex -> respond(ex, 200, "text/plain", "ok\n"));
+    server.createContext("/readyz", ex -> {
+      SlotPool.Attachment a = pool.attachment();
+      if (a.shutdown()) {
+        respond(ex, 503, "text/plain", "not ready: the recycler is stopping\n");
+      } else if (a.attached() == 0) {
+        respond(ex, 503, "text/plain", "not ready: none of the " + a.slots() + " slots is attached; start one"
+            + " go-boot-wrapper per slot with --recycler pointing at this recycler's port\n");
+      } else {
+        respond(ex, 200, "text/plain", "ready: " + a.attached() + " of " + a.slots() + " slots attached\n");
+      }
+    });
     server.start();
   }
 

@@ -1027,6 +1027,19 @@ public final class SlotPool implements LeaseVerifier {
   }
 
   /** Every wrapper link currently attached (for closing them at shutdown). */
+  /** How many slots a wrapper holds, of how many, and whether the pool was shut down (for the readiness probe). */
+  public record Attachment(int attached, int slots, boolean shutdown) {}
+
+  public Attachment attachment() {
+    lock.lock();
+    try {
+      int attached = (int) slots.values().stream().filter(s -> s.attachment != null).count();
+      return new Attachment(attached, slots.size(), closed);
+    } finally {
+      lock.unlock();
+    }
+  }
+
   public List<WrapperLink> attachedLinks() {
     lock.lock();
     try {
@@ -1043,16 +1056,21 @@ public final class SlotPool implements LeaseVerifier {
     try {
       SlotTable.Builder table = SlotTable.newBuilder();
       List<LeaseRecord> records = new ArrayList<>(history);
+      // States are timed on the monotonic clock; the table shows wall time, so convert once per snapshot.
+      long nowNanos = scheduler.nanoTime();
+      long nowMillis = scheduler.now().toEpochMilli();
       for (Slot s : slots.values()) {
         SlotStatus.Builder st = SlotStatus.newBuilder().setSlotId(s.id).setState(s.state.name())
             .setGeneration(s.lastGeneration).setConsecutiveFailures(s.consecutiveFailures)
-            .setLeasesServed(s.leasesServed);
+            .setLeasesServed(s.leasesServed)
+            .setStateSinceUnixMillis(nowMillis - (nowNanos - s.stateSinceNanos) / 1_000_000);
         if (s.attachment != null) {
           st.setIncarnationId(s.attachment.incarnation()).setWrapperPid(s.attachment.wrapperPid())
               .setHeldDigests(s.attachment.heldDigests().size());
         }
         if (s.lease != null) {
-          st.setWorkerId(s.lease.workerId).setRunnerWorkerId(s.lease.runnerWorkerId()).setJobName(s.lease.jobName);
+          st.setWorkerId(s.lease.workerId).setRunnerWorkerId(s.lease.runnerWorkerId()).setJobName(s.lease.jobName)
+              .setWorkerPid(s.lease.workerPid);
           records.add(record(s.lease));
         }
         table.addSlots(st);

@@ -21,7 +21,8 @@ import java.util.regex.Pattern;
  * dial to the proxy; the proxy's upstream stream to the runner.
  */
 final class Breakdown {
-  private static final Pattern RECYCLER_LINE = Pattern.compile("^(\\S+) \\[[^]]*\\] INFO \\S+ - (.*)$");
+  /** A sidecar text log line ({@code SidecarLog}): {@code <UTC time> INFO [<thread>] <logger>: <message>}. */
+  static final Pattern RECYCLER_LINE = Pattern.compile("^(\\S+) INFO \\[[^]]*\\] \\S+: (.*)$");
   private static final Pattern ASSIGNED = Pattern.compile(
       "lease assigned slot=(\\S+) generation=(\\d+) worker=\\S+ runner_worker=(\\S+)");
   private static final Pattern CONNECTED = Pattern.compile("control connected slot=(\\S+) generation=(\\d+) ");

@@ -97,9 +97,7 @@ final class RecyclerSubject implements Subject {
     List<String> cmd = new ArrayList<>();
     cmd.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
     cmd.addAll(jvmOptions);
-    // Timestamps on the recycler's log lines, for the lease breakdown.
-    cmd.add("-Dorg.slf4j.simpleLogger.showDateTime=true");
-    cmd.add("-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSSXXX");
+    // The sidecar's text log lines carry UTC timestamps (milliseconds), which the lease breakdown reads.
     cmd.addAll(List.of("-jar", recyclerJar.toString(), "--port", "0", "--admin-port", "0", "--slots",
         Integer.toString(slots), "--cache-dir", dir.resolve("recycler-cache").toString(), "--cache-max-bytes",
         Long.toString(cacheMb << 20), "--ready-timeout", "60s", "--lease-wait-timeout", "120s"));

@@ -37,15 +37,17 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Output: the child's stdout and stderr both go to {@link #logFile()}, which is kept after close.
  *
- * <p>Beam quirks this class absorbs: the driver's ports listen on all interfaces whatever {@code --job-host} says (send
- * traffic to 127.0.0.1 only); its per-job artifact cleanup ({@code --clean-artifacts-per-job}, on by default) fails for
- * Go jobs because the staged name nests the launcher's absolute binary path in subdirectories, so each job leaves its
- * worker binary under the artifacts directory until this class deletes it.
+ * <p>Beam quirks this class absorbs: Beam's own driver listens on all interfaces with its job and artifact ports
+ * whatever {@code --job-host} says, so this class starts {@code LoopbackJobServerDriver} from the same jar, which binds
+ * every port to {@code --job-host} (127.0.0.1); its per-job artifact cleanup ({@code --clean-artifacts-per-job}, on by
+ * default) fails for Go jobs because the staged name nests the launcher's absolute binary path in subdirectories, so
+ * each job leaves its worker binary under the artifacts directory until this class deletes it.
  */
 public final class JobServerProcess implements AutoCloseable {
   private static final Logger LOG = LoggerFactory.getLogger(JobServerProcess.class);
 
-  static final String MAIN_CLASS = "org.apache.beam.runners.flink.FlinkJobServerDriver";
+  /** Beam's FlinkJobServerDriver with its job and artifact ports bound to --job-host (see the jobserver module). */
+  static final String MAIN_CLASS = "dev.recycler.e2e.jobserver.LoopbackJobServerDriver";
   private static final String LOOPBACK = "127.0.0.1";
   private static final int START_ATTEMPTS = 3;
   private static final Duration POLL_INTERVAL = Duration.ofMillis(100);
