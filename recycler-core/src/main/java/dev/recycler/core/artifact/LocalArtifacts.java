@@ -44,17 +44,9 @@ import org.slf4j.LoggerFactory;
  * is under a configured directory; anything else is streamed from the runner as before. The runner (TaskManager) is
  * trusted to name the job's files; see docs/security.md.
  *
- * <p>Speed: a new job's file is a fresh copy (new inode), so the memo cannot help and the whole file must be read. It is
- * read once, in {@link #CHUNK_BYTES} chunks hashed in parallel ({@link #THREADS} threads), giving a <i>chunk
- * digest</i>: SHA-256 over the size and the chunks' SHA-256s, as collision-resistant as SHA-256 itself. The cache and
- * the wrappers address content by its plain SHA-256, so a chunk digest is mapped to the plain digest the first time a
- * content is met, from one sequential pass that computes both over the same bytes (never from two reads that could
- * see different bytes). Later jobs with that content need only the parallel pass: measured here, 84 MB in about half
- * the time of one SHA-256 pass.
- *
- * <p>Memory: reads go through one {@link #BUFFER_BYTES} buffer per thread (2 {@link #THREADS} pools), so the heap
- * holds at most {@code 2 * THREADS * BUFFER_BYTES} (4 MiB) artifact bytes here whatever the file size; a file larger
- * than the cache's memory-blob limit is copied to the cache directory, never held on the heap.
+ * <p>Memory: reads go through one {@link #BUFFER_BYTES} buffer per hashing thread ({@link #THREADS} threads), so the
+ * heap holds at most {@code THREADS * BUFFER_BYTES} artifact bytes here whatever the file size; a file larger than the
+ * cache's memory-blob limit is copied to the cache directory, never held on the heap.
  *
  * <p>Concurrency: hashing runs on a small dedicated pool, never on a gRPC thread; concurrent requests for the same
  * file identity share one read ({@code inflight}).
@@ -63,17 +55,10 @@ final class LocalArtifacts {
   private static final Logger LOG = LoggerFactory.getLogger(LocalArtifacts.class);
   static final int BUFFER_BYTES = 1 << 20;
   static final int THREADS = 2;
-  static final int CHUNK_BYTES = 8 << 20;
-  private static final byte[] CHUNK_DIGEST_DOMAIN = "recycler chunk digest v1\0".getBytes(
-      java.nio.charset.StandardCharsets.US_ASCII);
 
   private final List<Path> roots;
   private final ArtifactCache cache;
   private final ExecutorService hashing;
-  /** Hashes chunks for {@link #chunkDigest}; separate from {@code hashing}, whose tasks wait on it. */
-  private final ExecutorService chunks;
-  /** Chunk digest to plain SHA-256, learned from single passes that computed both (see the class comment). */
-  private final Cache<String, String> shaByChunkDigest = Caffeine.newBuilder().maximumSize(10_000).build();
   private final Cache<FileIdentity, String> memo = Caffeine.newBuilder().maximumSize(10_000).build();
   private final Map<FileIdentity, CompletableFuture<Blob>> inflight = new ConcurrentHashMap<>();
   private final ThreadLocal<byte[]> buffers = ThreadLocal.withInitial(() -> new byte[BUFFER_BYTES]);
@@ -96,11 +81,6 @@ final class LocalArtifacts {
     this.cache = cache;
     this.hashing = Executors.newFixedThreadPool(THREADS, r -> {
       Thread t = new Thread(r, "recycler-artifact-hash");
-      t.setDaemon(true);
-      return t;
-    });
-    this.chunks = Executors.newFixedThreadPool(THREADS, r -> {
-      Thread t = new Thread(r, "recycler-artifact-chunk");
       t.setDaemon(true);
       return t;
     });
@@ -208,24 +188,12 @@ final class LocalArtifacts {
 
   private Blob read(Path file, FileIdentity id) throws IOException {
     long started = System.nanoTime();
-    String chunkDigest = chunkDigest(file, id);
-    String digest = shaByChunkDigest.getIfPresent(chunkDigest);
-    Blob cached = digest == null ? null : cache.pinned(digest);
-    String how = "chunk digest known";
+    String digest = hash(file, id);
+    Blob cached = cache.pinned(digest);
+    String how = "hashed";
     if (cached == null) {
-      // New content (or evicted): learn its plain digest from one pass that computes both over the same bytes.
-      Digests both = hashBoth(file, id);
-      if (!both.chunkDigest().equals(chunkDigest)) {
-        throw new IOException("staged file " + file + " changed while it was read");
-      }
-      shaByChunkDigest.put(chunkDigest, both.sha256());
-      digest = both.sha256();
-      cached = cache.pinned(digest);
-      how = "hashed";
-      if (cached == null) {
-        cached = copy(file, id, digest);
-        how = "hashed and copied";
-      }
+      cached = copy(file, id, digest);
+      how = "hashed and copied";
     }
     memo.put(id, digest);
     LOG.info("artifact identified in place sha256={} bytes={} ms={} ({})", digest, id.size(),
@@ -233,101 +201,23 @@ final class LocalArtifacts {
     return cached;
   }
 
-  /** The plain SHA-256 and the chunk digest of one sequential read. */
-  record Digests(String sha256, String chunkDigest) {}
-
-  /** Both digests over the same bytes, in one sequential pass (the first time a content is met). */
-  private Digests hashBoth(Path file, FileIdentity id) throws IOException {
-    MessageDigest whole = sha256();
-    MessageDigest chunk = sha256();
-    MessageDigest chunkList = chunkListDigest(id.size());
+  private String hash(Path file, FileIdentity id) throws IOException {
+    MessageDigest sha = sha256();
     byte[] buf = buffers.get();
     long total = 0;
-    long inChunk = 0;
     try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
       ByteBuffer bb = ByteBuffer.wrap(buf);
       int n;
       while ((n = ch.read(bb.clear())) >= 0) {
-        whole.update(buf, 0, n);
-        int off = 0;
-        while (off < n) {
-          int take = (int) Math.min(n - off, CHUNK_BYTES - inChunk);
-          chunk.update(buf, off, take);
-          off += take;
-          inChunk += take;
-          if (inChunk == CHUNK_BYTES) {
-            chunkList.update(chunk.digest());
-            inChunk = 0;
-          }
-        }
+        sha.update(buf, 0, n);
         total += n;
       }
-    }
-    if (inChunk > 0 || total == 0) {
-      chunkList.update(chunk.digest());
     }
     bytesRead.addAndGet(total);
     if (total != id.size() || !identity(file).equals(id)) {
       throw new IOException("staged file " + file + " changed while it was read");
     }
-    return new Digests(HexFormat.of().formatHex(whole.digest()), HexFormat.of().formatHex(chunkList.digest()));
-  }
-
-  /**
-   * The chunk digest of the file, its chunks hashed in parallel: SHA-256 over a domain tag, the size, and each
-   * {@link #CHUNK_BYTES} chunk's SHA-256 in order (an empty file has one empty chunk).
-   */
-  String chunkDigest(Path file, FileIdentity id) throws IOException {
-    long size = id.size();
-    int count = (int) Math.max(1, (size + CHUNK_BYTES - 1) / CHUNK_BYTES);
-    List<java.util.concurrent.Future<byte[]>> parts = new ArrayList<>(count);
-    try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
-      for (int i = 0; i < count; i++) {
-        long start = (long) i * CHUNK_BYTES;
-        long length = Math.min(CHUNK_BYTES, size - start);
-        parts.add(chunks.submit(() -> hashRange(ch, start, length)));
-      }
-      MessageDigest list = chunkListDigest(size);
-      for (java.util.concurrent.Future<byte[]> part : parts) {
-        list.update(part.get());
-      }
-      if (!identity(file).equals(id)) {
-        throw new IOException("staged file " + file + " changed while it was read");
-      }
-      bytesRead.addAndGet(size);
-      return HexFormat.of().formatHex(list.digest());
-    } catch (java.util.concurrent.ExecutionException e) {
-      throw e.getCause() instanceof IOException io ? io : new IOException("hashing " + file + " failed", e.getCause());
-    } catch (InterruptedException e) {
-      Thread.currentThread().interrupt();
-      throw new IOException("interrupted while hashing " + file, e);
-    } finally {
-      parts.forEach(f -> f.cancel(true));
-    }
-  }
-
-  private byte[] hashRange(FileChannel ch, long start, long length) throws IOException {
-    MessageDigest sha = sha256();
-    byte[] buf = buffers.get();
-    ByteBuffer bb = ByteBuffer.wrap(buf);
-    long done = 0;
-    while (done < length) {
-      bb.clear().limit((int) Math.min(buf.length, length - done));
-      int n = ch.read(bb, start + done);
-      if (n < 0) {
-        throw new IOException("staged file shrank while it was read");
-      }
-      sha.update(buf, 0, n);
-      done += n;
-    }
-    return sha.digest();
-  }
-
-  private static MessageDigest chunkListDigest(long size) {
-    MessageDigest list = sha256();
-    list.update(CHUNK_DIGEST_DOMAIN);
-    list.update(java.nio.ByteBuffer.allocate(Long.BYTES).putLong(size).array());
-    return list;
+    return HexFormat.of().formatHex(sha.digest());
   }
 
   /** Copies the file into the cache, verifying that the copy has the digest the first read found. */
@@ -369,6 +259,5 @@ final class LocalArtifacts {
 
   void close() {
     hashing.shutdownNow();
-    chunks.shutdownNow();
   }
 }

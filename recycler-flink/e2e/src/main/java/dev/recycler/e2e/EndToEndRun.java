@@ -636,10 +636,9 @@ public final class EndToEndRun {
     String figures = x.upstreamFetches() + " fetches, " + x.upstreamBytes() + " bytes for " + x.distinctBinaries()
         + " distinct binary over " + x.jobsLeased() + " jobs with leases; " + x.localBytes()
         + " bytes read in place from the job server's staged files";
-    // The identity rule (docs/architecture.md#artifacts): each job's staged file is read in place once (a parallel
-    // chunk digest; a second environment of the job finds the memo); a content met for the first time is read once
-    // more (both digests) and copied into the cache once; nothing streams.
-    long predictedLocal = x.binaryBytes() * (x.jobsLeased() + 2L * x.distinctBinaries());
+    // The identity rule (docs/architecture.md#artifacts): each job's staged file is hashed in place once (a second
+    // environment of the job finds the memo) and copied into the cache once per distinct content; nothing streams.
+    long predictedLocal = x.binaryBytes() * (x.jobsLeased() + x.distinctBinaries());
     if (x.upstreamFetches() == 0 && x.upstreamBytes() == 0 && x.localBytes() > 0
         && x.localBytes() <= predictedLocal) {
       check("the worker binary never crossed the runner's gRPC service: identified in place, copied once per content",

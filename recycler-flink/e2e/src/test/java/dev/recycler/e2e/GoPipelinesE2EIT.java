@@ -93,12 +93,12 @@ class GoPipelinesE2EIT {
     assertThat(x.servedTransfers()).as("recycler -> wrapper transfers").isEqualTo(SLOTS);
     assertThat(x.servedBytes()).isEqualTo(SLOTS * x.binaryBytes());
     // Runner -> recycler: nothing. Beam's job server stages each job under a fresh path without a digest; the
-    // recycler reads the staged file in place (the job server's artifacts directory): once per job (a parallel chunk
-    // digest), plus one more read and a copy the first time it meets a content (docs/architecture.md#artifacts).
+    // recycler reads the staged file in place (the job server's artifacts directory), hashing it once per job and
+    // copying it into its cache once per distinct content (docs/architecture.md#artifacts).
     assertThat(x.upstreamFetches()).as("artifact downloads through the runner's gRPC service").isZero();
     assertThat(x.upstreamBytes()).isZero();
     assertThat(x.localBytes()).isBetween(x.binaryBytes() * x.jobsLeased(),
-        x.binaryBytes() * (x.jobsLeased() + 2L * x.distinctBinaries()));
+        x.binaryBytes() * (x.jobsLeased() + x.distinctBinaries()));
     assertThat(check("never crossed the runner's gRPC service").verdict()).isEqualTo(Verdict.PASS);
   }
 
