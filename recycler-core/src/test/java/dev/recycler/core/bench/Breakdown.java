@@ -30,6 +30,7 @@ final class Breakdown {
       "artifact fetched from runner slot=(\\S+) generation=(\\d+) .* ms=(\\d+)");
   /** No slot on this line: matched to the lease whose assignment and Lease message enclose it (sequential runs). */
   private static final Pattern IN_PLACE = Pattern.compile("artifact identified in place .* ms=(\\d+)");
+  private static final Pattern WRAPPER_FETCHED = Pattern.compile("\"msg\":\"fetched artifact\".*\"took\":(\\d+)");
   private static final Pattern WRAPPER_LINE = Pattern.compile(
       "\"time\":\"([^\"]+)\".*\"msg\":\"([^\"]+)\",\"slot\":\"([^\"]+)\",\"generation\":(\\d+)");
 
@@ -40,6 +41,7 @@ final class Breakdown {
       "Lease message -> wrapper",
       "wrapper GetProvisionInfo (none when the lease came prepared)",
       "resolve artifacts, link binary, options file, fork/exec",
+      "  of which: wrapper fetched the binary from the recycler (wrapper's own figure; 0 when it held it)",
       "worker: Go runtime init, beam.Init, control dial (to the proxy)",
       "proxy: upstream control stream -> runner",
       "total (StartWorker call -> control at the runner)",
@@ -103,8 +105,12 @@ final class Breakdown {
       for (String line : Files.readAllLines(s.wrapperLog(i))) {
         Matcher w = WRAPPER_LINE.matcher(line);
         if (w.find()) {
-          ev.computeIfAbsent(w.group(3) + "/" + w.group(4), k -> new HashMap<>())
-              .putIfAbsent(w.group(2), epochMs(w.group(1)));
+          Map<String, Double> e = ev.computeIfAbsent(w.group(3) + "/" + w.group(4), k -> new HashMap<>());
+          e.putIfAbsent(w.group(2), epochMs(w.group(1)));
+          Matcher f = WRAPPER_FETCHED.matcher(line);
+          if (f.find()) {
+            e.merge("wrapper fetch ms", Long.parseLong(f.group(1)) / 1e6, Double::sum);
+          }
         }
       }
     }
@@ -134,6 +140,7 @@ final class Breakdown {
       double[] v = {e.get("assigned") - x.startEpochMs(), e.get("sent") - e.get("assigned"), artifactMs,
           e.get("lease") - e.get("sent"),
           e.get("provisioned") - e.get("lease"), e.get("worker started") - e.get("provisioned"),
+          e.getOrDefault("wrapper fetch ms", 0.0),
           e.get("connected") - e.get("worker started"), ready - e.get("connected"), x.readyMs(),
           x.firstAnswerMs() - x.readyMs(), x.firstAnswerMs()};
       for (int i = 0; i < v.length; i++) {

@@ -125,6 +125,8 @@ final class PairedNewJob {
             r.ready().p(50), r.firstAnswer().p(50), r.firstAnswer().p(95), r.cpuSeconds() / r.samples().size(),
             r.runnerBytes() / 1e6 / r.samples().size()));
       }
+      breakdowns.put("paired warm (" + bin + ", " + c.leases() + " leases)",
+          Breakdown.analyse(ours, runs.get(runs.size() - 5)));
       breakdowns.put("paired new job, in place (" + bin + ", " + c.leases() + " leases)",
           Breakdown.analyse(ours, runs.get(runs.size() - 4)));
       breakdowns.put("paired new job, streamed (" + bin + ", " + c.leases() + " leases)",
