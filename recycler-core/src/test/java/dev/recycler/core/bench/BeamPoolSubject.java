@@ -117,27 +117,29 @@ final class BeamPoolSubject implements Subject {
           // Beam sets no deadline; a generous one keeps the benchmark from hanging.
           r = stub.withDeadlineAfter(120, TimeUnit.SECONDS).startWorker(env.startRequest());
         } catch (StatusRuntimeException e) {
-          return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, -1, -1, 0, "StartWorker: " + e.getStatus());
+          return LeaseSample.failed(l, startMs, 0, "StartWorker: " + e.getStatus());
         }
         if (!r.getError().isEmpty()) {
-          return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, -1, -1, 0, "StartWorker: " + r.getError());
+          return LeaseSample.failed(l, startMs, 0, "StartWorker: " + r.getError());
         }
         long ready;
         try {
           // A Beam runner would wait forever here; 15 s is 10x a normal boot of this binary on this machine.
           ready = env.connected().get(15, TimeUnit.SECONDS);
         } catch (java.util.concurrent.TimeoutException e) {
-          return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, -1, -1, env.artifactBytes(),
+          return LeaseSample.failed(l, startMs, env.artifactBytes(),
               "no control connection within 15 s (the runner would wait forever); processes of the lease: "
                   + describe(l.workerId()));
         }
+        Answer first = Subject.firstAnswer(env, l.workerId(), t0);
         long closed = System.nanoTime();
         env.closeControl();
         StopWorkerResponse s = stub.withDeadlineAfter(30, TimeUnit.SECONDS)
             .stopWorker(StopWorkerRequest.newBuilder().setWorkerId(l.workerId()).build());
         long stopped = System.nanoTime();
-        return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, (ready - t0) / 1e6, (stopped - closed) / 1e6,
-            env.artifactBytes(), s.getError().isEmpty() ? "" : "StopWorker: " + s.getError());
+        return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, (ready - t0) / 1e6, first.ms(),
+            (stopped - closed) / 1e6, env.artifactBytes(), !first.error().isEmpty() ? first.error()
+                : s.getError().isEmpty() ? "" : "StopWorker: " + s.getError());
       } finally {
         ch.shutdownNow();
         ch.awaitTermination(5, TimeUnit.SECONDS);

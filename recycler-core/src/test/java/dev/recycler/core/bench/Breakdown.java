@@ -27,25 +27,34 @@ final class Breakdown {
       "lease assigned slot=(\\S+) generation=(\\d+) worker=\\S+ runner_worker=(\\S+)");
   private static final Pattern CONNECTED = Pattern.compile("control connected slot=(\\S+) generation=(\\d+) ");
   private static final Pattern SENT = Pattern.compile("lease sent slot=(\\S+) generation=(\\d+) ");
+  private static final Pattern FETCHED = Pattern.compile(
+      "artifact fetched from runner slot=(\\S+) generation=(\\d+) .* ms=(\\d+)");
+  /** No slot on this line: matched to the lease whose assignment and Lease message enclose it (sequential runs). */
+  private static final Pattern IN_PLACE = Pattern.compile("artifact identified in place .* ms=(\\d+)");
+  private static final Pattern WRAPPER_FETCHED = Pattern.compile("\"msg\":\"fetched artifact\".*\"took\":(\\d+)");
   private static final Pattern WRAPPER_LINE = Pattern.compile(
       "\"time\":\"([^\"]+)\".*\"msg\":\"([^\"]+)\",\"slot\":\"([^\"]+)\",\"generation\":(\\d+)");
 
   static final List<String> SEGMENTS = List.of(
       "StartWorker call -> slot assigned (recycler)",
       "slot assigned -> Lease sent: provision info, resolve artifacts at the runner (recycler)",
+      "  of which: binary hashed in place from disk, or fetched from the runner (recycler's own ms figure)",
       "Lease message -> wrapper",
       "wrapper GetProvisionInfo (none when the lease came prepared)",
       "resolve artifacts, link binary, options file, fork/exec",
+      "  of which: wrapper fetched the binary from the recycler (wrapper's own figure; 0 when it held it)",
       "worker: Go runtime init, beam.Init, control dial (to the proxy)",
       "proxy: upstream control stream -> runner",
-      "total (StartWorker call -> control at the runner)");
+      "total (StartWorker call -> control at the runner)",
+      "control at the runner -> first instruction answered",
+      "total (StartWorker call -> first instruction answered)");
 
   private Breakdown() {}
 
   /** Median and p95 per segment, in ms; {@code leases} = how many leases had every timestamp. */
   record Result(Map<String, double[]> segments, int leases) {
     String markdown() {
-      StringBuilder b = new StringBuilder("| segment of a warm lease | p50 ms | p95 ms |\n|---|---:|---:|\n");
+      StringBuilder b = new StringBuilder("| segment of a lease | p50 ms | p95 ms |\n|---|---:|---:|\n");
       segments.forEach((k, v) -> b.append(String.format(Locale.ROOT, "| %s | %.1f | %.1f |%n", k, v[0], v[1])));
       b.append(String.format(Locale.ROOT, "%n(%d leases; each segment's percentiles are taken separately, so they do "
           + "not add up exactly; recycler timestamps have millisecond resolution)%n", leases));
@@ -62,6 +71,7 @@ final class Breakdown {
     // key slot/generation -> event -> epoch ms
     Map<String, Map<String, Double>> ev = new HashMap<>();
     Map<String, String> genOfRunner = new HashMap<>();
+    List<double[]> inPlace = new ArrayList<>();
     for (String line : Files.readAllLines(s.recyclerLog())) {
       Matcher m = RECYCLER_LINE.matcher(line);
       if (!m.matches()) {
@@ -78,6 +88,15 @@ final class Breakdown {
       if (sent.find()) {
         ev.computeIfAbsent(sent.group(1) + "/" + sent.group(2), k -> new HashMap<>()).put("sent", t);
       }
+      Matcher fetched = FETCHED.matcher(m.group(2));
+      if (fetched.find()) {
+        ev.computeIfAbsent(fetched.group(1) + "/" + fetched.group(2), k -> new HashMap<>())
+            .merge("artifact ms", Double.parseDouble(fetched.group(3)), Double::sum);
+      }
+      Matcher local = IN_PLACE.matcher(m.group(2));
+      if (local.find()) {
+        inPlace.add(new double[] {t, Double.parseDouble(local.group(1))});
+      }
       Matcher c = CONNECTED.matcher(m.group(2));
       if (c.find()) {
         ev.computeIfAbsent(c.group(1) + "/" + c.group(2), k -> new HashMap<>()).put("connected", t);
@@ -87,8 +106,12 @@ final class Breakdown {
       for (String line : Files.readAllLines(s.wrapperLog(i))) {
         Matcher w = WRAPPER_LINE.matcher(line);
         if (w.find()) {
-          ev.computeIfAbsent(w.group(3) + "/" + w.group(4), k -> new HashMap<>())
-              .putIfAbsent(w.group(2), epochMs(w.group(1)));
+          Map<String, Double> e = ev.computeIfAbsent(w.group(3) + "/" + w.group(4), k -> new HashMap<>());
+          e.putIfAbsent(w.group(2), epochMs(w.group(1)));
+          Matcher f = WRAPPER_FETCHED.matcher(line);
+          if (f.find()) {
+            e.merge("wrapper fetch ms", Long.parseLong(f.group(1)) / 1e6, Double::sum);
+          }
         }
       }
     }
@@ -108,11 +131,19 @@ final class Breakdown {
         continue;
       }
       n++;
+      double artifactMs = e.getOrDefault("artifact ms", 0.0);
+      for (double[] l : inPlace) {
+        if (l[0] >= e.get("assigned") && l[0] <= e.get("sent")) {
+          artifactMs += l[1];
+        }
+      }
       double ready = x.startEpochMs() + x.readyMs();
-      double[] v = {e.get("assigned") - x.startEpochMs(), e.get("sent") - e.get("assigned"),
+      double[] v = {e.get("assigned") - x.startEpochMs(), e.get("sent") - e.get("assigned"), artifactMs,
           e.get("lease") - e.get("sent"),
           e.get("provisioned") - e.get("lease"), e.get("worker started") - e.get("provisioned"),
-          e.get("connected") - e.get("worker started"), ready - e.get("connected"), x.readyMs()};
+          e.getOrDefault("wrapper fetch ms", 0.0),
+          e.get("connected") - e.get("worker started"), ready - e.get("connected"), x.readyMs(),
+          x.firstAnswerMs() - x.readyMs(), x.firstAnswerMs()};
       for (int i = 0; i < v.length; i++) {
         seg.get(i).add(Math.max(0, v[i]));
       }

@@ -67,6 +67,7 @@ final class FloorSubject implements Subject {
       Process p = pb.start();
       try {
         long ready = env.connected().get(60, TimeUnit.SECONDS);
+        Answer first = Subject.firstAnswer(env, l.workerId(), t0);
         long closed = System.nanoTime();
         env.closeControl();
         ProcFs.Proc stat = ProcFs.read(p.pid());
@@ -76,8 +77,8 @@ final class FloorSubject implements Subject {
         if (stat != null) {
           unreaped.addAndGet(stat.ownTicks());
         }
-        return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, (ready - t0) / 1e6, (reaped - closed) / 1e6,
-            env.artifactBytes(), "");
+        return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, (ready - t0) / 1e6, first.ms(),
+            (reaped - closed) / 1e6, env.artifactBytes(), first.error());
       } finally {
         if (p.isAlive()) {
           p.destroyForcibly().waitFor();

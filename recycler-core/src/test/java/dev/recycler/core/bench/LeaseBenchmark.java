@@ -1,11 +1,8 @@
 package dev.recycler.core.bench;
 
 import java.io.IOException;
-import java.io.OutputStream;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardOpenOption;
 import java.time.Instant;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -51,10 +48,13 @@ public final class LeaseBenchmark {
     return now.getEpochSecond() * 1e3 + now.getNano() / 1e6;
   }
 
-  /** What to run. */
-  record Config(Path out, Path recyclerJar, Path wrapperBinary, Path workerBinary, Path beamBoot, int leases,
+  /** What to run. {@code workerBinaries}: the first is the worker of every run; the paired new-job run uses each. */
+  record Config(Path out, Path recyclerJar, Path wrapperBinary, List<Path> workerBinaries, Path beamBoot, int leases,
       int rounds, int concurrency, int longLeases, int warmup, int batch, Set<String> runs, List<String> recyclerJvm,
       long recyclerCacheMb) {
+    static final String DEFAULT_RUNS =
+        "floor,beam,beam-concurrent,recycler,recycler-concurrent,long,paired,paired-new-job";
+
     static Config parse(String[] args) {
       Map<String, String> o = new LinkedHashMap<>();
       for (int i = 0; i < args.length; i++) {
@@ -69,13 +69,18 @@ public final class LeaseBenchmark {
         }
         o.put(a.substring(2, eq), a.substring(eq + 1));
       }
+      String workers = o.get("worker-binary");
+      if (workers == null || workers.isBlank()) {
+        throw new IllegalArgumentException("--worker-binary is required\n" + HELP);
+      }
       Config c = new Config(Path.of(o.getOrDefault("out", "/tmp/recycler-bench/results")),
-          path(o, "recycler-jar"), path(o, "wrapper-binary"), path(o, "worker-binary"), path(o, "beam-boot-binary"),
+          path(o, "recycler-jar"), path(o, "wrapper-binary"),
+          Arrays.stream(workers.split(",")).map(String::trim).filter(w -> !w.isEmpty()).map(Path::of).toList(),
+          path(o, "beam-boot-binary"),
           Integer.parseInt(o.getOrDefault("leases", "200")), Integer.parseInt(o.getOrDefault("rounds", "50")),
           Integer.parseInt(o.getOrDefault("concurrency", "4")), Integer.parseInt(o.getOrDefault("long-leases", "1000")),
           Integer.parseInt(o.getOrDefault("warmup", "200")), Integer.parseInt(o.getOrDefault("batch", "25")),
-          new LinkedHashSet<>(Arrays.asList(o.getOrDefault("runs", "floor,beam,beam-concurrent,recycler,recycler-concurrent,long,paired")
-              .split(","))),
+          new LinkedHashSet<>(Arrays.asList(o.getOrDefault("runs", DEFAULT_RUNS).split(","))),
           Arrays.stream(o.getOrDefault("recycler-jvm", RECYCLER_JVM).split(" ")).filter(s -> !s.isBlank()).toList(),
           Long.parseLong(o.getOrDefault("recycler-cache-mb", "1024")));
       o.keySet().removeAll(List.of("out", "recycler-jar", "wrapper-binary", "worker-binary", "beam-boot-binary",
@@ -87,9 +92,14 @@ public final class LeaseBenchmark {
       return c;
     }
 
+    /** The worker binary of every run but the paired new-job run (which uses each of {@link #workerBinaries}). */
+    Path workerBinary() {
+      return workerBinaries.get(0);
+    }
+
     /** The same configuration with another number of unrecorded warm-up leases. */
     Config withWarmup(int n) {
-      return new Config(out, recyclerJar, wrapperBinary, workerBinary, beamBoot, leases, rounds, concurrency,
+      return new Config(out, recyclerJar, wrapperBinary, workerBinaries, beamBoot, leases, rounds, concurrency,
           longLeases, n, batch, runs, recyclerJvm, recyclerCacheMb);
     }
 
@@ -103,16 +113,20 @@ public final class LeaseBenchmark {
   }
 
   static final String HELP = """
-      usage: LeaseBenchmark --recycler-jar=J --wrapper-binary=W --worker-binary=B --beam-boot-binary=P [flags]
+      usage: LeaseBenchmark --recycler-jar=J --wrapper-binary=W --worker-binary=B[,B2...] --beam-boot-binary=P [flags]
+        --worker-binary=B,B2 the Go worker binaries: the first is used by every run; the paired new-job run runs
+                             once per binary (e.g. beam-pipelines,beam-wordcount)
         --out=DIR            results directory (default /tmp/recycler-bench/results)
-        --leases=N           successive leases per run (default 200)
+        --leases=N           successive leases per run, rounds of the paired runs (default 200)
         --rounds=N           rounds of the concurrent runs (default 50)
         --concurrency=N      leases per concurrent round, and slots of the concurrent recycler (default 4)
         --long-leases=N      leases of the recycler's long leak run (default 1000; 0 = skip)
-        --warmup=N           unrecorded leases before each subject's runs (default 200: warm caches and JITs)
+        --warmup=N           unrecorded leases (paired runs: rounds) before each subject's runs (default 200)
         --batch=N            Beam's pool: leases between leak counts and clean-ups (default 25)
-        --runs=a,b           any of floor,beam,beam-concurrent,recycler,recycler-concurrent,long,paired
-                             (default all; beam-concurrent needs beam; paired alternates floor and warm leases)
+        --runs=a,b           any of floor,beam,beam-concurrent,recycler,recycler-concurrent,long,paired,paired-new-job
+                             (default all; beam-concurrent needs beam; paired alternates floor, warm leases of this
+                             project and Beam's pool; paired-new-job alternates floor, this project (warm, new job in
+                             place, new job streamed, cold in place) and Beam's pool, every lease a freshly staged copy)
         --recycler-jvm=OPTS  JVM options of the recycler sidecar process (default: the sidecar's recommended
                              flags, docs/operations.md: -Xms64m -Xmx64m -XX:+AlwaysPreTouch)
         --recycler-cache-mb=N  the recycler's --cache-max-bytes in MiB (default 1024)""";
@@ -120,13 +134,17 @@ public final class LeaseBenchmark {
   /** One recorded run: aggregates over its leases. */
   record RunResult(String subject, String run, int slots, int concurrency, List<LeaseSample> samples,
       long runnerBytes, long secondHopBytes, double cpuSeconds, Subject.Leftovers leftovers, String cpuNote,
-      String load) {
+      String load, String binary) {
     int ok() {
       return (int) samples.stream().filter(LeaseSample::ok).count();
     }
 
     Stats ready() {
       return new Stats(samples.stream().filter(LeaseSample::ok).map(LeaseSample::readyMs).toList());
+    }
+
+    Stats firstAnswer() {
+      return new Stats(samples.stream().filter(LeaseSample::ok).map(LeaseSample::firstAnswerMs).toList());
     }
 
     Stats release() {
@@ -169,6 +187,11 @@ public final class LeaseBenchmark {
     String machine = Machine.describe(c);
     log("machine: " + machine.replace("\n", "; "));
     Map<String, Breakdown.Result> breakdowns = new LinkedHashMap<>();
+    // The job server's artifacts directory, which the recyclers read in place (--local-artifact-dirs), and one they
+    // cannot see (the streamed fallback: a recycler without local-artifact-dirs, or a file outside them).
+    Staging inPlace = new Staging(work.resolve("staging"));
+    Staging elsewhere = new Staging(work.resolve("staging-not-shared"));
+    String bin = label(c.workerBinary());
 
     if (c.runs().contains("floor")) {
       try (FloorSubject floor = new FloorSubject(work.resolve("floor"))) {
@@ -208,58 +231,77 @@ public final class LeaseBenchmark {
 
     if (c.runs().contains("recycler")) {
       try (RecyclerSubject ours = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 1,
-          work.resolve("recycler-1"), c.recyclerJvm(), c.recyclerCacheMb())) {
+          work.resolve("recycler-1"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlace.root()))) {
         ours.start();
-        warmUp(ours, c, i -> lease("warmup", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()));
+        // One job's staged binary, for every warm lease: all environments of one job share its staged path.
+        Path warmJob = inPlace.stage(c.workerBinary(), STAGED_NAME, false);
+        warmUp(ours, c, i -> lease("warmup", i, warmJob.toString(), warmJob));
         snapshot(ours, "after warm-up", 0, resources);
         RunResult warm = execute(ours, "warm", 1, 1, c.leases(), c,
-            i -> lease("warm", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()), false);
+            i -> lease("warm", i, warmJob.toString(), warmJob), false);
         runs.add(warm);
-        runs.add(execute(ours, "new job", 1, 1, c.leases(), c,
-            i -> lease("new job", i, perJob(i), c.workerBinary()), false));
-        Path coldDir = work.resolve("cold-binaries");
-        runs.add(execute(ours, "cold", 1, 1, c.leases(), c,
-            i -> lease("cold", i, perJob(i), distinctCopy(c.workerBinary(), coldDir, i)), false));
-        snapshot(ours, "after run", 3 * c.leases(), resources);
+        RunResult newJob = execute(ours, "new job, in place", 1, 1, c.leases(), c,
+            i -> staged("new job, in place", i, inPlace, c.workerBinary(), false), false);
+        runs.add(newJob);
+        runs.add(execute(ours, "new job, streamed", 1, 1, c.leases(), c,
+            i -> staged("new job, streamed", i, elsewhere, c.workerBinary(), false), false));
+        runs.add(execute(ours, "cold, in place", 1, 1, c.leases(), c,
+            i -> staged("cold, in place", i, inPlace, c.workerBinary(), true), false));
+        runs.add(execute(ours, "cold, streamed", 1, 1, c.leases(), c,
+            i -> staged("cold, streamed", i, elsewhere, c.workerBinary(), true), false));
+        snapshot(ours, "after run", 5 * c.leases(), resources);
+        Subject.deleteTree(warmJob.getParent());
         breakdowns.put("warm run (" + c.leases() + " leases)", Breakdown.analyse(ours, warm));
+        breakdowns.put("new job, in place (" + c.leases() + " leases)", Breakdown.analyse(ours, newJob));
       }
+      notes.add("Staging: every new-job and cold lease of this project stages a fresh plain copy of the binary under a "
+          + "new job directory, as Beam's job server does (no sha256; the copy is made before the lease's clock starts "
+          + "and deleted after the lease, as --clean-artifacts-per-job does). 'in place': under the recycler's "
+          + "--local-artifact-dirs (hashed from disk); 'streamed': outside it (fetched from the runner's artifact "
+          + "service, the fallback).");
       notes.add("Cold: the wrapper's --cache_max_mb=0 means unbounded, so it cannot empty the cache. Cold leases "
           + "instead stage a binary whose content is new (the worker binary plus 16 unique trailing bytes, still a "
           + "valid ELF), under a fresh staging path; the wrapper runs with --cache_max_mb=1, which keeps only the newest "
-          + "binary (no effect with one binary, as in the warm and new-job runs). So the binary crosses both hops every "
-          + "lease, as for a rebuilt pipeline.");
+          + "binary (no effect with one binary, as in the warm and new-job runs). So the binary reaches the wrapper "
+          + "every lease, as for a rebuilt pipeline.");
     }
 
     if (c.runs().contains("recycler-concurrent")) {
       try (RecyclerSubject ours = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(),
-          c.concurrency(), 2048, work.resolve("recycler-" + c.concurrency()), c.recyclerJvm(), c.recyclerCacheMb())) {
+          c.concurrency(), 2048, work.resolve("recycler-" + c.concurrency()), c.recyclerJvm(), c.recyclerCacheMb(),
+          List.of(inPlace.root()))) {
         ours.start();
+        Path warmJob = inPlace.stage(c.workerBinary(), STAGED_NAME, false);
         // Warm up in rounds, so that every slot's wrapper holds the binary before the measured rounds.
         execute(ours, "warm-up", c.concurrency(), c.concurrency(), c.warmup() - c.warmup() % c.concurrency()
-            + c.concurrency(), c, i -> lease("warmup", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()),
-            false);
+            + c.concurrency(), c, i -> lease("warmup", i, warmJob.toString(), warmJob), false);
         runs.add(execute(ours, "concurrent warm", c.concurrency(), c.concurrency(), c.rounds() * c.concurrency(), c,
-            i -> lease("concurrent warm", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()), false));
-        Path coldDir = work.resolve("cold-binaries");
-        runs.add(execute(ours, "concurrent new job", c.concurrency(), c.concurrency(), c.rounds() * c.concurrency(),
-            c, i -> lease("concurrent new job", i, perJob(i), c.workerBinary()), false));
+            i -> lease("concurrent warm", i, warmJob.toString(), warmJob), false));
+        runs.add(execute(ours, "concurrent new job, in place", c.concurrency(), c.concurrency(),
+            c.rounds() * c.concurrency(), c,
+            i -> staged("concurrent new job, in place", i, inPlace, c.workerBinary(), false), false));
+        runs.add(execute(ours, "concurrent new job, streamed", c.concurrency(), c.concurrency(),
+            c.rounds() * c.concurrency(), c,
+            i -> staged("concurrent new job, streamed", i, elsewhere, c.workerBinary(), false), false));
+        Subject.deleteTree(warmJob.getParent());
       }
     }
 
     if (c.runs().contains("long") && c.longLeases() > 0) {
       try (RecyclerSubject ours = new RecyclerSubject("recycler (long)", c.recyclerJar(), c.wrapperBinary(), 1, 2048,
-          work.resolve("recycler-long"), c.recyclerJvm(), c.recyclerCacheMb())) {
+          work.resolve("recycler-long"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlace.root()))) {
         ours.start();
+        Path warmJob = inPlace.stage(c.workerBinary(), STAGED_NAME, false);
         // A longer warm-up: the baseline of the growth check should be a JVM past its first JIT and heap sizing.
         Config longWarmup = c.withWarmup(Math.max(c.warmup(), LONG_WARMUP));
-        warmUp(ours, longWarmup, i -> lease("warmup", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()));
+        warmUp(ours, longWarmup, i -> lease("warmup", i, warmJob.toString(), warmJob));
         // The live-heap reading forces a full collection, which shrinks the JVM below its working size for a while.
         // So it comes first, then LONG_SETTLE more leases let the JVM return to its working size, then the RSS
         // baseline: neither a freshly collected heap (too low a baseline) nor a collection after the baseline (too
         // flat a curve) skews the growth figure. The last reading comes after the last snapshot.
         long heapBefore = ours.liveHeapKb();
         Config settle = c.withWarmup(LONG_SETTLE);
-        warmUp(ours, settle, i -> lease("settle", i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()));
+        warmUp(ours, settle, i -> lease("settle", i, warmJob.toString(), warmJob));
         snapshot(ours, "after warm-up", 0, resources);
         ours.nativeMemory("baseline");
         int step = Math.max(1, c.longLeases() / 10);
@@ -269,7 +311,7 @@ public final class LeaseBenchmark {
           int n = Math.min(step, c.longLeases() - done);
           int base = done;
           last = execute(ours, "warm x" + c.longLeases(), 1, 1, n, c,
-              i -> lease("long", base + i, "/staging/warm-job/" + STAGED_NAME, c.workerBinary()), false);
+              i -> lease("long", base + i, warmJob.toString(), warmJob), false);
           all.addAll(last.samples());
           snapshot(ours, "after " + (done + n), done + n, resources);
         }
@@ -283,9 +325,10 @@ public final class LeaseBenchmark {
             + "(jcmd GC.run, then GC.heap_info) was %.1f MB after warm-up and %.1f MB "
             + "after %d leases.", heapBefore / 1024.0, heapAfter / 1024.0, c.longLeases()));
         RunResult whole = new RunResult(last.subject(), last.run(), 1, 1, all, -1, -1, Double.NaN, last.leftovers(),
-            "see the resource table", last.load());
+            "see the resource table", last.load(), bin);
         runs.add(whole);
         breakdowns.put("leak run (" + c.longLeases() + " leases)", Breakdown.analyse(ours, whole));
+        Subject.deleteTree(warmJob.getParent());
       }
     }
 
@@ -295,7 +338,7 @@ public final class LeaseBenchmark {
       try (FloorSubject floor = new FloorSubject(work.resolve("paired-floor"));
           BeamPoolSubject beam = new BeamPoolSubject(c.beamBoot(), work.resolve("paired-beam-pool"), STAGED_NAME);
           RecyclerSubject ours = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 2048,
-              work.resolve("paired-recycler"), c.recyclerJvm(), c.recyclerCacheMb())) {
+              work.resolve("paired-recycler"), c.recyclerJvm(), c.recyclerCacheMb(), List.of())) {
         floor.start();
         ours.start();
         beam.start();
@@ -318,16 +361,23 @@ public final class LeaseBenchmark {
         beam.leftovers(true);
         String load = load0 + " -> " + loadAverage();
         runs.add(new RunResult("floor", "paired (alternating)", 1, 1, f, bytes(f), -1, Double.NaN, floor.leftovers(false),
-            "not measured in the paired run", load));
+            "not measured in the paired run", load, bin));
         RunResult pw = new RunResult("recycler", "paired warm (alternating)", 1, 1, w, bytes(w), -1, Double.NaN,
-            ours.leftovers(false), "not measured in the paired run", load);
+            ours.leftovers(false), "not measured in the paired run", load, bin);
         runs.add(pw);
         runs.add(new RunResult("beam-pool", "paired (alternating)", 1, 1, bp, bytes(bp), -1, Double.NaN,
-            Subject.Leftovers.NONE, "not measured in the paired run", load));
+            Subject.Leftovers.NONE, "not measured in the paired run", load, bin));
         breakdowns.put("paired warm run (" + c.leases() + " leases)", Breakdown.analyse(ours, pw));
         log(String.format(Locale.ROOT, "paired: floor p50 %.1f ms, recycler warm p50 %.1f ms, beam-pool p50 %.1f ms, "
             + "load %s", runs.get(runs.size() - 3).ready().p(50), pw.ready().p(50), runs.get(runs.size() - 1).ready()
             .p(50), load));
+      }
+    }
+
+    if (c.runs().contains("paired-new-job")) {
+      for (Path binary : c.workerBinaries()) {
+        PairedNewJob.run(c, binary, work.resolve("paired-new-job-" + label(binary)), runs, resources, notes,
+            breakdowns);
       }
     }
 
@@ -336,7 +386,12 @@ public final class LeaseBenchmark {
     return r;
   }
 
-  private static long bytes(List<LeaseSample> samples) {
+  /** The binary's file name, for labels. */
+  static String label(Path binary) {
+    return binary.getFileName().toString();
+  }
+
+  static long bytes(List<LeaseSample> samples) {
     return samples.stream().mapToLong(LeaseSample::runnerBytes).sum();
   }
 
@@ -344,30 +399,32 @@ public final class LeaseBenchmark {
     return "/staging/job-" + WORKER_IDS.get() + "-" + i + "/" + STAGED_NAME;
   }
 
-  private static Subject.Lease lease(String run, int i, String stagingPath, Path binary) {
-    return new Subject.Lease(run, i, WORKER_IDS.incrementAndGet() + "-1", stagingPath, binary);
+  static Subject.Lease lease(String run, int i, String stagingPath, Path binary) {
+    return new Subject.Lease(run, i, WORKER_IDS.incrementAndGet() + "-1", stagingPath, binary, null);
   }
 
-  /** A copy of the binary with unique trailing bytes: new content, so no cache anywhere holds it. */
-  private static Path distinctCopy(Path binary, Path dir, int i) {
-    try {
-      Files.createDirectories(dir);
-      Path copy = dir.resolve("worker-" + i);
-      Files.copy(binary, copy, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
-      try (OutputStream o = Files.newOutputStream(copy, StandardOpenOption.APPEND)) {
-        o.write(String.format(Locale.ROOT, "%016d", System.nanoTime() % 10_000_000_000_000_000L + i)
-            .getBytes(StandardCharsets.US_ASCII));
-      }
-      copy.toFile().setExecutable(true);
-      return copy;
-    } catch (IOException e) {
-      throw new IllegalStateException("cannot copy the worker binary to " + dir, e);
+  /** A lease of a new job: a fresh staged copy (new content when {@code distinct}), deleted after the lease. */
+  static Subject.Lease staged(String run, int i, Staging staging, Path binary, boolean distinct) {
+    Path copy = staging.stage(binary, STAGED_NAME, distinct);
+    return new Subject.Lease(run, i, WORKER_IDS.incrementAndGet() + "-1", copy.toString(), copy, copy.getParent());
+  }
+
+  /** After a lease: deletes what was staged for it, as the job server's --clean-artifacts-per-job does. */
+  static void unstage(Subject.Lease l) throws IOException {
+    if (l.stagedJob() != null) {
+      Subject.deleteTree(l.stagedJob());
     }
   }
 
   private static void warmUp(Subject s, Config c, IntFunction<Subject.Lease> leases) throws Exception {
     for (int i = 0; i < c.warmup(); i++) {
-      LeaseSample w = s.lease(leases.apply(i));
+      Subject.Lease l = leases.apply(i);
+      LeaseSample w;
+      try {
+        w = s.lease(l);
+      } finally {
+        unstage(l);
+      }
       if (!w.ok()) {
         throw new IllegalStateException(s.name() + " warm-up lease failed: " + w.error());
       }
@@ -375,12 +432,17 @@ public final class LeaseBenchmark {
     log(s.name() + ": " + c.warmup() + " warm-up leases done");
   }
 
-  private static void snapshot(Subject s, String moment, int leases, List<ResourceRow> out) {
-    s.longLived().forEach((pid, label) -> out.add(new ResourceRow(s.name(), label, moment, leases,
+  static void snapshot(Subject s, String moment, int leases, List<ResourceRow> out) {
+    snapshot(s, s.name(), moment, leases, out);
+  }
+
+  static void snapshot(Subject s, String subject, String moment, int leases, List<ResourceRow> out) {
+    s.longLived().forEach((pid, label) -> out.add(new ResourceRow(subject, label, moment, leases,
         ProcFs.usage(pid, label))));
   }
 
-  private static long ticks(Subject s) {
+  /** CPU ticks so far of the subject's long-lived processes (incl. reaped children) and of its unreaped ones. */
+  static long ticks(Subject s) {
     long t = s.unreapedTicks();
     for (long pid : s.longLived().keySet()) {
       ProcFs.Proc p = ProcFs.read(pid);
@@ -417,11 +479,9 @@ public final class LeaseBenchmark {
             try {
               return s.lease(l);
             } catch (Exception e) {
-              return new LeaseSample(l.run(), l.index(), l.workerId(), epochMillis(), -1, -1, 0, e.toString());
+              return LeaseSample.failed(l, epochMillis(), 0, e.toString());
             } finally {
-              if (!l.binary().equals(c.workerBinary())) {
-                Files.deleteIfExists(l.binary());
-              }
+              unstage(l);
             }
           }));
         }
@@ -456,9 +516,11 @@ public final class LeaseBenchmark {
         : batches ? "pool incl. reaped children + leaked workers and zombie boots (read before clean-up)"
         : "long-lived processes incl. reaped children (workers)";
     RunResult r = new RunResult(s.name(), run, slots, concurrency, samples, runnerBytes, hop1 - hop0,
-        (ticks1 - ticks0) / (double) ProcFs.TICKS_PER_SECOND, left, cpuNote, load0 + " -> " + loadAverage());
-    log(String.format(Locale.ROOT, "%s / %s: ok %d/%d ready p50 %.1f ms p95 %.1f ms release p50 %.1f ms, load %s",
-        s.name(), run, r.ok(), samples.size(), r.ready().p(50), r.ready().p(95), r.release().p(50), r.load()));
+        (ticks1 - ticks0) / (double) ProcFs.TICKS_PER_SECOND, left, cpuNote, load0 + " -> " + loadAverage(),
+        label(c.workerBinary()));
+    log(String.format(Locale.ROOT, "%s / %s: ok %d/%d ready p50 %.1f ms p95 %.1f ms first answer p50 %.1f ms "
+        + "release p50 %.1f ms, load %s", s.name(), run, r.ok(), samples.size(), r.ready().p(50), r.ready().p(95),
+        r.firstAnswer().p(50), r.release().p(50), r.load()));
     return r;
   }
 

@@ -20,10 +20,10 @@ final class Machine {
     b.append("kernel: ").append(read(Path.of("/proc/sys/kernel/osrelease"))).append('\n');
     b.append("java: ").append(System.getProperty("java.vm.name")).append(' ')
         .append(System.getProperty("java.runtime.version")).append('\n');
-    b.append("go (worker binary built with): ").append(command("go", "version", c.workerBinary().toString()))
-        .append('\n');
-    b.append("worker binary: ").append(c.workerBinary()).append(", ").append(size(c.workerBinary()))
-        .append(" bytes\n");
+    for (java.nio.file.Path w : c.workerBinaries()) {
+      b.append("worker binary: ").append(w).append(", ").append(size(w)).append(" bytes, built with ")
+          .append(command("go", "version", w.toString())).append('\n');
+    }
     b.append("load average at start: ").append(read(Path.of("/proc/loadavg"))).append('\n');
     return b.toString();
   }

@@ -55,6 +55,7 @@ final class RecyclerSubject implements Subject {
   private final Path dir;
   private final List<String> jvmOptions;
   private final long cacheMb;
+  private final List<Path> localArtifactDirs;
   private Process recycler;
   private final List<Process> wrappers = new ArrayList<>();
   private String endpoint;
@@ -65,9 +66,12 @@ final class RecyclerSubject implements Subject {
   /**
    * @param wrapperCacheMaxMb the wrappers' {@code --cache_max_mb}: 1 keeps only the newest binary (cold runs)
    * @param dir a fresh directory for the cache, the wrappers' work dir and the logs
+   * @param localArtifactDirs the recycler's {@code --local-artifact-dirs} (staged files under them are hashed in
+   *     place); empty: every artifact is streamed from the runner
    */
   RecyclerSubject(String name, Path recyclerJar, Path wrapperBinary, int slots, long wrapperCacheMaxMb, Path dir,
-      List<String> jvmOptions, long cacheMb) {
+      List<String> jvmOptions, long cacheMb, List<Path> localArtifactDirs) {
+    this.localArtifactDirs = List.copyOf(localArtifactDirs);
     this.name = name;
     this.recyclerJar = recyclerJar;
     this.wrapperBinary = wrapperBinary;
@@ -101,6 +105,10 @@ final class RecyclerSubject implements Subject {
     cmd.addAll(List.of("-jar", recyclerJar.toString(), "--port", "0", "--admin-port", "0", "--slots",
         Integer.toString(slots), "--cache-dir", dir.resolve("recycler-cache").toString(), "--cache-max-bytes",
         Long.toString(cacheMb << 20), "--ready-timeout", "60s", "--lease-wait-timeout", "120s"));
+    if (!localArtifactDirs.isEmpty()) {
+      cmd.add("--local-artifact-dirs");
+      cmd.add(String.join(",", localArtifactDirs.stream().map(Path::toString).toList()));
+    }
     recycler = new ProcessBuilder(cmd).redirectError(recyclerLog().toFile()).start();
     BufferedReader out = new BufferedReader(new InputStreamReader(recycler.getInputStream(), StandardCharsets.UTF_8));
     String line;
@@ -218,12 +226,13 @@ final class RecyclerSubject implements Subject {
         try {
           r = pool.withDeadlineAfter(120, TimeUnit.SECONDS).startWorker(env.startRequest());
         } catch (StatusRuntimeException e) {
-          return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, -1, -1, env.artifactBytes(), "StartWorker: " + e.getStatus());
+          return LeaseSample.failed(l, startMs, env.artifactBytes(), "StartWorker: " + e.getStatus());
         }
         if (!r.getError().isEmpty()) {
-          return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, -1, -1, env.artifactBytes(), "StartWorker: " + r.getError());
+          return LeaseSample.failed(l, startMs, env.artifactBytes(), "StartWorker: " + r.getError());
         }
         long ready = env.connected().get(60, TimeUnit.SECONDS);
+        Answer first = Subject.firstAnswer(env, l.workerId(), t0);
         Instant closedAt = Instant.now();
         env.closeControl();
         try {
@@ -235,9 +244,11 @@ final class RecyclerSubject implements Subject {
         LeaseRecord ended = awaitEnded(l.workerId());
         double closedMs = closedAt.getEpochSecond() * 1e3 + closedAt.getNano() / 1e6;
         double releaseMs = Math.max(0, ended.getEndUnixMillis() - closedMs);
-        String err = ended.getEndReason().equals("RUNNER_CLOSED") || ended.getEndReason().equals("STOP_WORKER")
+        String err = !first.error().isEmpty() ? first.error()
+            : ended.getEndReason().equals("RUNNER_CLOSED") || ended.getEndReason().equals("STOP_WORKER")
             ? "" : "lease ended with " + ended.getEndReason() + " " + ended.getOutcome();
-        return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, (ready - t0) / 1e6, releaseMs, env.artifactBytes(), err);
+        return new LeaseSample(l.run(), l.index(), l.workerId(), startMs, (ready - t0) / 1e6, first.ms(), releaseMs,
+            env.artifactBytes(), err);
       } finally {
         ch.shutdownNow();
         ch.awaitTermination(5, TimeUnit.SECONDS);

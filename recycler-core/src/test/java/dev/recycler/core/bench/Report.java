@@ -24,16 +24,17 @@ final class Report {
   static String markdown(Results r) {
     StringBuilder b = new StringBuilder();
     b.append("## Lease benchmark results\n\n```\n").append(r.machine()).append("```\n\n");
-    b.append("| subject | run | slots | leases ready | ready p50 ms | p95 | p99 | release p50 ms | p95 | p99 "
-        + "| runner->harness MB/lease | recycler->wrapper MB/lease | CPU s/lease | leftover procs | zombies "
-        + "| leftover files (MB) | load 1m |\n");
-    b.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    b.append("| subject | run | binary | slots | leases ready | ready p50 ms | p95 | p99 | first answer p50 ms | p95 "
+        + "| p99 | release p50 ms | p95 | p99 | runner->harness MB/lease | recycler->wrapper MB/lease | CPU s/lease "
+        + "| leftover procs | zombies | leftover files (MB) | load 1m |\n");
+    b.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for (RunResult x : r.runs()) {
       int n = x.samples().size();
-      b.append(String.format(Locale.ROOT, "| %s | %s%s | %d | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s "
-              + "| %d | %d | %d (%s) | %s |%n",
-          x.subject(), x.run(), x.concurrency() > 1 ? " (" + x.concurrency() + " at a time)" : "", x.slots(), x.ok(),
-          n, f(x.ready().p(50)), f(x.ready().p(95)), f(x.ready().p(99)), f(x.release().p(50)),
+      b.append(String.format(Locale.ROOT, "| %s | %s%s | %s | %d | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s "
+              + "| %s | %s | %s | %d | %d | %d (%s) | %s |%n",
+          x.subject(), x.run(), x.concurrency() > 1 ? " (" + x.concurrency() + " at a time)" : "", x.binary(),
+          x.slots(), x.ok(), n, f(x.ready().p(50)), f(x.ready().p(95)), f(x.ready().p(99)),
+          f(x.firstAnswer().p(50)), f(x.firstAnswer().p(95)), f(x.firstAnswer().p(99)), f(x.release().p(50)),
           f(x.release().p(95)), f(x.release().p(99)), x.runnerBytes() < 0 ? "n/a" : f(x.runnerBytes() / MB / n),
           x.secondHopBytes() < 0 ? "n/a" : x.subject().startsWith("recycler") ? f(x.secondHopBytes() / MB / n) : "-",
           Double.isNaN(x.cpuSeconds()) ? "n/a" : String.format(Locale.ROOT, "%.3f", x.cpuSeconds() / n),
@@ -80,12 +81,64 @@ final class Report {
     return b.toString();
   }
 
+  private static Optional<RunResult> find(Results r, String subject, String run, String binary) {
+    return r.runs().stream().filter(x -> x.subject().equals(subject) && x.run().equals(run)
+        && x.binary().equals(binary)).findFirst();
+  }
+
   private static Optional<RunResult> find(Results r, String subject, String run) {
     return r.runs().stream().filter(x -> x.subject().equals(subject) && x.run().equals(run)).findFirst();
   }
 
   static String targets(Results r) {
     StringBuilder b = new StringBuilder("| target | measured | met? |\n|---|---|---|\n");
+    for (String bin : r.runs().stream().filter(x -> x.run().startsWith("paired new job")).map(RunResult::binary)
+        .distinct().toList()) {
+      Optional<RunResult> pf = find(r, "floor", "paired new job (alternating)", bin);
+      Optional<RunResult> pw = find(r, "recycler", "paired warm (alternating)", bin);
+      Optional<RunResult> pin = find(r, "recycler", "paired new job, in place (alternating)", bin);
+      Optional<RunResult> pst = find(r, "recycler", "paired new job, streamed (alternating)", bin);
+      Optional<RunResult> pcold = find(r, "recycler", "paired cold, in place (alternating)", bin);
+      Optional<RunResult> pb = find(r, "beam-pool", "paired new job (alternating)", bin);
+      if (pb.isEmpty()) {
+        continue;
+      }
+      RunResult beam = pb.get();
+      record Target(String name, Optional<RunResult> x, double limit) {}
+      for (Target t : List.of(
+          new Target("new job, the slot already holds the content (in place): p50 <= 0.2 x Beam's pool", pin, 0.2),
+          new Target("new job, streamed fallback (for reference, against the in-place target): p50 <= 0.2 x Beam's "
+              + "pool", pst, 0.2),
+          new Target("new job, bytes crossing once (new content, in place): p50 <= 0.6 x Beam's pool", pcold, 0.6))) {
+        if (t.x().isPresent()) {
+          RunResult x = t.x().get();
+          double q = x.ready().p(50) / beam.ready().p(50);
+          double qa = x.firstAnswer().p(50) / beam.firstAnswer().p(50);
+          b.append(String.format(Locale.ROOT, "| %s [%s] | lease-to-ready %.1f vs %.1f ms: %.2f x; to first answer "
+                  + "%.1f vs %.1f ms: %.2f x | %s / %s |%n", t.name(), bin, x.ready().p(50), beam.ready().p(50), q,
+              x.firstAnswer().p(50), beam.firstAnswer().p(50), qa, q <= t.limit() ? "yes" : "no",
+              qa <= t.limit() ? "yes" : "no"));
+        }
+      }
+      for (Optional<RunResult> x : List.of(pin, pst, pcold)) {
+        if (x.isPresent()) {
+          double q = x.get().cpuSeconds() / x.get().samples().size()
+              / (beam.cpuSeconds() / beam.samples().size());
+          b.append(String.format(Locale.ROOT, "| CPU per new-job lease <= 0.5 x Beam's (%s) [%s] | %.3f vs %.3f "
+                  + "s/lease: %.2f x | %s |%n", x.get().run().replace(" (alternating)", ""), bin,
+              x.get().cpuSeconds() / x.get().samples().size(), beam.cpuSeconds() / beam.samples().size(), q,
+              q <= 0.5 ? "yes" : "no"));
+        }
+      }
+      if (pf.isPresent() && pw.isPresent()) {
+        double d = pw.get().ready().p(50) - pf.get().ready().p(50);
+        double da = pw.get().firstAnswer().p(50) - pf.get().firstAnswer().p(50);
+        b.append(String.format(Locale.ROOT, "| warm lease within 5 ms of the floor (p50) [%s] | lease-to-ready %.1f vs "
+                + "%.1f ms: %+.1f ms; to first answer %.1f vs %.1f ms: %+.1f ms | %s / %s |%n", bin,
+            pw.get().ready().p(50), pf.get().ready().p(50), d, pw.get().firstAnswer().p(50),
+            pf.get().firstAnswer().p(50), da, d <= 5 ? "yes" : "no", da <= 5 ? "yes" : "no"));
+      }
+    }
     Optional<RunResult> floor = find(r, "floor", "successive");
     Optional<RunResult> warm = find(r, "recycler", "warm");
     Optional<RunResult> pairedFloor = find(r, "floor", "paired (alternating)");
@@ -146,12 +199,13 @@ final class Report {
   static void write(Path out, Results r) throws IOException {
     Files.createDirectories(out);
     StringBuilder s = new StringBuilder(
-        "subject,run,concurrency,index,runner_worker_id,start_epoch_ms,ready_ms,release_ms,runner_bytes,error\n");
+        "subject,run,binary,concurrency,index,runner_worker_id,start_epoch_ms,ready_ms,first_answer_ms,release_ms,"
+            + "runner_bytes,error\n");
     for (RunResult x : r.runs()) {
       for (LeaseSample l : x.samples()) {
-        s.append(String.format(Locale.ROOT, "%s,%s,%d,%d,%s,%.3f,%.3f,%.3f,%d,%s%n", x.subject(), x.run(),
-            x.concurrency(), l.index(), l.runnerWorkerId(), l.startEpochMs(), l.readyMs(), l.releaseMs(),
-            l.runnerBytes(), l.error().replaceAll("[,\n]", ";")));
+        s.append(String.format(Locale.ROOT, "%s,%s,%s,%d,%d,%s,%.3f,%.3f,%.3f,%.3f,%d,%s%n", x.subject(),
+            x.run().replace(',', ';'), x.binary(), x.concurrency(), l.index(), l.runnerWorkerId(), l.startEpochMs(),
+            l.readyMs(), l.firstAnswerMs(), l.releaseMs(), l.runnerBytes(), l.error().replaceAll("[,\n]", ";")));
       }
     }
     Files.writeString(out.resolve("samples.csv"), s);

@@ -54,8 +54,36 @@ interface Subject extends AutoCloseable {
     }
   }
 
-  /** What a lease is run with. */
-  record Lease(String run, int index, String workerId, String stagingPath, java.nio.file.Path binary) {}
+  /**
+   * What a lease is run with.
+   *
+   * @param stagingPath the path the job server staged the binary under (an absolute path to a real file when the
+   *     benchmark staged a copy, which the runner's artifact server then serves)
+   * @param binary the worker binary the floor executes and the runner serves when nothing was staged
+   * @param stagedJob the staged job's directory, deleted after the lease as the job server's
+   *     {@code --clean-artifacts-per-job} does; null when nothing was staged for this lease
+   */
+  record Lease(String run, int index, String workerId, String stagingPath, java.nio.file.Path binary,
+      java.nio.file.Path stagedJob) {}
+
+  /** How long to wait for the worker's answer to the first instruction. */
+  long FIRST_ANSWER_TIMEOUT_S = 30;
+
+  /** StartWorker (or exec) to the worker's first answer, in ms; or why there was none. */
+  record Answer(double ms, String error) {}
+
+  /**
+   * Sends the first instruction right after the worker is there (StartWorker returned, control connected) and
+   * measures from {@code t0} (the StartWorker call or exec, {@link System#nanoTime()}) to its answer.
+   */
+  static Answer firstAnswer(dev.recycler.core.testing.RunnerEnvironment env, String workerId, long t0) {
+    try {
+      long at = env.firstAnswer("first-" + workerId).get(FIRST_ANSWER_TIMEOUT_S, java.util.concurrent.TimeUnit.SECONDS);
+      return new Answer((at - t0) / 1e6, "");
+    } catch (Exception e) {
+      return new Answer(-1, "no answer to the first instruction within " + FIRST_ANSWER_TIMEOUT_S + " s: " + e);
+    }
+  }
 
   /** Deletes a directory tree (leftovers of a subject's runs); absent is fine. */
   static void deleteTree(java.nio.file.Path p) throws java.io.IOException {

@@ -27,6 +27,7 @@ import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.HarnessMonitoringInfosRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionResponse;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.LogControl;
@@ -70,6 +71,8 @@ public final class RunnerEnvironment implements AutoCloseable {
   private final AtomicLong artifactBytes = new AtomicLong();
   private volatile StreamObserver<InstructionRequest> controlStream;
   private final java.util.Map<String, CompletableFuture<InstructionResponse>> responses =
+      new java.util.concurrent.ConcurrentHashMap<>();
+  private final java.util.Map<String, CompletableFuture<Long>> answeredAt =
       new java.util.concurrent.ConcurrentHashMap<>();
 
   /**
@@ -141,6 +144,26 @@ public final class RunnerEnvironment implements AutoCloseable {
   }
 
   /**
+   * Sends a harmless instruction (a {@code harness_monitoring_infos} request, which Beam's runner also sends to a live
+   * worker) and completes with {@link System#nanoTime()} at the arrival of the worker's answer, whatever it says (an
+   * SDK that does not support the request answers with an error, which is still an answer). Waits (bounded) for the
+   * control connection first.
+   */
+  public CompletableFuture<Long> firstAnswer(String instructionId) throws Exception {
+    connectedAtNanos.get(30, TimeUnit.SECONDS);
+    CompletableFuture<InstructionResponse> f = new CompletableFuture<>();
+    CompletableFuture<Long> at = new CompletableFuture<>();
+    answeredAt.put(instructionId, at);
+    responses.put(instructionId, f);
+    StreamObserver<InstructionRequest> c = controlStream;
+    synchronized (c) {
+      c.onNext(InstructionRequest.newBuilder().setInstructionId(instructionId)
+          .setHarnessMonitoringInfos(HarnessMonitoringInfosRequest.getDefaultInstance()).build());
+    }
+    return at;
+  }
+
+  /**
    * Closes the control stream as Beam's runner does when the job's work on this TaskManager is done. Waits (bounded)
    * for the stream to arrive first: StartWorker may return a moment before the proxied stream reaches this server.
    */
@@ -179,6 +202,11 @@ public final class RunnerEnvironment implements AutoCloseable {
       return new StreamObserver<>() {
         @Override
         public void onNext(InstructionResponse value) {
+          long now = System.nanoTime();
+          CompletableFuture<Long> at = answeredAt.get(value.getInstructionId());
+          if (at != null) {
+            at.complete(now);
+          }
           CompletableFuture<InstructionResponse> f = responses.get(value.getInstructionId());
           if (f != null) {
             f.complete(value);

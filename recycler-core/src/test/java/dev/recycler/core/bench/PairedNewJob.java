@@ -1,0 +1,189 @@
+package dev.recycler.core.bench;
+
+import static dev.recycler.core.bench.LeaseBenchmark.STAGED_NAME;
+import static dev.recycler.core.bench.LeaseBenchmark.label;
+import static dev.recycler.core.bench.LeaseBenchmark.lease;
+import static dev.recycler.core.bench.LeaseBenchmark.log;
+import static dev.recycler.core.bench.LeaseBenchmark.staged;
+
+import dev.recycler.core.bench.LeaseBenchmark.Config;
+import dev.recycler.core.bench.LeaseBenchmark.ResourceRow;
+import dev.recycler.core.bench.LeaseBenchmark.RunResult;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.function.IntFunction;
+
+/**
+ * The headline run: every lease is a new job, as users hit it. Beam's job server restages each job's binary under a
+ * fresh path without a sha256, so every real job is new to the recycler. Six arms alternate lease by lease (the start
+ * arm rotates each round) so that all see the same load from whatever else runs on the machine:
+ * <ol>
+ *   <li>floor: exec of the freshly staged copy;
+ *   <li>this project, warm: another environment of one job (one staged path for all its leases), the baseline;
+ *   <li>this project, new job in place: a fresh staged copy under the recycler's {@code --local-artifact-dirs}; the
+ *       slot already holds the content (same bytes as every other job), so the recycler hashes the file from disk
+ *       and nothing crosses to the wrapper;
+ *   <li>this project, new job streamed: a fresh copy outside the local directories, the fallback: the recycler
+ *       streams it from the runner's artifact service to learn its digest;
+ *   <li>this project, cold in place: new content (16 unique trailing bytes) staged under the local directory, on a
+ *       second recycler whose wrapper keeps only the newest binary: the bytes cross once (disk to the recycler's
+ *       cache, recycler to wrapper), never through the runner;
+ *   <li>Beam's worker pool, a fresh copy per lease (its boot always fetches the binary from the runner).
+ * </ol>
+ * Every copy is made before the lease's clock starts and deleted after the lease, as the job server's
+ * {@code --clean-artifacts-per-job} does. CPU per lease is read around each lease from {@code /proc} (the subject's
+ * long-lived processes, with the children they reaped), plus for Beam's pool and the floor the processes nobody of
+ * theirs reaps (read before they are killed).
+ */
+final class PairedNewJob {
+  private PairedNewJob() {}
+
+  /** One alternating arm: a subject and how its leases are made. */
+  private static final class Arm {
+    final Subject subject;
+    final String run;
+    final IntFunction<Subject.Lease> leases;
+    final List<LeaseSample> samples = new ArrayList<>();
+    long ticks;
+    long secondHop;
+
+    Arm(Subject subject, String run, IntFunction<Subject.Lease> leases) {
+      this.subject = subject;
+      this.run = run;
+      this.leases = leases;
+    }
+  }
+
+  static void run(Config c, Path binary, Path work, List<RunResult> runs, List<ResourceRow> resources,
+      List<String> notes, Map<String, Breakdown.Result> breakdowns) throws Exception {
+    String bin = label(binary);
+    Staging inPlace = new Staging(work.resolve("staging"));
+    Staging elsewhere = new Staging(work.resolve("staging-not-shared"));
+    try (FloorSubject floor = new FloorSubject(work.resolve("floor"));
+        BeamPoolSubject beam = new BeamPoolSubject(c.beamBoot(), work.resolve("beam-pool"), STAGED_NAME);
+        RecyclerSubject ours = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 2048,
+            work.resolve("recycler"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlace.root()));
+        RecyclerSubject cold = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 1,
+            work.resolve("recycler-cold"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlace.root()))) {
+      floor.start();
+      ours.start();
+      cold.start();
+      beam.start();
+      Path warmJob = inPlace.stage(binary, STAGED_NAME, false);
+      List<Arm> arms = List.of(
+          new Arm(floor, "paired new job", i -> staged("paired new job", i, inPlace, binary, false)),
+          new Arm(ours, "paired warm", i -> lease("paired warm", i, warmJob.toString(), warmJob)),
+          new Arm(ours, "paired new job, in place", i -> staged("paired new job, in place", i, inPlace, binary,
+              false)),
+          new Arm(ours, "paired new job, streamed", i -> staged("paired new job, streamed", i, elsewhere, binary,
+              false)),
+          new Arm(cold, "paired cold, in place", i -> staged("paired cold, in place", i, inPlace, binary, true)),
+          new Arm(beam, "paired new job", i -> staged("paired new job", i, inPlace, binary, false)));
+
+      log("paired new job (" + bin + "): " + c.warmup() + " warm-up rounds");
+      rounds(arms, c.warmup(), beam, c.batch(), false);
+      beam.leftovers(true);
+      String ourLabel = "recycler (paired new job, " + bin + ")";
+      String coldLabel = "recycler (paired cold, " + bin + ")";
+      LeaseBenchmark.snapshot(ours, ourLabel, "after warm-up", 0, resources);
+      LeaseBenchmark.snapshot(cold, coldLabel, "after warm-up", 0, resources);
+      LeaseBenchmark.snapshot(beam, "beam-pool (paired new job, " + bin + ")", "after warm-up", 0, resources);
+      for (Arm a : arms) {
+        a.samples.clear();
+        a.ticks = 0;
+        a.secondHop = 0;
+      }
+      String load0 = LeaseBenchmark.loadAverage();
+      log("paired new job (" + bin + "): " + c.leases() + " rounds of " + arms.size() + " leases");
+      Subject.Leftovers beamLeaked = rounds(arms, c.leases(), beam, c.batch(), true);
+      String load = load0 + " -> " + LeaseBenchmark.loadAverage();
+      LeaseBenchmark.snapshot(ours, ourLabel, "after run", 4 * c.leases(), resources);
+      LeaseBenchmark.snapshot(cold, coldLabel, "after run", c.leases(), resources);
+      LeaseBenchmark.snapshot(beam, "beam-pool (paired new job, " + bin + ")", "after run", c.leases(), resources);
+      long heapOurs = ours.liveHeapKb();
+      long heapCold = cold.liveHeapKb();
+      notes.add(String.format(Locale.ROOT, "Paired new job (%s): the recycler JVMs' live heap right after a full "
+          + "collection at the end: %.1f MB (warm/new-job recycler), %.1f MB (cold recycler); their RSS is in the "
+          + "resource table.", bin, heapOurs / 1024.0, heapCold / 1024.0));
+
+      for (Arm a : arms) {
+        Subject.Leftovers left = a.subject == beam ? beamLeaked : a.subject.leftovers(false);
+        String note = a.subject == beam
+            ? "per lease, read around it: pool incl. reaped children; plus leaked workers and zombie boots (read "
+                + "before clean-up)"
+            : a.subject == floor ? "per lease: the worker (read before SIGKILL)"
+            : "per lease, read around it (incl. the release wait): recycler JVM + wrapper incl. its reaped worker";
+        RunResult r = new RunResult(a.subject.name(), a.run + " (alternating)", 1, 1, List.copyOf(a.samples),
+            LeaseBenchmark.bytes(a.samples), a.subject instanceof RecyclerSubject ? a.secondHop : -1,
+            a.ticks / (double) ProcFs.TICKS_PER_SECOND, left, note, load, bin);
+        runs.add(r);
+        log(String.format(Locale.ROOT, "%s / %s (%s): ok %d/%d ready p50 %.1f first answer p50 %.1f p95 %.1f ms, "
+            + "CPU %.3f s/lease, runner MB/lease %.1f", r.subject(), r.run(), bin, r.ok(), r.samples().size(),
+            r.ready().p(50), r.firstAnswer().p(50), r.firstAnswer().p(95), r.cpuSeconds() / r.samples().size(),
+            r.runnerBytes() / 1e6 / r.samples().size()));
+      }
+      breakdowns.put("paired warm (" + bin + ", " + c.leases() + " leases)",
+          Breakdown.analyse(ours, runs.get(runs.size() - 5)));
+      breakdowns.put("paired new job, in place (" + bin + ", " + c.leases() + " leases)",
+          Breakdown.analyse(ours, runs.get(runs.size() - 4)));
+      breakdowns.put("paired new job, streamed (" + bin + ", " + c.leases() + " leases)",
+          Breakdown.analyse(ours, runs.get(runs.size() - 3)));
+      breakdowns.put("paired cold, in place (" + bin + ", " + c.leases() + " leases)",
+          Breakdown.analyse(cold, runs.get(runs.size() - 2)));
+      Subject.deleteTree(warmJob.getParent());
+    }
+  }
+
+  /**
+   * Runs {@code n} rounds, one lease per arm each, the first arm rotating. Counts and cleans up Beam's leaks every
+   * {@code batch} rounds (and at the end); returns the leaks counted.
+   */
+  private static Subject.Leftovers rounds(List<Arm> arms, int n, BeamPoolSubject beam, int batch, boolean record)
+      throws Exception {
+    Subject.Leftovers leaked = Subject.Leftovers.NONE;
+    int zombiesBefore = beam.leftovers(false).zombies();
+    int maxZombies = zombiesBefore;
+    Arm beamArm = arms.stream().filter(a -> a.subject == beam).findFirst().orElseThrow();
+    for (int i = 0; i < n; i++) {
+      for (int k = 0; k < arms.size(); k++) {
+        Arm a = arms.get((i + k) % arms.size());
+        Subject.Lease l = a.leases.apply(i);
+        long hop0 = a.subject.secondHopBytes();
+        long t0 = LeaseBenchmark.ticks(a.subject);
+        LeaseSample s;
+        try {
+          s = a.subject.lease(l);
+        } catch (Exception e) {
+          s = LeaseSample.failed(l, LeaseBenchmark.epochMillis(), 0, e.toString());
+        } finally {
+          LeaseBenchmark.unstage(l);
+        }
+        long t1 = LeaseBenchmark.ticks(a.subject);
+        a.ticks += t1 - t0;
+        a.secondHop += a.subject.secondHopBytes() - hop0;
+        a.samples.add(s);
+        if (!s.ok()) {
+          log(a.subject.name() + " / " + a.run + " lease " + i + " failed: " + s.error());
+          if (!record) {
+            throw new IllegalStateException(a.subject.name() + " / " + a.run + " warm-up lease failed: " + s.error());
+          }
+        }
+      }
+      if (i % batch == batch - 1 || i == n - 1) {
+        long t0 = LeaseBenchmark.ticks(beam);
+        Subject.Leftovers l = beam.leftovers(true);
+        beamArm.ticks += LeaseBenchmark.ticks(beam) - t0;
+        maxZombies = Math.max(maxZombies, l.zombies());
+        leaked = leaked.plus(new Subject.Leftovers(l.processes(), 0, l.files(), l.fileBytes(), l.details()));
+      }
+      if (i % 20 == 19) {
+        log("paired new job: " + (i + 1) + "/" + n + " rounds");
+      }
+    }
+    return new Subject.Leftovers(leaked.processes(), maxZombies - zombiesBefore, leaked.files(), leaked.fileBytes(),
+        leaked.details());
+  }
+}
