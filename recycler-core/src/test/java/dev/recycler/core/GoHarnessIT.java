@@ -105,13 +105,16 @@ class GoHarnessIT {
    * Processes whose command line carries {@code --id=<workerId>.<lease credential>}: the inner worker of one lease
    * ({@code workerId} is the public id of the slot table).
    */
-  private static List<Long> processesOf(String workerId) throws IOException {
+  private List<Long> processesOf(String workerId) throws IOException {
     List<Long> pids = new ArrayList<>();
     try (Stream<Path> procs = Files.list(Path.of("/proc"))) {
       for (Path p : procs.filter(p -> p.getFileName().toString().matches("\\d+")).toList()) {
         try {
           String cmd = Files.readString(p.resolve("cmdline")).replace('\0', ' ');
-          if (cmd.contains("--id=" + workerId + ".")) {
+          // Public ids repeat across recyclers (every recycler's first lease of slot-0 is slot-0.g1): only workers
+          // of this test's recycler (its endpoint is their control endpoint) count. Another test or benchmark on
+          // the machine once made this check fail.
+          if (cmd.contains("--id=" + workerId + ".") && cmd.contains(recycler.endpoint())) {
             pids.add(Long.parseLong(p.getFileName().toString()));
           }
         } catch (IOException gone) {
