@@ -1,0 +1,723 @@
+package dev.recycler.e2e;
+
+import dev.recycler.e2e.EndToEndResult.Check;
+import dev.recycler.e2e.EndToEndResult.Verdict;
+import dev.recycler.e2e.GoJob.Outcome;
+import dev.recycler.e2e.GoJob.Spec;
+import java.io.IOException;
+import java.net.InetAddress;
+import java.net.ServerSocket;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Optional;
+import java.util.Set;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.locks.LockSupport;
+import java.util.function.Consumer;
+import java.util.stream.IntStream;
+
+/**
+ * Scale-out on Flink (issue 13): one Flink 1.19.3 session cluster with <b>two TaskManagers</b>, each with its own
+ * recycler (the plugin) and its own go-boot-wrapper processes, as two TaskManager pods would have; Beam Go jobs of
+ * parallelism 2 submitted with the one {@code --environment_config=localhost:<port>} every pipeline uses.
+ *
+ * <p><b>How each TaskManager's runner reaches its own recycler on one host.</b> In Kubernetes each pod has its own
+ * network namespace, so {@code localhost:<port>} is the pod's own recycler. Here both TaskManagers share the host's
+ * network; instead each TaskManager JVM gets its own view of the name {@code localhost} ({@code
+ * -Djdk.net.hosts.file}, a hosts file per TaskManager): {@code localhost} is {@code 127.0.0.2} first (then {@code
+ * 127.0.0.1}) in TaskManager a and {@code 127.0.0.3} first in b. Each recycler binds the <em>same</em> port on its own
+ * loopback address ({@code param.bind-host}, passed per TaskManager as a dynamic property together with the slot
+ * names and the cache directory), so Beam's runner in each TaskManager, calling StartWorker on {@code
+ * localhost:<port>}, reaches its own TaskManager's recycler, with no change to Beam or to the pipeline. The runner's
+ * own servers bind 127.0.0.1 and are named {@code localhost}: the recycler reaches them through the second address
+ * (gRPC tries the addresses in order); the wrappers and Go workers use the system resolver. See docs/e2e.md for why
+ * not network namespaces, and the limits.
+ *
+ * <p>Steps: wrappers of both TaskManagers, the cluster (JobManager, then both TaskManagers), Beam's job server; two
+ * jobs of parallelism 2 run to the end; a third is held and TaskManager b is SIGKILLed while both TaskManagers hold a
+ * lease of it; TaskManager b is restarted (its wrappers never stopped) and a fourth job runs. Every wait is bounded;
+ * every process started is stopped at the end, also on failure. A violated property is a {@link Check} with verdict
+ * FAIL; exceptions mean the run could not be carried out. Not thread-safe: one run per instance.
+ */
+public final class ScaleOutRun {
+  /** The two TaskManagers: name, loopback address of their "localhost", slot id prefix. */
+  static final List<Tm> TASK_MANAGERS = List.of(new Tm("tm-a", "127.0.0.2", "a-slot-"),
+      new Tm("tm-b", "127.0.0.3", "b-slot-"));
+  static final int HARNESS_SLOTS_PER_TM = 2;
+  private static final Duration POLL = Duration.ofMillis(100);
+  private static final Duration JOB_TIMEOUT = Duration.ofMinutes(3);
+  private static final Duration SETTLE = Duration.ofSeconds(90);
+
+  /** One TaskManager of the run. */
+  record Tm(String name, String loopback, String slotPrefix) {
+    List<String> slots() {
+      return IntStream.range(0, HARNESS_SLOTS_PER_TM).mapToObj(i -> slotPrefix + i).toList();
+    }
+  }
+
+  /** One job: its name, launcher exit code, whether its output was exactly right, Flink's state and TaskManagers. */
+  public record Job(String name, String pipeline, int exitCode, boolean outputMatches, String flinkState,
+      Set<String> flinkTaskManagers, Map<String, Integer> leasesPerTm, Duration wallTime) {}
+
+  /**
+   * What the run did and verified.
+   *
+   * @param leases each TaskManager's lease records (TaskManager b: those of its recycler after the restart are
+   *     appended to those read before the kill)
+   * @param slotTables each TaskManager's slot table as text, read at the end
+   */
+  public record Result(List<Check> checks, List<Job> jobs, Map<String, List<LeaseRecord>> leases,
+      Map<String, String> slotTables, Map<String, Duration> figures, long originMillis, String workDirectory) {
+    public boolean passed() {
+      return checks.stream().noneMatch(Check::failed);
+    }
+
+    public List<Check> failedChecks() {
+      return checks.stream().filter(Check::failed).toList();
+    }
+  }
+
+  private final Path workRoot;
+  private final Path wrapperBinary;
+  private final Path pipelinesBinary;
+  private final Path jobServerJar;
+  private final Consumer<String> progress;
+  private final List<Check> checks = new ArrayList<>();
+  private final List<Job> jobs = new ArrayList<>();
+  private final Map<String, Duration> figures = new LinkedHashMap<>();
+  private final Map<String, List<LeaseRecord>> leasesBeforeKill = new LinkedHashMap<>();
+  private final Map<String, String> expected = new LinkedHashMap<>();
+  private final Map<String, AdminEndpoint> admins = new LinkedHashMap<>();
+  private final Map<String, WrapperProcesses> wrappers = new LinkedHashMap<>();
+  private final Map<String, Map<String, Long>> wrapperPids = new LinkedHashMap<>();
+  private final Set<String> knownWorkerIds = new LinkedHashSet<>();
+  private final List<GoJob> launchers = new CopyOnWriteArrayList<>();
+  private FlinkSessionCluster cluster;
+  private JobServerProcess jobServer;
+  private Path work;
+  private int recyclerPort;
+  private int jobCounter;
+
+  public ScaleOutRun(Path repoRoot, Path workRoot, Consumer<String> progress) {
+    Path root = repoRoot.toAbsolutePath().normalize();
+    this.workRoot = workRoot.toAbsolutePath();
+    this.wrapperBinary = property("recycler.e2e.wrapperBinary", root.resolve("go-boot-wrapper/bin/go-boot-wrapper"));
+    this.pipelinesBinary = property("recycler.e2e.pipelinesBinary",
+        root.resolve("go-boot-wrapper/examples/pipelines/bin/beam-pipelines"));
+    this.jobServerJar = property("recycler.e2e.jobServerJar",
+        root.resolve("recycler-flink/e2e/jobserver/target/beam-flink-job-server.jar"));
+    this.progress = progress;
+  }
+
+  /** Runs everything once and stops everything it started, also on failure. */
+  public Result run() throws IOException, InterruptedException {
+    long t0 = System.nanoTime();
+    long origin = System.currentTimeMillis();
+    work = Files.createDirectories(workRoot.resolve("run-" + origin));
+    Thread hook = new Thread(() -> launchers.forEach(GoJob::destroyNow), "scaleout-launchers-shutdown");
+    Runtime.getRuntime().addShutdownHook(hook);
+    Map<String, Long> longLived = new LinkedHashMap<>();
+    Map<String, String> tables = new LinkedHashMap<>();
+    Map<String, List<LeaseRecord>> allLeases = new LinkedHashMap<>();
+    try {
+      recyclerPort = freeOnAll();
+      int adminPort = freeOnAll();
+      for (Tm tm : TASK_MANAGERS) {
+        admins.put(tm.name(), new AdminEndpoint(tm.loopback() + ":" + adminPort));
+      }
+      for (String p : List.of("wordcount", "groupside")) {
+        expected.put(p, GoJob.expectedOutput(pipelinesBinary, p, List.of()));
+      }
+
+      // 1. Each TaskManager's harness containers, pointed at its own recycler's address.
+      for (Tm tm : TASK_MANAGERS) {
+        progress.accept("start " + HARNESS_SLOTS_PER_TM + " go-boot-wrapper processes for " + tm.name() + " (slots "
+            + String.join(", ", tm.slots()) + ") -> " + tm.loopback() + ":" + recyclerPort);
+        WrapperProcesses w = WrapperProcesses.start(wrapperBinary, tm.slots(), tm.loopback() + ":" + recyclerPort,
+            work.resolve("wrappers").resolve(tm.name()), Duration.ofSeconds(5), Duration.ofSeconds(30));
+        wrappers.put(tm.name(), w);
+        w.pids().forEach((slot, pid) -> longLived.put("wrapper " + slot, pid));
+      }
+
+      // 2. The cluster: the JobManager, then both TaskManagers with their own recycler settings.
+      progress.accept("start Flink " + BuildPaths.flinkVersion() + " JobManager and TaskManagers "
+          + TASK_MANAGERS.stream().map(Tm::name).toList() + " (1 Flink slot each, parallelism 2); recycler port "
+          + recyclerPort + ", admin port " + adminPort + " on each TaskManager's own loopback address");
+      long clusterT0 = System.nanoTime();
+      cluster = FlinkSessionCluster.builder()
+          .workDirectory(work.resolve("flink"))
+          .withoutDefaultTaskManager()
+          .taskManagerSlots(1)
+          .taskManagerMemory("2048m")
+          .plugin(RecyclerPlugin.DIRECTORY, BuildPaths.recyclerPluginJar())
+          .config(RecyclerPlugin.config(HARNESS_SLOTS_PER_TM, recyclerPort, adminPort))
+          .config(RecyclerPlugin.param("local-artifact-dirs"), work.resolve("job-server-artifacts").toString())
+          .config("taskmanager.memory.task.off-heap.size", "384m")
+          .config("taskmanager.memory.jvm-metaspace.size", "512m")
+          .config("parallelism.default", "2")
+          // A job that loses a TaskManager fails instead of waiting for a slot that is gone.
+          .config("restart-strategy.type", "none")
+          // Notice a SIGKILLed TaskManager within seconds (defaults: 10 s interval, 50 s timeout).
+          .config("heartbeat.interval", "2000")
+          .config("heartbeat.timeout", "20000")
+          .stopTimeout(Duration.ofSeconds(60))
+          .start();
+      longLived.put("jobmanager", cluster.jobManagerPid().orElse(-1));
+      for (Tm tm : TASK_MANAGERS) {
+        cluster.launchNamedTaskManager(tm.name(), tmProperties(tm), List.of("-Djdk.net.hosts.file=" + hostsFile(tm)));
+      }
+      for (Tm tm : TASK_MANAGERS) {
+        cluster.awaitNamedTaskManager(tm.name());
+        longLived.put(tm.name() + " (first JVM)", cluster.namedTaskManagerPid(tm.name()).orElse(-1));
+      }
+      figures.put("cluster start (JobManager + 2 TaskManagers registered)", since(clusterT0));
+      progress.accept(String.format(Locale.ROOT, "cluster up in %.1f s, REST %s",
+          since(clusterT0).toMillis() / 1000.0, cluster.restAddress()));
+
+      // 3. Beam's job server.
+      jobServer = JobServerProcess.builder(jobServerJar)
+          .flinkMaster(cluster.restAddress())
+          .flinkConfDir(cluster.configDirectory())
+          .artifactsDir(work.resolve("job-server-artifacts"))
+          .logFile(work.resolve("job-server.log"))
+          .startTimeout(Duration.ofSeconds(120))
+          .start();
+      longLived.put("job server", jobServer.pid());
+      for (Tm tm : TASK_MANAGERS) {
+        wrapperPids.put(tm.name(), awaitAttached(tm, Duration.ofSeconds(60)));
+      }
+      progress.accept("all slots of both TaskManagers attached; wrapper pids " + wrapperPids);
+
+      // 4. Jobs of parallelism 2: each TaskManager's runner leases from its own recycler.
+      Job j1 = runToEnd("wordcount");
+      Job j2 = runToEnd("groupside");
+      for (Job j : List.of(j1, j2)) {
+        boolean both = j.leasesPerTm().values().stream().allMatch(n -> n > 0);
+        check("job " + j.name() + " (parallelism 2) ran on both TaskManagers, each leasing from its own recycler,"
+                + " output exactly as expected",
+            j.exitCode() == 0 && j.outputMatches() && both && j.flinkTaskManagers().size() == 2,
+            "exit " + j.exitCode() + ", output " + (j.outputMatches() ? "as expected" : "WRONG") + ", Flink "
+                + j.flinkState() + " on " + j.flinkTaskManagers() + ", leases per TaskManager " + j.leasesPerTm());
+      }
+      checkOwnSlotsOnly();
+
+      // 5. TaskManager b is SIGKILLed while both hold a lease of a running job.
+      killScenario();
+
+      // 6. A job after the restart uses both TaskManagers again.
+      Job j4 = runToEnd("wordcount");
+      check("after the restart, job " + j4.name() + " (parallelism 2) ran on both TaskManagers again",
+          j4.exitCode() == 0 && j4.outputMatches() && j4.leasesPerTm().values().stream().allMatch(n -> n > 0),
+          "exit " + j4.exitCode() + ", Flink " + j4.flinkState() + " on " + j4.flinkTaskManagers()
+              + ", leases per TaskManager " + j4.leasesPerTm());
+      checkOwnSlotsOnly();
+      checkNoWorkerLeft();
+
+      for (Tm tm : TASK_MANAGERS) {
+        AdminEndpoint.Table t = admins.get(tm.name()).table();
+        List<LeaseRecord> leases = new ArrayList<>(leasesBeforeKill.getOrDefault(tm.name(), List.of()));
+        leases.addAll(t.leases());
+        allLeases.put(tm.name(), List.copyOf(leases));
+        tables.put(tm.name(), slotTable(tm, t, leases, origin));
+      }
+    } catch (IOException | InterruptedException | RuntimeException | Error e) {
+      progress.accept("run aborted: " + e);
+      stopAll();
+      Runtime.getRuntime().removeShutdownHook(hook);
+      throw e;
+    }
+    progress.accept("stop everything: job server, TaskManagers, JobManager, wrappers");
+    cluster.namedTaskManagerPid("tm-b").ifPresent(p -> longLived.put("tm-b (restarted JVM)", p));
+    stopAll();
+    checkStopped(longLived);
+    Runtime.getRuntime().removeShutdownHook(hook);
+    deleteBulk();
+    figures.put("whole run", since(t0));
+    return new Result(List.copyOf(checks), List.copyOf(jobs), allLeases, tables, Map.copyOf(figures), origin,
+        work.toString());
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // The kill
+
+  private void killScenario() throws IOException, InterruptedException {
+    Tm a = TASK_MANAGERS.get(0);
+    Tm b = TASK_MANAGERS.get(1);
+    GoJob job = start("groupside", "--hold=5m");
+    Map<String, LeaseRecord> active = new LinkedHashMap<>();
+    long deadline = System.nanoTime() + JOB_TIMEOUT.toNanos();
+    while (active.size() < 2 && job.isRunning() && System.nanoTime() < deadline) {
+      for (Tm tm : TASK_MANAGERS) {
+        activeLease(tm, job.spec().name()).ifPresent(l -> active.put(tm.name(), l));
+      }
+      pause();
+    }
+    if (active.size() < 2) {
+      check("a held job of parallelism 2 holds a lease on both TaskManagers", false,
+          "active leases " + active + " within " + JOB_TIMEOUT + "; launcher running " + job.isRunning());
+      finish(job, Duration.ofSeconds(1));
+      return;
+    }
+    LeaseRecord leaseA = active.get(a.name());
+    LeaseRecord leaseB = active.get(b.name());
+    ProcessTable procs = ProcessTable.snapshot();
+    boolean aWorkerUnderA = procs.descendantsOf(wrapperPids.get(a.name()).values()).stream()
+        .anyMatch(p -> p.pid() == leaseA.workerPid());
+    boolean bWorkerUnderB = procs.descendantsOf(wrapperPids.get(b.name()).values()).stream()
+        .anyMatch(p -> p.pid() == leaseB.workerPid());
+    check("while the job holds: each TaskManager's lease runs its worker under that TaskManager's own wrappers",
+        aWorkerUnderA && bWorkerUnderB, a.name() + " " + leaseA.workerId() + " pid " + leaseA.workerPid() + " under "
+            + a.name() + "'s wrappers: " + aWorkerUnderA + "; " + b.name() + " " + leaseB.workerId() + " pid "
+            + leaseB.workerPid() + " under " + b.name() + "'s wrappers: " + bWorkerUnderB);
+    leasesBeforeKill.put(b.name(), admins.get(b.name()).table().leases());
+
+    progress.accept("SIGKILL " + b.name() + " (pid " + cluster.namedTaskManagerPid(b.name()).orElse(-1) + ") while "
+        + a.name() + " holds " + leaseA.workerId() + " and " + b.name() + " holds " + leaseB.workerId());
+    long killT = System.nanoTime();
+    int code = cluster.killNamedTaskManager(b.name());
+    AdminEndpoint.Table right = admins.get(a.name()).table();
+    Optional<LeaseRecord> stillA = right.leases().stream()
+        .filter(l -> l.workerId().equals(leaseA.workerId())).findFirst();
+    progress.accept(b.name() + " exited with " + code + "; right after, " + a.name() + "'s lease " + leaseA.workerId()
+        + " is " + stillA.map(l -> l.ended() ? "ended " + l.exitDescription() : "still running").orElse("?")
+        + ", slots " + right.states());
+
+    // TaskManager a's side: watch its slots until the job is over and they are IDLE again.
+    Set<String> statesSeen = new LinkedHashSet<>();
+    long settleDeadline = System.nanoTime() + JOB_TIMEOUT.toNanos();
+    AdminEndpoint.Table t = right;
+    boolean jobEnded = false;
+    Duration toIdle = null;
+    while (System.nanoTime() < settleDeadline) {
+      t.slots().forEach(s -> statesSeen.add(s.state()));
+      jobEnded = !job.isRunning();
+      if (jobEnded && t.allIdle()) {
+        toIdle = since(killT);
+        break;
+      }
+      pause();
+      t = admins.get(a.name()).table();
+    }
+    figures.put("kill of tm-b to tm-a's slots IDLE again (job failed, tm-a's runner closed its environment)",
+        toIdle == null ? Duration.ZERO : toIdle);
+    Job killed = finish(job, Duration.ofSeconds(1));
+    Optional<LeaseRecord> endedA = t.leases().stream().filter(l -> l.workerId().equals(leaseA.workerId()))
+        .findFirst();
+    Map<String, Long> pidsA = new LinkedHashMap<>();
+    t.slots().forEach(s -> pidsA.put(s.slot(), s.wrapperPid()));
+    boolean aAlive = wrapperPids.get(a.name()).values().stream().allMatch(ProcessTable::isAlive);
+    boolean endedByRunner = endedA.isPresent() && endedA.get().ended()
+        && Set.of("RUNNER_CLOSED", "STOP_WORKER").contains(endedA.get().endReason());
+    boolean neverDetached = !statesSeen.contains("DETACHED") && !statesSeen.contains("BACKOFF");
+    check("killing " + b.name() + " leaves " + a.name() + "'s slots and leases untouched: its lease ends only when"
+            + " its own runner closes it, its slots never detach, its wrappers keep their PIDs",
+        endedByRunner && neverDetached && aAlive && pidsA.equals(wrapperPids.get(a.name())) && toIdle != null,
+        a.name() + "'s lease " + leaseA.workerId() + ": " + endedA.map(LeaseRecord::exitDescription).orElse("missing")
+            + "; slot states seen " + statesSeen + "; wrapper pids " + pidsA + " (before " + wrapperPids.get(a.name())
+            + ", alive " + aAlive + "); job " + killed.name() + " exit " + killed.exitCode() + ", Flink "
+            + killed.flinkState() + "; " + a.name() + " IDLE " + (toIdle == null ? "NOT within " + JOB_TIMEOUT
+            : String.format(Locale.ROOT, "%.1f s", toIdle.toMillis() / 1000.0)) + " after the kill");
+
+    // TaskManager b's wrappers are separate processes: they survive, and their worker of the lost lease goes.
+    boolean bAlive = wrapperPids.get(b.name()).values().stream().allMatch(ProcessTable::isAlive);
+    boolean workerGone = awaitGone(leaseB.workerId(), b, Duration.ofSeconds(60));
+    check(b.name() + "'s wrappers outlive their TaskManager, and the worker of its lost lease is stopped",
+        bAlive && workerGone, "wrappers alive " + bAlive + " " + wrapperPids.get(b.name()) + "; worker "
+            + leaseB.workerId() + " (pid " + leaseB.workerPid() + ") gone within 60 s: " + workerGone);
+
+    // Restart b: a new JVM with the same port and settings; its wrappers re-attach by themselves.
+    progress.accept("restart " + b.name() + " (same recycler port and settings; its wrappers keep running)");
+    long restartT = System.nanoTime();
+    cluster.relaunchNamedTaskManager(b.name());
+    cluster.awaitNamedTaskManager(b.name());
+    Duration registered = since(restartT);
+    Map<String, Long> pidsB = awaitAttached(b, Duration.ofSeconds(120));
+    Duration reattached = since(restartT);
+    figures.put("tm-b restart: JVM start to registered with the JobManager", registered);
+    figures.put("tm-b restart: JVM start to all its wrappers re-attached (IDLE)", reattached);
+    progress.accept(String.format(Locale.ROOT, "%s registered after %.1f s, its %d wrappers re-attached after %.1f s",
+        b.name(), registered.toMillis() / 1000.0, pidsB.size(), reattached.toMillis() / 1000.0));
+    check("after its restart, " + b.name() + "'s wrappers re-attach (the same processes, not new ones)",
+        pidsB.equals(wrapperPids.get(b.name())),
+        "wrapper pids after " + pidsB + ", before " + wrapperPids.get(b.name()) + String.format(Locale.ROOT,
+            "; all attached %.1f s after the new JVM started", reattached.toMillis() / 1000.0));
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Jobs
+
+  private GoJob start(String pipeline, String... flags) throws IOException {
+    jobCounter++;
+    String name = String.format(Locale.ROOT, "scale%02d%s", jobCounter, pipeline);
+    progress.accept("job " + name + ": submit (parallelism 2)" + (flags.length > 0 ? " " + String.join(" ", flags)
+        : ""));
+    GoJob job = GoJob.start(pipelinesBinary, Spec.of(name, pipeline, flags), jobServer.jobEndpoint(), recyclerPort,
+        work.resolve("outputs"), work.resolve("launchers"));
+    launchers.add(job);
+    return job;
+  }
+
+  private Job runToEnd(String pipeline) throws IOException, InterruptedException {
+    Job j = finish(start(pipeline), JOB_TIMEOUT);
+    settle(j.name());
+    return j;
+  }
+
+  /** Waits for the launcher (cancelling through REST and killing it after {@code timeout}); records the job. */
+  private Job finish(GoJob job, Duration timeout) throws IOException, InterruptedException {
+    String name = job.spec().name();
+    Optional<Outcome> done = job.await(timeout);
+    if (done.isEmpty()) {
+      String id = flinkJobId(name);
+      if (id != null) {
+        cluster.cancelJob(id);
+      }
+      done = job.await(Duration.ofSeconds(60));
+      if (done.isEmpty()) {
+        done = Optional.of(job.kill());
+      }
+    }
+    Outcome o = done.get();
+    String id = flinkJobId(name);
+    String state = "?";
+    Set<String> tms = Set.of();
+    if (id != null) {
+      try {
+        state = cluster.awaitJobTerminal(id, Duration.ofSeconds(60)).state();
+      } catch (IllegalStateException e) {
+        state = cluster.job(id).state();
+      }
+      tms = cluster.taskManagersOfJob(id);
+    }
+    Map<String, Integer> perTm = new LinkedHashMap<>();
+    for (Tm tm : TASK_MANAGERS) {
+      List<LeaseRecord> l = leasesOf(tm, name);
+      l.forEach(r -> knownWorkerIds.add(r.workerId()));
+      perTm.put(tm.name(), l.size());
+    }
+    boolean matches = o.output().isPresent() && o.output().get().equals(expected.get(job.spec().pipeline()));
+    Job j = new Job(name, job.spec().pipeline(), o.exitCode(), matches, state, tms, perTm, o.wallTime());
+    jobs.add(j);
+    progress.accept(String.format(Locale.ROOT, "job %s: exit %d in %.1f s, Flink %s on %s, leases per TaskManager %s",
+        name, o.exitCode(), o.wallTime().toMillis() / 1000.0, state, tms, perTm));
+    return j;
+  }
+
+  private List<LeaseRecord> leasesOf(Tm tm, String jobName) {
+    try {
+      return admins.get(tm.name()).table().leases().stream()
+          .filter(l -> EndToEndRun.matchesJob(l.jobName(), jobName)).toList();
+    } catch (IOException e) {
+      return List.of(); // the TaskManager is down
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      return List.of();
+    }
+  }
+
+  private Optional<LeaseRecord> activeLease(Tm tm, String jobName) throws IOException, InterruptedException {
+    AdminEndpoint.Table t = admins.get(tm.name()).table();
+    for (AdminEndpoint.Slot s : t.slots()) {
+      if (s.state().equals("ACTIVE") && EndToEndRun.matchesJob(s.jobName(), jobName)) {
+        Optional<LeaseRecord> l = t.leases().stream()
+            .filter(r -> r.workerId().equals(s.workerId()) && r.workerPid() > 0 && !r.ended()).findFirst();
+        if (l.isPresent()) {
+          knownWorkerIds.add(l.get().workerId());
+          return l;
+        }
+      }
+    }
+    return Optional.empty();
+  }
+
+  private String flinkJobId(String jobName) throws IOException, InterruptedException {
+    for (JobSummary j : cluster.jobs()) {
+      if (EndToEndRun.matchesJob(j.name(), jobName)) {
+        return j.id();
+      }
+    }
+    return null;
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Checks
+
+  /** Waits (bounded) until both TaskManagers' slots are IDLE; a FAIL check if they are not. */
+  private void settle(String after) throws IOException, InterruptedException {
+    for (Tm tm : TASK_MANAGERS) {
+      long deadline = System.nanoTime() + SETTLE.toNanos();
+      AdminEndpoint.Table t = admins.get(tm.name()).table();
+      while (!t.allIdle() && System.nanoTime() < deadline) {
+        pause();
+        t = admins.get(tm.name()).table();
+      }
+      if (!t.allIdle()) {
+        check("after " + after + ": " + tm.name() + "'s slots IDLE", false, t.states() + " after " + SETTLE);
+      }
+    }
+  }
+
+  /** Each recycler's table names only its own slots, held by its own wrappers, and every lease is on them. */
+  private void checkOwnSlotsOnly() throws IOException, InterruptedException {
+    List<String> problems = new ArrayList<>();
+    StringBuilder seen = new StringBuilder();
+    for (Tm tm : TASK_MANAGERS) {
+      AdminEndpoint.Table t = admins.get(tm.name()).table();
+      Map<String, Long> pids = new LinkedHashMap<>();
+      t.slots().forEach(s -> pids.put(s.slot(), s.wrapperPid()));
+      if (!pids.equals(wrapperPids.get(tm.name()))) {
+        problems.add(tm.name() + " shows slots/wrappers " + pids + ", its own are " + wrapperPids.get(tm.name()));
+      }
+      t.leases().stream().filter(l -> !l.slot().startsWith(tm.slotPrefix()))
+          .forEach(l -> problems.add(tm.name() + " leased foreign slot " + l.slot()));
+      seen.append(seen.isEmpty() ? "" : "; ").append(tm.name()).append(": slots ").append(pids.keySet())
+          .append(", ").append(t.leases().size()).append(" leases");
+    }
+    check("each TaskManager's slot table shows only its own slots, wrappers and leases", problems.isEmpty(),
+        problems.isEmpty() ? seen.toString() : String.join("; ", problems));
+  }
+
+  private void checkNoWorkerLeft() {
+    ProcessTable procs = ProcessTable.snapshot();
+    List<String> left = new ArrayList<>();
+    for (String id : knownWorkerIds) {
+      procs.withWorkerId(id, work.resolve("wrappers").toString()).forEach(p -> left.add(id + ": " + p));
+    }
+    for (Tm tm : TASK_MANAGERS) {
+      procs.descendantsOf(wrapperPids.get(tm.name()).values()).forEach(p -> left.add("under " + tm.name() + ": " + p));
+    }
+    check("no worker process of any lease is left (" + knownWorkerIds.size() + " leases)", left.isEmpty(),
+        left.isEmpty() ? "none" : String.join("; ", left));
+  }
+
+  private void checkStopped(Map<String, Long> pids) {
+    List<String> alive = new ArrayList<>();
+    pids.forEach((what, pid) -> {
+      if (pid > 0 && ProcessTable.isAlive(pid)) {
+        alive.add(what + " pid " + pid);
+      }
+    });
+    for (GoJob j : launchers) {
+      if (j.isRunning()) {
+        alive.add("launcher " + j.spec().name());
+      }
+    }
+    Map<String, Integer> codes = new LinkedHashMap<>();
+    wrappers.values().forEach(w -> codes.putAll(w.exitCodes()));
+    check("every process the run started is stopped (" + pids.size() + " long-lived, " + launchers.size()
+            + " launchers), wrappers exit 0 on SIGTERM",
+        alive.isEmpty() && codes.values().stream().allMatch(c -> c == 0),
+        (alive.isEmpty() ? "none alive" : "alive: " + alive) + "; wrapper exit codes " + codes);
+  }
+
+  private boolean awaitGone(String workerId, Tm tm, Duration bound) throws InterruptedException {
+    long deadline = System.nanoTime() + bound.toNanos();
+    String under = work.resolve("wrappers").resolve(tm.name()).toString();
+    while (!ProcessTable.snapshot().withWorkerId(workerId, under).isEmpty()) {
+      if (System.nanoTime() > deadline) {
+        return false;
+      }
+      pause();
+    }
+    return true;
+  }
+
+  private Map<String, Long> awaitAttached(Tm tm, Duration bound) throws IOException, InterruptedException {
+    long deadline = System.nanoTime() + bound.toNanos();
+    String last = "no answer";
+    while (System.nanoTime() < deadline) {
+      try {
+        AdminEndpoint.Table t = admins.get(tm.name()).table();
+        if (t.allIdle() && t.slots().size() == HARNESS_SLOTS_PER_TM) {
+          Map<String, Long> pids = new LinkedHashMap<>();
+          t.slots().forEach(s -> pids.put(s.slot(), s.wrapperPid()));
+          return pids;
+        }
+        last = t.states();
+      } catch (IOException e) {
+        last = e.toString(); // the recycler is not up yet
+      }
+      pause();
+    }
+    throw new IllegalStateException(tm.name() + "'s wrappers did not attach within " + bound + ": " + last
+        + "; logs under " + work.resolve("wrappers").resolve(tm.name()));
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Setup helpers
+
+  /** This TaskManager's recycler: its own loopback address, slot names and cache (the port is the same for all). */
+  private Map<String, String> tmProperties(Tm tm) {
+    Map<String, String> p = new LinkedHashMap<>();
+    p.put(RecyclerPlugin.param("bind-host"), tm.loopback());
+    p.put(RecyclerPlugin.param("slot-id-prefix"), tm.slotPrefix());
+    p.put(RecyclerPlugin.param("cache-dir"), work.resolve("recycler-cache").resolve(tm.name()).toString());
+    return p;
+  }
+
+  /**
+   * The TaskManager's own hosts file: {@code localhost} is its loopback address first, then 127.0.0.1 (where Beam's
+   * runner binds its own servers, which it also names {@code localhost}). The first line makes the machine's name
+   * the reverse name of 127.0.0.1: Flink's BlobClient connects to {@code getHostName()} of the JobManager's
+   * 127.0.0.1, and {@code localhost} there would lead it to this TaskManager's own address instead.
+   */
+  private Path hostsFile(Tm tm) throws IOException {
+    Path f = work.resolve("flink").resolve("hosts-" + tm.name());
+    String host = InetAddress.getLocalHost().getHostName();
+    Files.writeString(f, "# written by dev.recycler.e2e.ScaleOutRun: this TaskManager's view of localhost\n"
+        + "127.0.0.1 " + host + "\n" + tm.loopback() + " localhost\n127.0.0.1 localhost\n", StandardCharsets.UTF_8);
+    return f;
+  }
+
+  /** A port free on 127.0.0.1 and on every TaskManager's loopback address. */
+  private static int freeOnAll() throws IOException {
+    for (int attempt = 0; attempt < 20; attempt++) {
+      int port = FlinkSessionCluster.freePort();
+      boolean free = true;
+      for (Tm tm : TASK_MANAGERS) {
+        try (ServerSocket s = new ServerSocket(port, 1, InetAddress.getByName(tm.loopback()))) {
+          // free there too
+        } catch (IOException e) {
+          free = false;
+        }
+      }
+      if (free) {
+        return port;
+      }
+    }
+    throw new IOException("no port free on 127.0.0.1 and every TaskManager's loopback address after 20 attempts");
+  }
+
+  private void stopAll() {
+    for (GoJob j : launchers) {
+      if (j.isRunning()) {
+        try {
+          j.kill();
+        } catch (IOException | InterruptedException e) {
+          progress.accept("cannot stop launcher " + j.spec().name() + ": " + e);
+        }
+      }
+    }
+    if (jobServer != null) {
+      jobServer.close();
+    }
+    if (cluster != null) {
+      cluster.close();
+    }
+    wrappers.values().forEach(WrapperProcesses::close);
+  }
+
+  private void deleteBulk() {
+    for (Path p : List.of(work.resolve("job-server-artifacts"), work.resolve("flink/tmp"),
+        work.resolve("recycler-cache"))) {
+      try (var walk = Files.exists(p) ? Files.walk(p) : java.util.stream.Stream.<Path>empty()) {
+        for (Path f : walk.sorted(java.util.Comparator.reverseOrder()).toList()) {
+          Files.deleteIfExists(f);
+        }
+      } catch (IOException | java.io.UncheckedIOException e) {
+        progress.accept("cannot delete " + p + ": " + e);
+      }
+    }
+    for (Tm tm : TASK_MANAGERS) {
+      for (String slot : tm.slots()) {
+        Path cache = work.resolve("wrappers").resolve(tm.name()).resolve(slot).resolve("cache");
+        try (var walk = Files.exists(cache) ? Files.walk(cache) : java.util.stream.Stream.<Path>empty()) {
+          for (Path f : walk.sorted(java.util.Comparator.reverseOrder()).toList()) {
+            Files.deleteIfExists(f);
+          }
+        } catch (IOException | java.io.UncheckedIOException e) {
+          progress.accept("cannot delete " + cache + ": " + e);
+        }
+      }
+    }
+  }
+
+  /** One TaskManager's slot table: slots with their wrapper PIDs, then its leases as a timeline. */
+  static String slotTable(Tm tm, AdminEndpoint.Table t, List<LeaseRecord> leases, long origin) {
+    StringBuilder b = new StringBuilder();
+    b.append(tm.name()).append(" (recycler on ").append(tm.loopback()).append(", its runner's localhost)\n");
+    for (AdminEndpoint.Slot s : t.slots()) {
+      b.append(String.format(Locale.ROOT, "  %-10s %-8s wrapper pid %-8d leases served %d%n", s.slot(), s.state(),
+          s.wrapperPid(), s.leasesServed()));
+    }
+    b.append(SlotTimeline.format(leases, origin));
+    return b.toString();
+  }
+
+  private void check(String name, boolean ok, String detail) {
+    checks.add(new Check(name, ok ? Verdict.PASS : Verdict.FAIL, detail));
+    progress.accept((ok ? "PASS " : "FAIL ") + name + ": " + detail);
+  }
+
+  private static Path property(String name, Path fallback) {
+    String v = System.getProperty(name);
+    return v == null || v.isBlank() ? fallback : Path.of(v);
+  }
+
+  private static Duration since(long nanos) {
+    return Duration.ofNanos(System.nanoTime() - nanos);
+  }
+
+  private static void pause() throws InterruptedException {
+    LockSupport.parkNanos(POLL.toNanos());
+    if (Thread.interrupted()) {
+      throw new InterruptedException();
+    }
+  }
+
+  /**
+   * {@code bash .ci/scaleout}: one run, then the checks, the figures and a slot table per TaskManager. Exit code 0
+   * when every check passed. Arguments: {@code [--work-dir DIR] [--repo-root DIR]}.
+   */
+  public static void main(String[] args) throws Exception {
+    Path workDir = Path.of(System.getProperty("java.io.tmpdir"), "recycler-scaleout");
+    Path repoRoot = Path.of("").toAbsolutePath();
+    for (int i = 0; i < args.length; i++) {
+      switch (args[i]) {
+        case "--work-dir" -> workDir = Path.of(args[++i]);
+        case "--repo-root" -> repoRoot = Path.of(args[++i]);
+        default -> {
+          System.err.println("usage: ScaleOutRun [--work-dir DIR] [--repo-root DIR]");
+          System.exit(2);
+        }
+      }
+    }
+    long t0 = System.nanoTime();
+    Result r = new ScaleOutRun(repoRoot, workDir,
+        line -> System.out.printf(Locale.ROOT, "[%6.1fs] %s%n", (System.nanoTime() - t0) / 1e9, line)).run();
+    System.out.println();
+    System.out.print(report(r));
+    System.exit(r.passed() ? 0 : 1);
+  }
+
+  /** Checks, jobs, figures and the slot table of each TaskManager. */
+  public static String report(Result r) {
+    StringBuilder b = new StringBuilder("JOBS (parallelism 2)\n");
+    for (Job j : r.jobs()) {
+      b.append(String.format(Locale.ROOT, "  %-20s exit %2d  %6.1fs  Flink %-9s on %-14s leases per TaskManager %s%n",
+          j.name(), j.exitCode(), j.wallTime().toMillis() / 1000.0, j.flinkState(), j.flinkTaskManagers(),
+          j.leasesPerTm()));
+    }
+    b.append("\nCHECKS\n");
+    for (Check c : r.checks()) {
+      b.append(String.format(Locale.ROOT, "  %-5s %s%n        %s%n", c.verdict(), c.name(), c.detail()));
+    }
+    b.append("\nFIGURES\n");
+    r.figures().entrySet().stream().sorted(Map.Entry.comparingByKey()).forEach(e -> b.append(String.format(
+        Locale.ROOT, "  %-90s %6.1f s%n", e.getKey(), e.getValue().toMillis() / 1000.0)));
+    r.leases().forEach((tm, l) -> b.append(String.format(Locale.ROOT, "  leases on %s: %d%n", tm, l.size())));
+    b.append("\nSLOT TABLE PER TASKMANAGER (times relative to the run's start)\n");
+    r.slotTables().values().forEach(t -> b.append(t).append('\n'));
+    b.append("logs: ").append(r.workDirectory()).append('\n');
+    b.append(r.passed() ? "RESULT: all checks passed\n" : "RESULT: " + r.failedChecks().size() + " check(s) FAILED\n");
+    return b.toString();
+  }
+}
