@@ -223,10 +223,11 @@ public final class ScaleOutRun {
 
       for (Tm tm : TASK_MANAGERS) {
         AdminEndpoint.Table t = admins.get(tm.name()).table();
-        List<LeaseRecord> leases = new ArrayList<>(leasesBeforeKill.getOrDefault(tm.name(), List.of()));
+        List<LeaseRecord> before = leasesBeforeKill.getOrDefault(tm.name(), List.of());
+        List<LeaseRecord> leases = new ArrayList<>(before);
         leases.addAll(t.leases());
         allLeases.put(tm.name(), List.copyOf(leases));
-        tables.put(tm.name(), slotTable(tm, t, leases, origin));
+        tables.put(tm.name(), slotTable(tm, t, before, origin));
       }
     } catch (IOException | InterruptedException | RuntimeException | Error e) {
       progress.accept("run aborted: " + e);
@@ -640,15 +641,23 @@ public final class ScaleOutRun {
     }
   }
 
-  /** One TaskManager's slot table: slots with their wrapper PIDs, then its leases as a timeline. */
-  static String slotTable(Tm tm, AdminEndpoint.Table t, List<LeaseRecord> leases, long origin) {
+  /**
+   * One TaskManager's slot table: slots with their wrapper PIDs, then its leases as a timeline; for a TaskManager that
+   * was killed, first the leases its first JVM's recycler reported just before the kill ({@code beforeKill}).
+   */
+  static String slotTable(Tm tm, AdminEndpoint.Table t, List<LeaseRecord> beforeKill, long origin) {
     StringBuilder b = new StringBuilder();
     b.append(tm.name()).append(" (recycler on ").append(tm.loopback()).append(", its runner's localhost)\n");
     for (AdminEndpoint.Slot s : t.slots()) {
       b.append(String.format(Locale.ROOT, "  %-10s %-8s wrapper pid %-8d leases served %d%n", s.slot(), s.state(),
           s.wrapperPid(), s.leasesServed()));
     }
-    b.append(SlotTimeline.format(leases, origin));
+    if (!beforeKill.isEmpty()) {
+      b.append("  leases of the first JVM, read just before its SIGKILL (a lease shown running died with it):\n");
+      b.append(SlotTimeline.format(beforeKill, origin));
+      b.append("  leases of the restarted JVM's recycler (generations start again at 1):\n");
+    }
+    b.append(SlotTimeline.format(t.leases(), origin));
     return b.toString();
   }
 
