@@ -212,6 +212,15 @@ public final class FlinkSessionCluster implements AutoCloseable {
     return rest.job(jobId);
   }
 
+  /** Resource ids of the TaskManagers the JobManager lists now (REST {@code /taskmanagers}). */
+  public List<String> registeredTaskManagers() throws IOException, InterruptedException {
+    List<String> ids = new ArrayList<>();
+    for (JsonNode t : rest.get("/taskmanagers").path("taskmanagers")) {
+      ids.add(t.path("id").asText());
+    }
+    return ids;
+  }
+
   /**
    * Resource ids of the TaskManagers that ran (or run) any subtask of the job, from REST ({@code
    * /jobs/<id>/vertices/<vertex>/taskmanagers}).

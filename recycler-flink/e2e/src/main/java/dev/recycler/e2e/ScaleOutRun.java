@@ -42,10 +42,10 @@ import java.util.stream.IntStream;
  * not network namespaces, and the limits.
  *
  * <p>Steps: wrappers of both TaskManagers, the cluster (JobManager, then both TaskManagers), Beam's job server; two
- * jobs of parallelism 2 run to the end; a third is held and TaskManager b is SIGKILLed while both TaskManagers hold a
- * lease of it; TaskManager b is restarted (its wrappers never stopped) and a fourth job runs. Every wait is bounded;
- * every process started is stopped at the end, also on failure. A violated property is a {@link Check} with verdict
- * FAIL; exceptions mean the run could not be carried out. Not thread-safe: one run per instance.
+ * jobs of parallelism 2 run to the end; a third is held by one TaskManager's worker while the other TaskManager is
+ * SIGKILLed, then restarted (its wrappers never stopped), and the held job is cancelled; a fourth job runs. Every
+ * wait is bounded; every process started is stopped at the end, also on failure. A violated property is a {@link
+ * Check} with verdict FAIL; exceptions mean the run could not be carried out. Not thread-safe: one run per instance.
  */
 public final class ScaleOutRun {
   /** The two TaskManagers: name, loopback address of their "localhost", slot id prefix. */
@@ -75,7 +75,8 @@ public final class ScaleOutRun {
    * @param slotTables each TaskManager's slot table as text, read at the end
    */
   public record Result(List<Check> checks, List<Job> jobs, Map<String, List<LeaseRecord>> leases,
-      Map<String, String> slotTables, Map<String, Duration> figures, long originMillis, String workDirectory) {
+      Map<String, String> slotTables, Map<String, Duration> figures, String killedTaskManager, long originMillis,
+      String workDirectory) {
     public boolean passed() {
       return checks.stream().noneMatch(Check::failed);
     }
@@ -105,6 +106,7 @@ public final class ScaleOutRun {
   private Path work;
   private int recyclerPort;
   private int jobCounter;
+  private String killedTm = "";
 
   public ScaleOutRun(Path repoRoot, Path workRoot, Consumer<String> progress) {
     Path root = repoRoot.toAbsolutePath().normalize();
@@ -163,7 +165,7 @@ public final class ScaleOutRun {
           .config("taskmanager.memory.task.off-heap.size", "384m")
           .config("taskmanager.memory.jvm-metaspace.size", "512m")
           .config("parallelism.default", "2")
-          // A job that loses a TaskManager fails instead of waiting for a slot that is gone.
+          // No silent failover: a restarted task would start new leases and hide what the kill did.
           .config("restart-strategy.type", "none")
           // Notice a SIGKILLed TaskManager within seconds (defaults: 10 s interval, 50 s timeout).
           .config("heartbeat.interval", "2000")
@@ -236,120 +238,175 @@ public final class ScaleOutRun {
       throw e;
     }
     progress.accept("stop everything: job server, TaskManagers, JobManager, wrappers");
-    cluster.namedTaskManagerPid("tm-b").ifPresent(p -> longLived.put("tm-b (restarted JVM)", p));
+    if (!killedTm.isEmpty()) {
+      cluster.namedTaskManagerPid(killedTm).ifPresent(p -> longLived.put(killedTm + " (restarted JVM)", p));
+    }
     stopAll();
     checkStopped(longLived);
     Runtime.getRuntime().removeShutdownHook(hook);
     deleteBulk();
     figures.put("whole run", since(t0));
-    return new Result(List.copyOf(checks), List.copyOf(jobs), allLeases, tables, Map.copyOf(figures), origin,
-        work.toString());
+    return new Result(List.copyOf(checks), List.copyOf(jobs), allLeases, tables, Map.copyOf(figures), killedTm,
+        origin, work.toString());
   }
 
   // ---------------------------------------------------------------------------------------------------------------
   // The kill
 
   private void killScenario() throws IOException, InterruptedException {
-    Tm a = TASK_MANAGERS.get(0);
-    Tm b = TASK_MANAGERS.get(1);
     GoJob job = start("groupside", "--hold=5m");
-    Map<String, LeaseRecord> active = new LinkedHashMap<>();
+    String name = job.spec().name();
+    // Flink deploys the held stage on both TaskManagers, but only one subtask gets the elements (the source is one
+    // impulse): its worker holds in the pace DoFn for 5 minutes, while the other subtask's bundle is empty and its
+    // lease ends by itself. Wait for that stable state, then kill the other TaskManager while the holder's lease runs.
+    Tm a = null;
+    LeaseRecord leaseA = null;
+    Map<String, List<LeaseRecord>> ofJob = new LinkedHashMap<>();
     long deadline = System.nanoTime() + JOB_TIMEOUT.toNanos();
-    while (active.size() < 2 && job.isRunning() && System.nanoTime() < deadline) {
+    while (a == null && job.isRunning() && System.nanoTime() < deadline) {
+      Map<Tm, LeaseRecord> active = new LinkedHashMap<>();
       for (Tm tm : TASK_MANAGERS) {
-        activeLease(tm, job.spec().name()).ifPresent(l -> active.put(tm.name(), l));
+        activeLease(tm, name).ifPresent(l -> active.put(tm, l));
+        ofJob.put(tm.name(), leasesOf(tm, name));
       }
-      pause();
+      if (active.size() == 1) {
+        Tm holder = active.keySet().iterator().next();
+        boolean otherDone = TASK_MANAGERS.stream().filter(t -> t != holder).allMatch(t ->
+            !ofJob.get(t.name()).isEmpty() && ofJob.get(t.name()).stream().allMatch(LeaseRecord::ended));
+        if (otherDone) {
+          a = holder;
+          leaseA = active.get(holder);
+        }
+      }
+      if (a == null) {
+        pause();
+      }
     }
-    if (active.size() < 2) {
-      check("a held job of parallelism 2 holds a lease on both TaskManagers", false,
-          "active leases " + active + " within " + JOB_TIMEOUT + "; launcher running " + job.isRunning());
+    if (a == null) {
+      check("a held job of parallelism 2 ran on both TaskManagers, one of them holding its lease", false,
+          "leases of the job per TaskManager " + ofJob + " within " + JOB_TIMEOUT + "; launcher running "
+              + job.isRunning());
       finish(job, Duration.ofSeconds(1));
       return;
     }
-    LeaseRecord leaseA = active.get(a.name());
-    LeaseRecord leaseB = active.get(b.name());
+    final Tm holderTm = a;
+    Tm b = TASK_MANAGERS.stream().filter(t -> t != holderTm).findFirst().orElseThrow();
+    final LeaseRecord heldLease = leaseA;
     ProcessTable procs = ProcessTable.snapshot();
     boolean aWorkerUnderA = procs.descendantsOf(wrapperPids.get(a.name()).values()).stream()
-        .anyMatch(p -> p.pid() == leaseA.workerPid());
-    boolean bWorkerUnderB = procs.descendantsOf(wrapperPids.get(b.name()).values()).stream()
-        .anyMatch(p -> p.pid() == leaseB.workerPid());
-    check("while the job holds: each TaskManager's lease runs its worker under that TaskManager's own wrappers",
-        aWorkerUnderA && bWorkerUnderB, a.name() + " " + leaseA.workerId() + " pid " + leaseA.workerPid() + " under "
-            + a.name() + "'s wrappers: " + aWorkerUnderA + "; " + b.name() + " " + leaseB.workerId() + " pid "
-            + leaseB.workerPid() + " under " + b.name() + "'s wrappers: " + bWorkerUnderB);
+        .anyMatch(p -> p.pid() == heldLease.workerPid());
+    List<LeaseRecord> doneB = ofJob.get(b.name());
+    check("while the job holds: " + a.name() + "'s lease runs its worker under " + a.name() + "'s own wrappers; "
+            + b.name() + "'s part of the job (an empty bundle) ran on " + b.name() + "'s own slots",
+        aWorkerUnderA && doneB.stream().allMatch(l -> l.slot().startsWith(b.slotPrefix())),
+        a.name() + " " + leaseA.workerId() + " pid " + leaseA.workerPid() + " under its wrappers: " + aWorkerUnderA
+            + "; " + b.name() + ": " + doneB.stream().map(l -> l.workerId() + " " + l.exitDescription()).toList());
+    killedTm = b.name();
     leasesBeforeKill.put(b.name(), admins.get(b.name()).table().leases());
 
     progress.accept("SIGKILL " + b.name() + " (pid " + cluster.namedTaskManagerPid(b.name()).orElse(-1) + ") while "
-        + a.name() + " holds " + leaseA.workerId() + " and " + b.name() + " holds " + leaseB.workerId());
+        + a.name() + " holds " + leaseA.workerId() + " in a bundle of " + name);
     long killT = System.nanoTime();
     int code = cluster.killNamedTaskManager(b.name());
     AdminEndpoint.Table right = admins.get(a.name()).table();
     Optional<LeaseRecord> stillA = right.leases().stream()
-        .filter(l -> l.workerId().equals(leaseA.workerId())).findFirst();
+        .filter(l -> l.workerId().equals(heldLease.workerId())).findFirst();
     progress.accept(b.name() + " exited with " + code + "; right after, " + a.name() + "'s lease " + leaseA.workerId()
         + " is " + stillA.map(l -> l.ended() ? "ended " + l.exitDescription() : "still running").orElse("?")
         + ", slots " + right.states());
 
-    // TaskManager a's side: watch its slots until the job is over and they are IDLE again.
+    // The holder's side, polled throughout: until the JobManager has dropped the killed TaskManager (heartbeat), then
+    // through the killed TaskManager's restart, its lease must run on, untouched.
     Set<String> statesSeen = new LinkedHashSet<>();
-    long settleDeadline = System.nanoTime() + JOB_TIMEOUT.toNanos();
-    AdminEndpoint.Table t = right;
-    boolean jobEnded = false;
-    Duration toIdle = null;
-    while (System.nanoTime() < settleDeadline) {
-      t.slots().forEach(s -> statesSeen.add(s.state()));
-      jobEnded = !job.isRunning();
-      if (jobEnded && t.allIdle()) {
-        toIdle = since(killT);
-        break;
+    right.slots().forEach(x -> statesSeen.add(x.state()));
+    String killedId = cluster.namedTaskManagerId(b.name());
+    long lostDeadline = System.nanoTime() + Duration.ofSeconds(90).toNanos();
+    boolean dropped = false;
+    while (!dropped && System.nanoTime() < lostDeadline) {
+      admins.get(a.name()).table().slots().forEach(x -> statesSeen.add(x.state()));
+      dropped = !cluster.registeredTaskManagers().contains(killedId);
+      if (!dropped) {
+        pause();
       }
-      pause();
-      t = admins.get(a.name()).table();
     }
-    figures.put("kill of tm-b to tm-a's slots IDLE again (job failed, tm-a's runner closed its environment)",
-        toIdle == null ? Duration.ZERO : toIdle);
-    Job killed = finish(job, Duration.ofSeconds(1));
-    Optional<LeaseRecord> endedA = t.leases().stream().filter(l -> l.workerId().equals(leaseA.workerId()))
-        .findFirst();
-    Map<String, Long> pidsA = new LinkedHashMap<>();
-    t.slots().forEach(s -> pidsA.put(s.slot(), s.wrapperPid()));
-    boolean aAlive = wrapperPids.get(a.name()).values().stream().allMatch(ProcessTable::isAlive);
-    boolean endedByRunner = endedA.isPresent() && endedA.get().ended()
-        && Set.of("RUNNER_CLOSED", "STOP_WORKER").contains(endedA.get().endReason());
-    boolean neverDetached = !statesSeen.contains("DETACHED") && !statesSeen.contains("BACKOFF");
-    check("killing " + b.name() + " leaves " + a.name() + "'s slots and leases untouched: its lease ends only when"
-            + " its own runner closes it, its slots never detach, its wrappers keep their PIDs",
-        endedByRunner && neverDetached && aAlive && pidsA.equals(wrapperPids.get(a.name())) && toIdle != null,
-        a.name() + "'s lease " + leaseA.workerId() + ": " + endedA.map(LeaseRecord::exitDescription).orElse("missing")
-            + "; slot states seen " + statesSeen + "; wrapper pids " + pidsA + " (before " + wrapperPids.get(a.name())
-            + ", alive " + aAlive + "); job " + killed.name() + " exit " + killed.exitCode() + ", Flink "
-            + killed.flinkState() + "; " + a.name() + " IDLE " + (toIdle == null ? "NOT within " + JOB_TIMEOUT
-            : String.format(Locale.ROOT, "%.1f s", toIdle.toMillis() / 1000.0)) + " after the kill");
+    Duration toDropped = since(killT);
+    figures.put("SIGKILL to the JobManager dropping the killed TaskManager (heartbeat timeout 20 s)", toDropped);
+    progress.accept(String.format(Locale.ROOT, "the JobManager %s %s %.1f s after the kill", dropped ? "dropped"
+        : "still lists", killedId, toDropped.toMillis() / 1000.0));
+    String afterDrop = untouched(a, heldLease, statesSeen);
 
-    // TaskManager b's wrappers are separate processes: they survive, and their worker of the lost lease goes.
+    // The killed TaskManager's wrappers are separate processes: they survive, with no worker left under them.
     boolean bAlive = wrapperPids.get(b.name()).values().stream().allMatch(ProcessTable::isAlive);
-    boolean workerGone = awaitGone(leaseB.workerId(), b, Duration.ofSeconds(60));
-    check(b.name() + "'s wrappers outlive their TaskManager, and the worker of its lost lease is stopped",
-        bAlive && workerGone, "wrappers alive " + bAlive + " " + wrapperPids.get(b.name()) + "; worker "
-            + leaseB.workerId() + " (pid " + leaseB.workerPid() + ") gone within 60 s: " + workerGone);
+    List<ProcessTable.Proc> underB = ProcessTable.snapshot().descendantsOf(wrapperPids.get(b.name()).values());
+    check(b.name() + "'s wrappers outlive their TaskManager, with no worker left under them",
+        bAlive && underB.isEmpty(), "wrappers alive " + bAlive + " " + wrapperPids.get(b.name()) + "; processes under"
+            + " them " + underB);
 
-    // Restart b: a new JVM with the same port and settings; its wrappers re-attach by themselves.
-    progress.accept("restart " + b.name() + " (same recycler port and settings; its wrappers keep running)");
+    // Restart it: a new JVM with the same port and settings; its wrappers re-attach by themselves.
+    progress.accept("restart " + b.name() + " (same recycler port and settings; its wrappers keep running) while "
+        + a.name() + " still holds " + heldLease.workerId());
     long restartT = System.nanoTime();
     cluster.relaunchNamedTaskManager(b.name());
     cluster.awaitNamedTaskManager(b.name());
     Duration registered = since(restartT);
     Map<String, Long> pidsB = awaitAttached(b, Duration.ofSeconds(120));
     Duration reattached = since(restartT);
-    figures.put("tm-b restart: JVM start to registered with the JobManager", registered);
-    figures.put("tm-b restart: JVM start to all its wrappers re-attached (IDLE)", reattached);
+    figures.put("killed TaskManager's restart: JVM start to registered with the JobManager", registered);
+    figures.put("killed TaskManager's restart: JVM start to all its wrappers re-attached (IDLE)", reattached);
     progress.accept(String.format(Locale.ROOT, "%s registered after %.1f s, its %d wrappers re-attached after %.1f s",
         b.name(), registered.toMillis() / 1000.0, pidsB.size(), reattached.toMillis() / 1000.0));
     check("after its restart, " + b.name() + "'s wrappers re-attach (the same processes, not new ones)",
         pidsB.equals(wrapperPids.get(b.name())),
         "wrapper pids after " + pidsB + ", before " + wrapperPids.get(b.name()) + String.format(Locale.ROOT,
             "; all attached %.1f s after the new JVM started", reattached.toMillis() / 1000.0));
+    String afterRestart = untouched(a, heldLease, statesSeen);
+    check("killing " + b.name() + " mid-job leaves " + a.name() + "'s slots and leases untouched: its running lease"
+            + " goes on (same worker process) through the kill and the restart, its slots never detach, its wrappers"
+            + " keep their PIDs",
+        dropped && afterDrop.isEmpty() && afterRestart.isEmpty(),
+        (dropped ? "" : "the JobManager never dropped " + killedId + " within 90 s; ") + a.name() + "'s lease "
+            + heldLease.workerId() + " (worker pid " + heldLease.workerPid() + "): after the drop "
+            + (afterDrop.isEmpty() ? "untouched" : afterDrop) + ", after the restart "
+            + (afterRestart.isEmpty() ? "untouched" : afterRestart) + "; slot states seen " + statesSeen);
+
+    // End the held job through Flink's REST API: the holder's lease ends by its own runner.
+    String flinkId = flinkJobId(name);
+    if (flinkId != null) {
+      progress.accept("cancel " + name + " through Flink REST");
+      cluster.cancelJob(flinkId);
+    }
+    Job held = finish(job, Duration.ofSeconds(60));
+    settle(held.name());
+    Optional<LeaseRecord> ended = admins.get(a.name()).table().leases().stream()
+        .filter(l -> l.workerId().equals(heldLease.workerId())).findFirst();
+    check("the cancelled job's lease on " + a.name() + " ends by its own runner and its slots are IDLE again",
+        ended.isPresent() && ended.get().ended() && Set.of("RUNNER_CLOSED", "STOP_WORKER", "CANCELLED")
+            .contains(ended.get().endReason()) && admins.get(a.name()).table().allIdle(),
+        heldLease.workerId() + ": " + ended.map(LeaseRecord::exitDescription).orElse("missing") + "; job exit "
+            + held.exitCode() + ", Flink " + held.flinkState());
+  }
+
+  /** What changed for the holder: empty if its lease still runs with the same worker and its wrappers are the same. */
+  private String untouched(Tm a, LeaseRecord held, Set<String> statesSeen) throws IOException, InterruptedException {
+    AdminEndpoint.Table t = admins.get(a.name()).table();
+    t.slots().forEach(x -> statesSeen.add(x.state()));
+    List<String> changed = new ArrayList<>();
+    Optional<LeaseRecord> now = t.leases().stream().filter(l -> l.workerId().equals(held.workerId())).findFirst();
+    if (now.isEmpty() || now.get().ended()) {
+      changed.add("lease " + now.map(LeaseRecord::exitDescription).orElse("missing"));
+    } else if (now.get().workerPid() != held.workerPid() || !ProcessTable.isAlive(held.workerPid())) {
+      changed.add("worker pid " + now.get().workerPid() + " alive " + ProcessTable.isAlive(held.workerPid()));
+    }
+    Map<String, Long> pids = new LinkedHashMap<>();
+    t.slots().forEach(x -> pids.put(x.slot(), x.wrapperPid()));
+    if (!pids.equals(wrapperPids.get(a.name()))
+        || !wrapperPids.get(a.name()).values().stream().allMatch(ProcessTable::isAlive)) {
+      changed.add("wrappers " + pids + " (before " + wrapperPids.get(a.name()) + ")");
+    }
+    if (statesSeen.contains("DETACHED") || statesSeen.contains("BACKOFF")) {
+      changed.add("slot states seen " + statesSeen);
+    }
+    return String.join("; ", changed);
   }
 
   // ---------------------------------------------------------------------------------------------------------------
