@@ -15,7 +15,7 @@ import org.junit.jupiter.api.Timeout;
  * parallelism 2, one TaskManager SIGKILLed mid-job and restarted. One run for the class; each test asserts one
  * property on the run's raw figures or its verdicts.
  *
- * <p>Not part of the default {@code verify} (about 3 minutes on 2 cores; the pom excludes it): run it with {@code mvn
+ * <p>Not part of the default {@code verify} (about 2 minutes on 2 cores; the pom excludes it): run it with {@code mvn
  * -B -pl recycler-flink/e2e -am verify -Dit.test=ScaleOutE2EIT -Dtest=NONE -Dsurefire.failIfNoSpecifiedTests=false},
  * or {@code bash .ci/scaleout}.
  */
