@@ -576,18 +576,6 @@ public final class ScaleOutRun {
         (alive.isEmpty() ? "none alive" : "alive: " + alive) + "; wrapper exit codes " + codes);
   }
 
-  private boolean awaitGone(String workerId, Tm tm, Duration bound) throws InterruptedException {
-    long deadline = System.nanoTime() + bound.toNanos();
-    String under = work.resolve("wrappers").resolve(tm.name()).toString();
-    while (!ProcessTable.snapshot().withWorkerId(workerId, under).isEmpty()) {
-      if (System.nanoTime() > deadline) {
-        return false;
-      }
-      pause();
-    }
-    return true;
-  }
-
   private Map<String, Long> awaitAttached(Tm tm, Duration bound) throws IOException, InterruptedException {
     long deadline = System.nanoTime() + bound.toNanos();
     String last = "no answer";
