@@ -18,6 +18,8 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.OptionalLong;
+import java.util.Set;
+import java.util.TreeSet;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
@@ -225,8 +227,8 @@ public final class FlinkSessionCluster implements AutoCloseable {
    * Resource ids of the TaskManagers that ran (or run) any subtask of the job, from REST ({@code
    * /jobs/<id>/vertices/<vertex>/taskmanagers}).
    */
-  public java.util.Set<String> taskManagersOfJob(String jobId) throws IOException, InterruptedException {
-    java.util.Set<String> ids = new java.util.TreeSet<>();
+  public Set<String> taskManagersOfJob(String jobId) throws IOException, InterruptedException {
+    Set<String> ids = new TreeSet<>();
     for (JsonNode v : rest.get("/jobs/" + jobId).path("vertices")) {
       for (JsonNode t : rest.get("/jobs/" + jobId + "/vertices/" + v.path("id").asText() + "/taskmanagers")
           .path("taskmanagers")) {

@@ -5,6 +5,7 @@ import dev.recycler.e2e.EndToEndResult.Verdict;
 import dev.recycler.e2e.GoJob.Outcome;
 import dev.recycler.e2e.GoJob.Spec;
 import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.net.InetAddress;
 import java.net.ServerSocket;
 import java.nio.charset.StandardCharsets;
@@ -12,6 +13,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
@@ -23,6 +25,7 @@ import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.locks.LockSupport;
 import java.util.function.Consumer;
 import java.util.stream.IntStream;
+import java.util.stream.Stream;
 
 /**
  * Scale-out on Flink (issue 13): one Flink 1.19.3 session cluster with <b>two TaskManagers</b>, each with its own
@@ -664,22 +667,22 @@ public final class ScaleOutRun {
   private void deleteBulk() {
     for (Path p : List.of(work.resolve("job-server-artifacts"), work.resolve("flink/tmp"),
         work.resolve("recycler-cache"))) {
-      try (var walk = Files.exists(p) ? Files.walk(p) : java.util.stream.Stream.<Path>empty()) {
-        for (Path f : walk.sorted(java.util.Comparator.reverseOrder()).toList()) {
+      try (var walk = Files.exists(p) ? Files.walk(p) : Stream.<Path>empty()) {
+        for (Path f : walk.sorted(Comparator.reverseOrder()).toList()) {
           Files.deleteIfExists(f);
         }
-      } catch (IOException | java.io.UncheckedIOException e) {
+      } catch (IOException | UncheckedIOException e) {
         progress.accept("cannot delete " + p + ": " + e);
       }
     }
     for (Tm tm : TASK_MANAGERS) {
       for (String slot : tm.slots()) {
         Path cache = work.resolve("wrappers").resolve(tm.name()).resolve(slot).resolve("cache");
-        try (var walk = Files.exists(cache) ? Files.walk(cache) : java.util.stream.Stream.<Path>empty()) {
-          for (Path f : walk.sorted(java.util.Comparator.reverseOrder()).toList()) {
+        try (var walk = Files.exists(cache) ? Files.walk(cache) : Stream.<Path>empty()) {
+          for (Path f : walk.sorted(Comparator.reverseOrder()).toList()) {
             Files.deleteIfExists(f);
           }
-        } catch (IOException | java.io.UncheckedIOException e) {
+        } catch (IOException | UncheckedIOException e) {
           progress.accept("cannot delete " + cache + ": " + e);
         }
       }
