@@ -1,4 +1,4 @@
-# Helpers shared by .ci/run and .ci/demo. Sourced, not executed.
+# Helpers shared by .ci/run, .ci/demo and .ci/scaleout. Sourced, not executed.
 step() { printf '\n==== %s ====\n' "$*"; }
 require() {
   for tool in "$@"; do

@@ -18,6 +18,8 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.OptionalLong;
+import java.util.Set;
+import java.util.TreeSet;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
@@ -49,9 +51,15 @@ import java.util.stream.Stream;
  * the TaskManager has registered all its slots. The work directory (config, logs, plugins, tmp) is kept after close for
  * post-mortems.
  *
- * <p><b>Lifecycle.</b> {@link #close()} stops the TaskManager, then the JobManager: SIGTERM, wait, SIGKILL. It is
+ * <p><b>Lifecycle.</b> {@link #close()} stops the TaskManagers, then the JobManager: SIGTERM, wait, SIGKILL. It is
  * idempotent, and a JVM shutdown hook calls it if the owner never does. {@link #stopTaskManager()} and {@link
  * #startTaskManager()} stop and restart the TaskManager alone.
+ *
+ * <p><b>Several TaskManagers.</b> {@link Builder#withoutDefaultTaskManager()} starts the JobManager alone; {@link
+ * #launchNamedTaskManager} then adds TaskManagers by name, each with its own dynamic properties (e.g. its own recycler
+ * port) and JVM options, {@link #awaitNamedTaskManager} waits for one to register, and {@link #killNamedTaskManager}
+ * / {@link #relaunchNamedTaskManager} kill and restart one (a new JVM with the same settings and a new resource id
+ * {@code <name>-<n>}).
  *
  * <p><b>Concurrency.</b> Process state is guarded by the instance's monitor; REST helpers are thread-safe.
  */
@@ -107,6 +115,7 @@ public final class FlinkSessionCluster implements AutoCloseable {
   private ManagedProcess taskManager;
   private int taskManagerStarts;
   private String taskManagerId;
+  private final Map<String, NamedTaskManager> named = new LinkedHashMap<>();
   private boolean closed;
   /** Set first by {@link #close()} so a start in progress (which holds the monitor) gives up within one poll. */
   private volatile boolean closeRequested;
@@ -205,6 +214,33 @@ public final class FlinkSessionCluster implements AutoCloseable {
     return rest.job(jobId);
   }
 
+  /** Resource ids of the TaskManagers the JobManager lists now (REST {@code /taskmanagers}). */
+  public List<String> registeredTaskManagers() throws IOException, InterruptedException {
+    List<String> ids = new ArrayList<>();
+    for (JsonNode t : rest.get("/taskmanagers").path("taskmanagers")) {
+      ids.add(t.path("id").asText());
+    }
+    return ids;
+  }
+
+  /**
+   * Resource ids of the TaskManagers that ran (or run) any subtask of the job, from REST ({@code
+   * /jobs/<id>/vertices/<vertex>/taskmanagers}).
+   */
+  public Set<String> taskManagersOfJob(String jobId) throws IOException, InterruptedException {
+    Set<String> ids = new TreeSet<>();
+    for (JsonNode v : rest.get("/jobs/" + jobId).path("vertices")) {
+      for (JsonNode t : rest.get("/jobs/" + jobId + "/vertices/" + v.path("id").asText() + "/taskmanagers")
+          .path("taskmanagers")) {
+        String id = t.path("taskmanager-id").asText();
+        if (!id.isEmpty()) {
+          ids.add(id);
+        }
+      }
+    }
+    return ids;
+  }
+
   /** Asks Flink to cancel a job ({@code PATCH /jobs/<id>?mode=cancel}); returns at once. */
   public void cancelJob(String jobId) throws IOException, InterruptedException {
     rest.patch("/jobs/" + jobId + "?mode=cancel");
@@ -287,6 +323,114 @@ public final class FlinkSessionCluster implements AutoCloseable {
     awaitTaskManagerRegistered(settings.startTimeout);
   }
 
+  // ---------------------------------------------------------------------------------------------------------------
+  // Named TaskManagers (several per cluster)
+
+  /**
+   * Starts one more TaskManager JVM named {@code name} and returns at once (use {@link #awaitNamedTaskManager}).
+   * {@code dynamicProperties} are passed as {@code -D key=value} (they override config.yaml, e.g. this TaskManager's
+   * recycler port), {@code jvmOptions} after Flink's memory options. Its resource id is {@code <name>-<n>}, n counting
+   * its starts; its log is {@code log/taskmanager-<name>-<n>.log}.
+   *
+   * @throws IllegalStateException if the cluster is closed or a TaskManager of that name is running
+   */
+  public synchronized void launchNamedTaskManager(String name, Map<String, String> dynamicProperties,
+      List<String> jvmOptions) throws IOException {
+    if (name == null || !name.matches("[a-z0-9][a-z0-9-]*")) {
+      throw new IllegalArgumentException("TaskManager name must be lowercase letters, digits and '-', got " + name);
+    }
+    NamedTaskManager t = named.get(name);
+    if (t != null && t.process != null && t.process.isAlive()) {
+      throw new IllegalStateException("TaskManager " + name + " is running (pid " + t.process.pid() + ")");
+    }
+    NamedTaskManager fresh = new NamedTaskManager(name, Map.copyOf(dynamicProperties), List.copyOf(jvmOptions));
+    if (t != null) {
+      fresh.starts = t.starts;
+    }
+    named.put(name, fresh);
+    relaunchNamedTaskManager(name);
+  }
+
+  /**
+   * Starts a new JVM for the named TaskManager with the settings of its last launch (a new resource id); returns at
+   * once.
+   *
+   * @throws IllegalStateException if the cluster is closed, the name is unknown or that TaskManager is running
+   */
+  public synchronized void relaunchNamedTaskManager(String name) throws IOException {
+    if (closed) {
+      throw new IllegalStateException("cluster is closed");
+    }
+    NamedTaskManager t = namedOrThrow(name);
+    if (t.process != null && t.process.isAlive()) {
+      throw new IllegalStateException("TaskManager " + name + " is running (pid " + t.process.pid() + ")");
+    }
+    launchNamed(t);
+  }
+
+  /**
+   * Waits until the named TaskManager's current JVM has registered all its slots with the JobManager.
+   *
+   * @throws IllegalStateException if it exits or does not register within the start timeout (it is stopped then;
+   *     the message carries its log tail)
+   */
+  public synchronized void awaitNamedTaskManager(String name) throws InterruptedException {
+    NamedTaskManager t = namedOrThrow(name);
+    awaitRegistered(t.id, t.process, settings.startTimeout);
+  }
+
+  /** SIGKILLs the named TaskManager's JVM (no shutdown hook runs) and waits for it; returns its exit code (137). */
+  public synchronized int killNamedTaskManager(String name) throws InterruptedException {
+    NamedTaskManager t = namedOrThrow(name);
+    return t.process == null ? -1 : t.process.kill();
+  }
+
+  /** SIGTERM, wait up to the stop timeout, SIGKILL; returns the exit code. */
+  public synchronized int stopNamedTaskManager(String name) {
+    NamedTaskManager t = namedOrThrow(name);
+    return t.process == null ? -1 : t.process.stop(settings.stopTimeout);
+  }
+
+  /** PID of the named TaskManager's JVM while it runs. */
+  public synchronized OptionalLong namedTaskManagerPid(String name) {
+    NamedTaskManager t = namedOrThrow(name);
+    return t.process != null && t.process.isAlive() ? OptionalLong.of(t.process.pid()) : OptionalLong.empty();
+  }
+
+  /** Flink resource id of the named TaskManager's current (or last) JVM: {@code <name>-<n>}. */
+  public synchronized String namedTaskManagerId(String name) {
+    return namedOrThrow(name).id;
+  }
+
+  /** Log file of the named TaskManager's current (or last) JVM. */
+  public synchronized Path namedTaskManagerLog(String name) {
+    return logDir.resolve("taskmanager-" + namedOrThrow(name).id + ".log");
+  }
+
+  private NamedTaskManager namedOrThrow(String name) {
+    NamedTaskManager t = named.get(name);
+    if (t == null) {
+      throw new IllegalArgumentException("no TaskManager named " + name + "; known: " + named.keySet());
+    }
+    return t;
+  }
+
+  /** Settings and current JVM of one named TaskManager; guarded by the cluster's monitor. */
+  private static final class NamedTaskManager {
+    final String name;
+    final Map<String, String> dynamicProperties;
+    final List<String> jvmOptions;
+    int starts;
+    String id;
+    ManagedProcess process;
+
+    NamedTaskManager(String name, Map<String, String> dynamicProperties, List<String> jvmOptions) {
+      this.name = name;
+      this.dynamicProperties = new LinkedHashMap<>(dynamicProperties);
+      this.jvmOptions = jvmOptions;
+    }
+  }
+
   /** Stops the TaskManager, then the JobManager. Idempotent; never throws. */
   @Override
   public void close() {
@@ -298,6 +442,11 @@ public final class FlinkSessionCluster implements AutoCloseable {
       closed = true;
       if (taskManager != null) {
         taskManager.stop(settings.stopTimeout);
+      }
+      for (NamedTaskManager t : named.values()) {
+        if (t.process != null) {
+          t.process.stop(settings.stopTimeout);
+        }
       }
       if (jobManager != null) {
         jobManager.stop(settings.stopTimeout);
@@ -334,9 +483,11 @@ public final class FlinkSessionCluster implements AutoCloseable {
     jmCommand.addAll(jmParams.get(1));
     synchronized (this) {
       jobManager = ManagedProcess.start("jobmanager", jmCommand, workDir, environment(), logDir);
-      // The TaskManager retries until the JobManager is up: starting both at once saves seconds.
-      launchTaskManager(Map.of());
-      awaitTaskManagerRegistered(settings.startTimeout);
+      if (settings.defaultTaskManager) {
+        // The TaskManager retries until the JobManager is up: starting both at once saves seconds.
+        launchTaskManager(Map.of());
+        awaitTaskManagerRegistered(settings.startTimeout);
+      }
     }
     coldStart = Duration.ofNanos(System.nanoTime() - startNanos);
   }
@@ -355,25 +506,37 @@ public final class FlinkSessionCluster implements AutoCloseable {
   }
 
   private synchronized void awaitTaskManagerRegistered(Duration timeout) throws InterruptedException {
+    ManagedProcess tm = taskManager;
+    try {
+      awaitRegistered(taskManagerId, tm, timeout);
+    } catch (IllegalStateException e) {
+      if (!tm.isAlive()) {
+        taskManager = null;
+      }
+      throw e;
+    }
+  }
+
+  /** Polls REST until TaskManager {@code id} has registered all its slots; stops {@code tm} on timeout. */
+  private synchronized void awaitRegistered(String id, ManagedProcess tm, Duration timeout)
+      throws InterruptedException {
     long deadline = System.nanoTime() + timeout.toNanos();
     String lastSeen = "no answer from REST yet";
     while (true) {
       if (closeRequested) {
-        throw new IllegalStateException("cluster closed while waiting for TaskManager " + taskManagerId);
+        throw new IllegalStateException("cluster closed while waiting for TaskManager " + id);
       }
       if (!jobManager.isAlive()) {
         throw startFailure("the JobManager exited with code " + jobManager.exitCode().orElse(-1), jobManager);
       }
-      ManagedProcess tm = taskManager;
       if (!tm.isAlive()) {
-        taskManager = null;
-        throw startFailure("TaskManager " + taskManagerId + " exited with code " + tm.exitCode().orElse(-1)
+        throw startFailure("TaskManager " + id + " exited with code " + tm.exitCode().orElse(-1)
             + " before registering", tm);
       }
       try {
         JsonNode list = rest.get("/taskmanagers").path("taskmanagers");
         for (JsonNode t : list) {
-          if (taskManagerId.equals(t.path("id").asText())
+          if (id.equals(t.path("id").asText())
               && t.path("slotsNumber").asInt() == settings.taskManagerSlots) {
             return;
           }
@@ -384,12 +547,26 @@ public final class FlinkSessionCluster implements AutoCloseable {
       }
       if (System.nanoTime() > deadline) {
         tm.stop(settings.stopTimeout);
-        taskManager = null;
-        throw startFailure("TaskManager " + taskManagerId + " did not register " + settings.taskManagerSlots
+        throw startFailure("TaskManager " + id + " did not register " + settings.taskManagerSlots
             + " slots within " + timeout + " (last REST answer: " + lastSeen + ")", tm);
       }
       pause();
     }
+  }
+
+  /** Starts the JVM of a named TaskManager (its next start); the caller holds the monitor. */
+  private void launchNamed(NamedTaskManager t) throws IOException {
+    t.starts++;
+    t.id = t.name + "-" + t.starts;
+    List<String> jvm = new ArrayList<>(taskManagerJvmArgs);
+    jvm.addAll(t.jvmOptions);
+    List<String> command = new ArrayList<>(javaCommand(jvm, logDir.resolve("taskmanager-" + t.id + ".log")));
+    command.add("org.apache.flink.runtime.taskexecutor.TaskManagerRunner");
+    command.addAll(List.of("--configDir", confDir.toString()));
+    command.addAll(taskManagerDynamicArgs);
+    t.dynamicProperties.forEach((k, v) -> command.addAll(List.of("-D", k + "=" + v)));
+    command.addAll(List.of("-D", "taskmanager.resource-id=" + t.id));
+    t.process = ManagedProcess.start("taskmanager-" + t.id, command, workDir, environment(), logDir);
   }
 
   private IllegalStateException startFailure(String what, ManagedProcess p) {
@@ -543,8 +720,19 @@ public final class FlinkSessionCluster implements AutoCloseable {
     private Duration startTimeout = Duration.ofSeconds(120);
     private Duration stopTimeout = Duration.ofSeconds(60);
     private int rpcPort;
+    private boolean defaultTaskManager = true;
 
     private Builder() {}
+
+    /**
+     * Starts only the JobManager: {@link Builder#start()} then returns without a TaskManager, and the caller adds
+     * them with {@link FlinkSessionCluster#launchNamedTaskManager}. The single-TaskManager methods ({@link
+     * FlinkSessionCluster#taskManagerPid()}, ...) then see none until {@link FlinkSessionCluster#startTaskManager()}.
+     */
+    public Builder withoutDefaultTaskManager() {
+      this.defaultTaskManager = false;
+      return this;
+    }
 
     /** Slots of the TaskManager ({@code taskmanager.numberOfTaskSlots}); default 1. */
     public Builder taskManagerSlots(int slots) {

@@ -72,6 +72,15 @@ final class ManagedProcess {
         ? OptionalInt.of(process.exitValue()) : OptionalInt.empty();
   }
 
+  /** SIGKILL (no shutdown hook of the child runs) and wait up to 10 s; returns the exit code, -1 if still alive. */
+  int kill() throws InterruptedException {
+    process.destroyForcibly();
+    if (!process.waitFor(10, TimeUnit.SECONDS)) {
+      return -1;
+    }
+    return process.exitValue();
+  }
+
   /**
    * SIGTERM, wait up to {@code grace}, then SIGKILL (and wait for it). Returns the exit code. Idempotent.
    */
