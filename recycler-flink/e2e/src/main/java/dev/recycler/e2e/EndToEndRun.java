@@ -272,73 +272,58 @@ public final class EndToEndRun {
    * lease is ACTIVE, without waiting for a bundle: the job must still end by itself.
    */
   private void workerKilledEarly() throws IOException, InterruptedException {
-    GoJob job = start("wordcount", "--hold=" + s.hold.toSeconds() + "s");
-    Optional<LeaseRecord> running = awaitActiveLease(job, s.jobTimeout);
-    String note;
-    boolean ok = false;
-    if (running.isEmpty()) {
-      note = "the job's lease never became ACTIVE within " + s.jobTimeout;
-      finish(Scenario.WORKER_KILLED_EARLY, job, Duration.ofSeconds(1), false);
-    } else {
-      LeaseRecord l = running.get();
-      progress.accept("SIGKILL worker " + l.workerId() + " (pid " + l.workerPid() + ") of " + job.spec().name()
-          + " as soon as it connected");
-      long killAt = System.nanoTime();
-      boolean signalled = ProcessHandle.of(l.workerPid()).map(ProcessHandle::destroyForcibly).orElse(false);
-      Optional<Outcome> byItself = job.await(s.killBound);
-      Duration killToExit = Duration.ofNanos(System.nanoTime() - killAt);
-      JobRun run = finish(Scenario.WORKER_KILLED_EARLY, job, Duration.ofSeconds(1), false);
-      Duration idle = settle("worker killed early");
-      ok = signalled && byItself.isPresent() && run.exitCode() != 0 && idle != null
-          && !run.flinkState().equals("RUNNING");
-      note = "signal sent " + signalled + "; job "
-          + (byItself.isPresent() ? "ended by itself " + ms(killToExit) + " after the kill"
-              : "did NOT end within " + s.killBound + " (cancelled by the run)")
-          + ", Flink state " + run.flinkState() + ", launcher exit " + run.exitCode();
-    }
+    Kill k = killWorker(Scenario.WORKER_KILLED_EARLY, false);
     check("a worker SIGKILLed as soon as it connected (before its data stream) makes the job fail, never hang",
-        ok, note);
+        k.ok(), k.note());
   }
 
+  /** Mid-job: the worker is inside a bundle (it asked for the bundle's descriptor and now holds in the pace DoFn). */
   private void workerKilled() throws IOException, InterruptedException {
-    long logOffset = Files.size(cluster.taskManagerLog());
-    GoJob job = start("wordcount", "--hold=" + s.hold.toSeconds() + "s");
-    Optional<LeaseRecord> running = awaitActiveLease(job, s.jobTimeout);
-    String note;
-    boolean ok = false;
-    if (running.isEmpty()) {
-      note = "the job's lease never became ACTIVE within " + s.jobTimeout;
-      finish(Scenario.WORKER_KILLED, job, Duration.ofSeconds(1), false);
-    } else {
-      LeaseRecord l = running.get();
-      // Mid-job: the worker is inside a bundle (it asked the runner for the bundle's descriptor and now holds in the
-      // pace DoFn). Killing it earlier, before the runner has registered its control connection, is another case:
-      // see docs/e2e.md ("a worker that dies right after connecting").
-      boolean inBundle = awaitLogLine(cluster.taskManagerLog(), logOffset, BUNDLE_STARTED, Duration.ofSeconds(60));
-      progress.accept("SIGKILL worker " + l.workerId() + " (pid " + l.workerPid() + ") of " + job.spec().name()
-          + (inBundle ? " mid-bundle" : " (no bundle seen in the TaskManager log within 60 s)"));
-      long killAt = System.nanoTime();
-      boolean signalled = ProcessHandle.of(l.workerPid()).map(ProcessHandle::destroyForcibly).orElse(false);
-      // No hang: the launcher must end by itself (job failed, or restarted and then failed) within the bound.
-      Optional<Outcome> byItself = job.await(s.killBound);
-      Duration killToExit = Duration.ofNanos(System.nanoTime() - killAt);
-      // A hung job is cancelled through REST at once; one that ended is only collected.
-      JobRun run = finish(Scenario.WORKER_KILLED, job, Duration.ofSeconds(1), false);
-      Duration idle = settle("killed worker");
-      List<LeaseRecord> leases = leasesOf(job.spec().name());
-      ok = signalled && byItself.isPresent() && run.exitCode() != 0 && idle != null
-          && !run.flinkState().equals("RUNNING");
-      note = (inBundle ? "" : "no bundle start seen before the kill; ") + "signal sent " + signalled + "; job "
-          + (byItself.isPresent() ? "ended by itself " + ms(killToExit) + " after the kill"
-              : "did NOT end within " + s.killBound + " (cancelled by the run)")
-          + ", Flink state " + run.flinkState() + ", launcher exit " + run.exitCode() + "; leases of the job: "
-          + leases.stream().map(x -> x.workerId() + " " + x.exitDescription()).toList();
-    }
+    Kill k = killWorker(Scenario.WORKER_KILLED, true);
     JobRun killedRun = jobs.get(jobs.size() - 1);
     JobRun next = runToEnd(Scenario.AFTER_WORKER_KILLED, "wordcount");
     check("a worker killed with SIGKILL mid-job makes the job fail or restart, never hang; the slot recovers",
-        ok && next.succeeded() && sameSlot(killedRun, next),
-        note + "; next job: " + describe(List.of(next)) + slotNote(killedRun, next));
+        k.ok() && next.succeeded() && sameSlot(killedRun, next),
+        k.note() + "; next job: " + describe(List.of(next)) + slotNote(killedRun, next));
+  }
+
+  /** What a worker kill came to: whether the job ended by itself and the slots settled, and the figures in words. */
+  private record Kill(boolean ok, String note) {}
+
+  /**
+   * Starts a holding wordcount job, SIGKILLs its worker once the lease is ACTIVE (after the runner logged a bundle's
+   * start, if {@code inBundle}), and waits at most {@code killBound} for the job to end by itself; a job still running
+   * then is a hang, which the run cancels through REST at once.
+   */
+  private Kill killWorker(Scenario scenario, boolean inBundle) throws IOException, InterruptedException {
+    long logOffset = Files.size(cluster.taskManagerLog());
+    GoJob job = start("wordcount", "--hold=" + s.hold.toSeconds() + "s");
+    Optional<LeaseRecord> running = awaitActiveLease(job, s.jobTimeout);
+    if (running.isEmpty()) {
+      finish(scenario, job, Duration.ofSeconds(1), false);
+      return new Kill(false, "the job's lease never became ACTIVE within " + s.jobTimeout);
+    }
+    LeaseRecord l = running.get();
+    boolean bundleSeen = inBundle
+        && awaitLogLine(cluster.taskManagerLog(), logOffset, BUNDLE_STARTED, Duration.ofSeconds(60));
+    progress.accept("SIGKILL worker " + l.workerId() + " (pid " + l.workerPid() + ") of " + job.spec().name()
+        + (!inBundle ? " as soon as it connected"
+            : bundleSeen ? " mid-bundle" : " (no bundle seen in the TaskManager log within 60 s)"));
+    long killAt = System.nanoTime();
+    boolean signalled = ProcessHandle.of(l.workerPid()).map(ProcessHandle::destroyForcibly).orElse(false);
+    Optional<Outcome> byItself = job.await(s.killBound);
+    Duration killToExit = Duration.ofNanos(System.nanoTime() - killAt);
+    // A hung job is cancelled through REST at once; one that ended is only collected.
+    JobRun run = finish(scenario, job, Duration.ofSeconds(1), false);
+    Duration idle = settle("killed worker");
+    boolean ok = signalled && byItself.isPresent() && run.exitCode() != 0 && idle != null
+        && !run.flinkState().equals("RUNNING");
+    String note = (inBundle && !bundleSeen ? "no bundle start seen before the kill; " : "") + "signal sent "
+        + signalled + "; job " + (byItself.isPresent() ? "ended by itself " + ms(killToExit) + " after the kill"
+            : "did NOT end within " + s.killBound + " (cancelled by the run)")
+        + ", Flink state " + run.flinkState() + ", launcher exit " + run.exitCode() + "; leases of the job: "
+        + leasesOf(job.spec().name()).stream().map(x -> x.workerId() + " " + x.exitDescription()).toList();
+    return new Kill(ok, note);
   }
 
   // ---------------------------------------------------------------------------------------------------------------
