@@ -7,6 +7,7 @@ import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.OutputStream;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.security.MessageDigest;
@@ -416,13 +417,14 @@ public final class ArtifactCache {
     Path marker = dir.resolve(MARKER);
     if (!Files.isRegularFile(marker)) {
       try (Stream<Path> entries = Files.list(dir)) {
-        if (entries.findAny().isPresent()) {
+        // Empty, or the layout of a recycler from before the marker (only sha256-<hex> files and tmp/): ours.
+        if (!entries.allMatch(p -> CONTENT_NAME.matcher(p.getFileName().toString()).matches()
+            || (p.getFileName().toString().equals("tmp") && Files.isDirectory(p, LinkOption.NOFOLLOW_LINKS)))) {
           throw new IOException("the artifact cache directory " + dir + " is not empty and is not a recycler cache"
               + " (no " + MARKER + " file); nothing in it was deleted: configure a new or empty directory");
         }
       }
       Files.writeString(marker, "recycler artifact cache, format 1: files named sha256-<hex> hold that content\n");
-      return;
     }
     Path tmp = dir.resolve("tmp");
     if (Files.isDirectory(tmp, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {

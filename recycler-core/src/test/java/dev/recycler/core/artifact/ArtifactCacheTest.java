@@ -243,6 +243,19 @@ class ArtifactCacheTest {
     assertThat(data.resolve("sub/sha256-" + "0".repeat(64))).exists();
   }
 
+  /** A recycler from before the marker left only its own files: upgrading must not make the TaskManager fail. */
+  @Test
+  void aCacheDirectoryOfAnOlderRecyclerIsAdoptedWithItsContent() throws Exception {
+    byte[] content = bytes(50_000, 51);
+    Files.write(dir.resolve("sha256-" + sha(content)), content);
+    Files.createDirectories(dir.resolve("tmp"));
+
+    ArtifactCache cache = new ArtifactCache(dir, 10L << 20, 1024);
+
+    assertThat(dir.resolve(ArtifactCache.MARKER)).exists();
+    assertThat(cache.pinned(sha(content))).as("its content is reused after verification").isNotNull();
+  }
+
   @Test
   void inItsOwnDirectoryTheCacheDeletesOnlyFilesItWrote() throws Exception {
     new ArtifactCache(dir, 10L << 20, 1024);
