@@ -34,7 +34,8 @@ public enum RecyclerOption {
   CACHE_DIR("cache-dir", Type.STRING, null, Scope.SHARED,
       "Directory for artifacts too large to keep in memory (worker binaries); default"
           + " `<java.io.tmpdir>/recycler-cache-<port>`. The recycler's own: a new or empty directory is marked with a"
-          + " `.recycler-artifact-cache` file, a non-empty directory without it is refused (nothing deleted). Its"
+          + " `.recycler-artifact-cache` file, a non-empty directory without it is refused (nothing deleted) unless"
+          + " it holds only an older recycler's files. Its"
           + " content survives restarts and is re-hashed before first use."),
   LOCAL_ARTIFACT_DIRS("local-artifact-dirs", Type.LIST, null, Scope.SHARED,
       "Absolute directories, separated by `,` or `;`, whose staged files the recycler reads in place: the Beam job"
