@@ -13,9 +13,50 @@ import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
  * before that.
  */
 public final class Lease {
-  /** Lifecycle of a lease; ENDED is terminal. */
+  private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(Lease.class);
+  /**
+   * Lifecycle of a lease; ENDED is terminal. Each state names the states it may become (the whole table is tested in
+   * {@code LeaseStateTest}): a lease ends from any state, an announced one by way of ENDING (its wrapper still has to
+   * stop the worker), one that never reached its wrapper, or whose wrapper is gone, directly.
+   */
   public enum State {
-    WAITING, BOOTING, ACTIVE, ENDING, ENDED
+    /** Queued for a free slot. */
+    WAITING {
+      @Override
+      boolean mayBecome(State next) {
+        return next == BOOTING || next == ENDED;
+      }
+    },
+    /** Assigned a slot; the worker is being prepared, announced, started. */
+    BOOTING {
+      @Override
+      boolean mayBecome(State next) {
+        return next == ACTIVE || next == ENDING || next == ENDED;
+      }
+    },
+    /** The worker's control stream is connected; StartWorker has returned. */
+    ACTIVE {
+      @Override
+      boolean mayBecome(State next) {
+        return next == ENDING || next == ENDED;
+      }
+    },
+    /** The exit instruction is out; waiting for the wrapper to report the lease's processes gone. */
+    ENDING {
+      @Override
+      boolean mayBecome(State next) {
+        return next == ENDED;
+      }
+    },
+    /** Over: recorded, its slot freed. */
+    ENDED {
+      @Override
+      boolean mayBecome(State next) {
+        return false;
+      }
+    };
+
+    abstract boolean mayBecome(State next);
   }
 
   private final StartWorkerRequest request;
@@ -115,6 +156,27 @@ public final class Lease {
   public boolean isLive() {
     State s = state;
     return s == State.BOOTING || s == State.ACTIVE;
+  }
+
+  /**
+   * Moves the lease to {@code next}. Called by the pool under its lock, the only writer of the state. Ending an ended
+   * lease again is a no-op (terminal transitions are idempotent). Logged at DEBUG: the slot's own transition, logged
+   * at INFO and counted, already carries every change an operator sees.
+   *
+   * @return whether the state changed
+   * @throws IllegalStateException for a transition the table does not allow: a bug in the pool, never input
+   */
+  boolean transitionTo(State next) {
+    State current = state;
+    if (current == State.ENDED && next == State.ENDED) {
+      return false;
+    }
+    if (!current.mayBecome(next)) {
+      throw new IllegalStateException("lease " + this + " cannot go from " + current + " to " + next);
+    }
+    state = next;
+    LOG.debug("lease transition slot={} generation={} from={} to={}", slotId(), generation, current, next);
+    return true;
   }
 
   public CompletableFuture<Lease> ready() {

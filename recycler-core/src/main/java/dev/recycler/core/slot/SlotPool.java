@@ -593,7 +593,7 @@ public final class SlotPool implements LeaseVerifier {
         throw new RecyclerException(WRONG_STATE, "the lease of worker '" + workerId + "' has ended");
       }
       Slot slot = lease.slot;
-      lease.state = Lease.State.ACTIVE;
+      lease.transitionTo(Lease.State.ACTIVE);
       lease.control = link;
       lease.readyNanos = scheduler.nanoTime();
       cancel(lease.readyTask);
@@ -741,7 +741,7 @@ public final class SlotPool implements LeaseVerifier {
     lease.assignedNanos = scheduler.nanoTime();
     lease.workerId = slot.id + ".g" + generation;
     lease.credential = LeaseCredentials.mint(random);
-    lease.state = Lease.State.BOOTING;
+    lease.transitionTo(Lease.State.BOOTING);
     slot.lease = lease;
     byWorkerId.put(lease.workerId, lease);
     transition(slot, SlotState.BOOTING);
@@ -823,7 +823,7 @@ public final class SlotPool implements LeaseVerifier {
       dispatch(after);
       return;
     }
-    lease.state = Lease.State.ENDING;
+    lease.transitionTo(Lease.State.ENDING);
     closeControl(lease, reason, after);
     transition(slot, SlotState.DRAINING);
     sendExit(slot, lease, after);
@@ -883,7 +883,7 @@ public final class SlotPool implements LeaseVerifier {
   /** The lease is over and nothing of it is alive: record it and free (or back off) the slot. */
   @GuardedBy("lock")
   private void finish(Slot slot, Lease lease, EndReason reason, List<Runnable> after) {
-    lease.state = Lease.State.ENDED;
+    lease.transitionTo(Lease.State.ENDED);
     if (lease.endReason == null) {
       lease.endReason = reason;
     }
@@ -921,7 +921,7 @@ public final class SlotPool implements LeaseVerifier {
   private void endUnassigned(Lease lease, EndReason reason, RecyclerException failure, List<Runnable> after) {
     cancel(lease.waitTask);
     failIfBooting(lease, reason, failure, after);
-    lease.state = Lease.State.ENDED;
+    lease.transitionTo(Lease.State.ENDED);
     lease.endReason = reason;
     lease.endedAt = scheduler.now();
     rememberEnded(lease);
