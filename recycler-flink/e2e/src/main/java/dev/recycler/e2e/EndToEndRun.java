@@ -8,7 +8,6 @@ import dev.recycler.e2e.EndToEndResult.Verdict;
 import dev.recycler.e2e.GoJob.Outcome;
 import dev.recycler.e2e.GoJob.Spec;
 import java.io.IOException;
-import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.SeekableByteChannel;
 import java.nio.charset.StandardCharsets;
@@ -16,7 +15,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
-import java.util.Comparator;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
@@ -26,11 +24,9 @@ import java.util.Objects;
 import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.CopyOnWriteArrayList;
-import java.util.concurrent.locks.LockSupport;
 import java.util.function.Consumer;
 import java.util.function.Predicate;
 import java.util.stream.IntStream;
-import java.util.stream.Stream;
 
 /**
  * The end-to-end run with real parts, on 127.0.0.1 with free ports: a Flink 1.19.3 session cluster (JobManager and
@@ -52,7 +48,6 @@ import java.util.stream.Stream;
 public final class EndToEndRun {
   static final String SLOT_PREFIX = "slot-";
   static final String FAIL_MARKER = "beam-pipelines deliberate failure";
-  private static final Duration POLL = Duration.ofMillis(100);
   /** What Beam's runner logs (TaskManager log, INFO) when a worker fetches a bundle's descriptor: a bundle started. */
   static final String BUNDLE_STARTED = "getProcessBundleDescriptor request with id";
   /** Keeps concurrent jobs' first leases open long enough to overlap whatever the submission jitter. */
@@ -365,7 +360,7 @@ public final class EndToEndRun {
     String extra = "";
     if (done.isEmpty()) {
       extra = "; did not end within " + timeout + ": cancelled through Flink REST";
-      String id = flinkJobId(name);
+      String id = RunSupport.flinkJobId(cluster, name);
       if (id != null) {
         cluster.cancelJob(id);
       }
@@ -376,7 +371,7 @@ public final class EndToEndRun {
       }
     }
     Outcome o = done.get();
-    String flinkId = flinkJobId(name);
+    String flinkId = RunSupport.flinkJobId(cluster, name);
     String state = "?";
     if (flinkId != null) {
       try {
@@ -433,7 +428,7 @@ public final class EndToEndRun {
           }
         }
       }
-      pause();
+      RunSupport.pause();
     }
     return Optional.empty();
   }
@@ -459,7 +454,7 @@ public final class EndToEndRun {
       if (System.nanoTime() > deadline) {
         return false;
       }
-      pause();
+      RunSupport.pause();
     }
   }
 
@@ -476,19 +471,9 @@ public final class EndToEndRun {
         throw new IllegalStateException("no Flink job named like " + jobName + " in state " + state + " after "
             + bound + "; jobs: " + cluster.jobs());
       }
-      pause();
+      RunSupport.pause();
     }
   }
-
-  private String flinkJobId(String jobName) throws IOException, InterruptedException {
-    for (JobSummary j : cluster.jobs()) {
-      if (matchesJob(j.name(), jobName)) {
-        return j.id();
-      }
-    }
-    return null;
-  }
-
   /**
    * Beam's job server names the Flink job {@code <job_name>-<user>-<MMddHHmmss>-<hash>}; the recycler's lease records
    * carry the same name (from the pipeline options).
@@ -517,7 +502,7 @@ public final class EndToEndRun {
     long deadline = t + s.settleBound.toNanos();
     AdminEndpoint.Table table = admin.table();
     while (!table.allIdle() && System.nanoTime() < deadline) {
-      pause();
+      RunSupport.pause();
       table = admin.table();
     }
     Duration took = Duration.ofNanos(System.nanoTime() - t);
@@ -554,7 +539,7 @@ public final class EndToEndRun {
         throw new IllegalStateException("wrappers did not attach within 60 s: " + t.states() + "; exited: "
             + wrappers.exited() + "; logs under " + work.resolve("wrappers"));
       }
-      pause();
+      RunSupport.pause();
     }
   }
 
@@ -700,19 +685,9 @@ public final class EndToEndRun {
     for (int i = 0; i < s.slots; i++) {
       bulk.add(work.resolve("wrappers").resolve(SLOT_PREFIX + i).resolve("cache"));
     }
-    for (Path p : bulk) {
-      if (!Files.exists(p)) {
-        continue;
-      }
-      try (Stream<Path> walk = Files.walk(p)) {
-        for (Path f : walk.sorted(Comparator.reverseOrder()).toList()) {
-          Files.deleteIfExists(f);
-        }
-      } catch (IOException | UncheckedIOException e) {
-        progress.accept("cannot delete " + p + ": " + e);
-      }
-    }
+    RunSupport.deleteTrees(bulk, progress);
   }
+
 
   /** This run's wrappers' work directories: every worker of theirs runs from a lease directory below it. */
   private String wrappersRoot() {
@@ -771,15 +746,6 @@ public final class EndToEndRun {
   private static String ms(Duration d) {
     return d.toMillis() + " ms";
   }
-
-  private static void pause() throws InterruptedException {
-    // Polling REST and the slot table: neither pushes state changes.
-    LockSupport.parkNanos(POLL.toNanos());
-    if (Thread.interrupted()) {
-      throw new InterruptedException();
-    }
-  }
-
   /** What to run and where. Setters validate at once; {@link #build()} checks the files exist. Not thread-safe. */
   public static final class Settings {
     private int slots = 3;
@@ -807,17 +773,13 @@ public final class EndToEndRun {
      */
     public Settings checkout(Path repoRoot) {
       Path root = repoRoot.toAbsolutePath().normalize();
-      wrapperBinary(property("recycler.e2e.wrapperBinary", root.resolve("go-boot-wrapper/bin/go-boot-wrapper")));
-      pipelinesBinary(property("recycler.e2e.pipelinesBinary",
+      wrapperBinary(RunSupport.property("recycler.e2e.wrapperBinary",
+          root.resolve("go-boot-wrapper/bin/go-boot-wrapper")));
+      pipelinesBinary(RunSupport.property("recycler.e2e.pipelinesBinary",
           root.resolve("go-boot-wrapper/examples/pipelines/bin/beam-pipelines")));
-      jobServerJar(property("recycler.e2e.jobServerJar",
+      jobServerJar(RunSupport.property("recycler.e2e.jobServerJar",
           root.resolve("recycler-flink/e2e/jobserver/target/beam-flink-job-server.jar")));
       return this;
-    }
-
-    private static Path property(String name, Path fallback) {
-      String v = System.getProperty(name);
-      return v == null || v.isBlank() ? fallback : Path.of(v);
     }
 
     /** Harness slots (= wrappers) on the TaskManager; default 3. */
@@ -839,7 +801,7 @@ public final class EndToEndRun {
       return this;
     }
 
-    /** Jobs submitted at once; default the number of slots, so every slot serves a lease. At least 2. */
+    /** Jobs submitted at once; default slots + 2 (every slot serves a lease, two wait). At least 2. */
     public Settings concurrentJobs(int n) {
       if (n < 2) {
         throw new IllegalArgumentException("concurrent jobs must be at least 2, got " + n);
@@ -924,9 +886,6 @@ public final class EndToEndRun {
         // concurrent new jobs on three slots once exhausted a TaskManager's heap when every job's binary was
         // streamed through it).
         concurrentJobs = slots + 2;
-      }
-      if (concurrentJobs < 1) {
-        throw new IllegalArgumentException("concurrent jobs must be at least 1, got " + concurrentJobs);
       }
       return new EndToEndRun(this);
     }

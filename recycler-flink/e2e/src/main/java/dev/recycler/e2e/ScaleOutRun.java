@@ -5,7 +5,6 @@ import dev.recycler.e2e.EndToEndResult.Verdict;
 import dev.recycler.e2e.GoJob.Outcome;
 import dev.recycler.e2e.GoJob.Spec;
 import java.io.IOException;
-import java.io.UncheckedIOException;
 import java.net.InetAddress;
 import java.net.ServerSocket;
 import java.nio.charset.StandardCharsets;
@@ -13,7 +12,6 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
-import java.util.Comparator;
 import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
@@ -22,10 +20,8 @@ import java.util.Map;
 import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.CopyOnWriteArrayList;
-import java.util.concurrent.locks.LockSupport;
 import java.util.function.Consumer;
 import java.util.stream.IntStream;
-import java.util.stream.Stream;
 
 /**
  * Scale-out on Flink (issue 13): one Flink 1.19.3 session cluster with <b>two TaskManagers</b>, each with its own
@@ -55,7 +51,6 @@ public final class ScaleOutRun {
   static final List<Tm> TASK_MANAGERS = List.of(new Tm("tm-a", "127.0.0.2", "a-slot-"),
       new Tm("tm-b", "127.0.0.3", "b-slot-"));
   static final int HARNESS_SLOTS_PER_TM = 2;
-  private static final Duration POLL = Duration.ofMillis(100);
   private static final Duration JOB_TIMEOUT = Duration.ofMinutes(3);
   private static final Duration SETTLE = Duration.ofSeconds(90);
 
@@ -114,10 +109,11 @@ public final class ScaleOutRun {
   public ScaleOutRun(Path repoRoot, Path workRoot, Consumer<String> progress) {
     Path root = repoRoot.toAbsolutePath().normalize();
     this.workRoot = workRoot.toAbsolutePath();
-    this.wrapperBinary = property("recycler.e2e.wrapperBinary", root.resolve("go-boot-wrapper/bin/go-boot-wrapper"));
-    this.pipelinesBinary = property("recycler.e2e.pipelinesBinary",
+    this.wrapperBinary = RunSupport.property("recycler.e2e.wrapperBinary",
+        root.resolve("go-boot-wrapper/bin/go-boot-wrapper"));
+    this.pipelinesBinary = RunSupport.property("recycler.e2e.pipelinesBinary",
         root.resolve("go-boot-wrapper/examples/pipelines/bin/beam-pipelines"));
-    this.jobServerJar = property("recycler.e2e.jobServerJar",
+    this.jobServerJar = RunSupport.property("recycler.e2e.jobServerJar",
         root.resolve("recycler-flink/e2e/jobserver/target/beam-flink-job-server.jar"));
     this.progress = progress;
   }
@@ -282,7 +278,7 @@ public final class ScaleOutRun {
         }
       }
       if (a == null) {
-        pause();
+        RunSupport.pause();
       }
     }
     if (a == null) {
@@ -329,7 +325,7 @@ public final class ScaleOutRun {
       admins.get(a.name()).table().slots().forEach(x -> statesSeen.add(x.state()));
       dropped = !cluster.registeredTaskManagers().contains(killedId);
       if (!dropped) {
-        pause();
+        RunSupport.pause();
       }
     }
     Duration toDropped = since(killT);
@@ -373,7 +369,7 @@ public final class ScaleOutRun {
             + (afterRestart.isEmpty() ? "untouched" : afterRestart) + "; slot states seen " + statesSeen);
 
     // End the held job through Flink's REST API: the holder's lease ends by its own runner.
-    String flinkId = flinkJobId(name);
+    String flinkId = RunSupport.flinkJobId(cluster, name);
     if (flinkId != null) {
       progress.accept("cancel " + name + " through Flink REST");
       cluster.cancelJob(flinkId);
@@ -437,7 +433,7 @@ public final class ScaleOutRun {
     String name = job.spec().name();
     Optional<Outcome> done = job.await(timeout);
     if (done.isEmpty()) {
-      String id = flinkJobId(name);
+      String id = RunSupport.flinkJobId(cluster, name);
       if (id != null) {
         cluster.cancelJob(id);
       }
@@ -447,7 +443,7 @@ public final class ScaleOutRun {
       }
     }
     Outcome o = done.get();
-    String id = flinkJobId(name);
+    String id = RunSupport.flinkJobId(cluster, name);
     String state = "?";
     Set<String> tms = Set.of();
     if (id != null) {
@@ -498,16 +494,6 @@ public final class ScaleOutRun {
     }
     return Optional.empty();
   }
-
-  private String flinkJobId(String jobName) throws IOException, InterruptedException {
-    for (JobSummary j : cluster.jobs()) {
-      if (EndToEndRun.matchesJob(j.name(), jobName)) {
-        return j.id();
-      }
-    }
-    return null;
-  }
-
   // ---------------------------------------------------------------------------------------------------------------
   // Checks
 
@@ -517,7 +503,7 @@ public final class ScaleOutRun {
       long deadline = System.nanoTime() + SETTLE.toNanos();
       AdminEndpoint.Table t = admins.get(tm.name()).table();
       while (!t.allIdle() && System.nanoTime() < deadline) {
-        pause();
+        RunSupport.pause();
         t = admins.get(tm.name()).table();
       }
       if (!t.allIdle()) {
@@ -594,7 +580,7 @@ public final class ScaleOutRun {
       } catch (IOException e) {
         last = e.toString(); // the recycler is not up yet
       }
-      pause();
+      RunSupport.pause();
     }
     throw new IllegalStateException(tm.name() + "'s wrappers did not attach within " + bound + ": " + last
         + "; logs under " + work.resolve("wrappers").resolve(tm.name()));
@@ -665,29 +651,16 @@ public final class ScaleOutRun {
   }
 
   private void deleteBulk() {
-    for (Path p : List.of(work.resolve("job-server-artifacts"), work.resolve("flink/tmp"),
-        work.resolve("recycler-cache"))) {
-      try (var walk = Files.exists(p) ? Files.walk(p) : Stream.<Path>empty()) {
-        for (Path f : walk.sorted(Comparator.reverseOrder()).toList()) {
-          Files.deleteIfExists(f);
-        }
-      } catch (IOException | UncheckedIOException e) {
-        progress.accept("cannot delete " + p + ": " + e);
-      }
-    }
+    List<Path> bulk = new ArrayList<>(List.of(work.resolve("job-server-artifacts"), work.resolve("flink/tmp"),
+        work.resolve("recycler-cache")));
     for (Tm tm : TASK_MANAGERS) {
       for (String slot : tm.slots()) {
-        Path cache = work.resolve("wrappers").resolve(tm.name()).resolve(slot).resolve("cache");
-        try (var walk = Files.exists(cache) ? Files.walk(cache) : Stream.<Path>empty()) {
-          for (Path f : walk.sorted(Comparator.reverseOrder()).toList()) {
-            Files.deleteIfExists(f);
-          }
-        } catch (IOException | UncheckedIOException e) {
-          progress.accept("cannot delete " + cache + ": " + e);
-        }
+        bulk.add(work.resolve("wrappers").resolve(tm.name()).resolve(slot).resolve("cache"));
       }
     }
+    RunSupport.deleteTrees(bulk, progress);
   }
+
 
   /**
    * One TaskManager's slot table: slots with their wrapper PIDs, then its leases as a timeline; for a TaskManager that
@@ -714,22 +687,9 @@ public final class ScaleOutRun {
     progress.accept((ok ? "PASS " : "FAIL ") + name + ": " + detail);
   }
 
-  private static Path property(String name, Path fallback) {
-    String v = System.getProperty(name);
-    return v == null || v.isBlank() ? fallback : Path.of(v);
-  }
-
   private static Duration since(long nanos) {
     return Duration.ofNanos(System.nanoTime() - nanos);
   }
-
-  private static void pause() throws InterruptedException {
-    LockSupport.parkNanos(POLL.toNanos());
-    if (Thread.interrupted()) {
-      throw new InterruptedException();
-    }
-  }
-
   /**
    * {@code bash .ci/scaleout}: one run, then the checks, the figures and a slot table per TaskManager. Exit code 0
    * when every check passed. Arguments: {@code [--work-dir DIR] [--repo-root DIR]}.
