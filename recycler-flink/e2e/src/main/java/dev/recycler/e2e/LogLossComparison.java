@@ -1,0 +1,172 @@
+package dev.recycler.e2e;
+
+import java.io.File;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.stream.IntStream;
+
+/**
+ * Does the recycler's exit instruction lose log lines a worker sent over Beam's logging service? Runs Beam's own
+ * {@code debugging_wordcount} example (a binary no one here wrote; it logs {@code Matched: <word>} at INFO for each of
+ * the two words its filter keeps, and asserts their counts) on one Flink session cluster, alternating job by job
+ * between two environments: {@code EXTERNAL} through the recycler (plugin in the TaskManager, go-boot-wrapper slots),
+ * and Beam's own {@code PROCESS} environment (the runner starts Beam's Go boot program, which fetches and runs the
+ * worker, and kills it when the environment closes). For each job it counts the {@code Matched:} lines that reached the
+ * runner: Beam's {@code Slf4jLogWriter} writes every log entry it receives into the TaskManager log.
+ *
+ * <p>Arguments: {@code --work-dir DIR --repo-root DIR --jobs N --debugging-wordcount BINARY --beam-boot BINARY}.
+ * Prints one line per job and a summary per environment; exit 0 when every job succeeded (the counts are the
+ * finding, not a pass condition).
+ */
+public final class LogLossComparison {
+  private static final int EXPECTED_LINES = 2;
+  private static final Duration JOB_TIMEOUT = Duration.ofMinutes(3);
+  /** After a job ends, how long late log lines may still arrive in the TaskManager log. */
+  private static final Duration LOG_SETTLE = Duration.ofSeconds(3);
+
+  private LogLossComparison() {}
+
+  record JobLines(String environment, String job, int exitCode, int matched, double wallSeconds) {}
+
+  public static void main(String[] args) throws Exception {
+    Path workDir = Path.of("/tmp/recycler-logloss");
+    Path repoRoot = Path.of("").toAbsolutePath();
+    Path dwc = null;
+    Path boot = null;
+    int jobs = 6;
+    for (int i = 0; i < args.length; i++) {
+      switch (args[i]) {
+        case "--work-dir" -> workDir = Path.of(args[++i]);
+        case "--repo-root" -> repoRoot = Path.of(args[++i]);
+        case "--jobs" -> jobs = Integer.parseInt(args[++i]);
+        case "--debugging-wordcount" -> dwc = Path.of(args[++i]);
+        case "--beam-boot" -> boot = Path.of(args[++i]);
+        default -> {
+          System.err.println("usage: LogLossComparison --debugging-wordcount BIN --beam-boot BIN [--jobs N]"
+              + " [--work-dir DIR] [--repo-root DIR]");
+          System.exit(2);
+        }
+      }
+    }
+    if (dwc == null || boot == null) {
+      System.err.println("--debugging-wordcount and --beam-boot are required");
+      System.exit(2);
+    }
+    Path root = repoRoot.toAbsolutePath().normalize();
+    Path work = Files.createDirectories(workDir.resolve("run-" + System.currentTimeMillis()));
+    Path wrapperBinary = RunSupport.property("recycler.e2e.wrapperBinary",
+        root.resolve("go-boot-wrapper/bin/go-boot-wrapper"));
+    Path jobServerJar = RunSupport.property("recycler.e2e.jobServerJar",
+        root.resolve("recycler-flink/e2e/jobserver/target/beam-flink-job-server.jar"));
+    long t0 = System.nanoTime();
+    List<JobLines> results = new ArrayList<>();
+    int slots = 2;
+    int port = FlinkSessionCluster.freePort();
+    List<String> slotIds = IntStream.range(0, slots).mapToObj(i -> "slot-" + i).toList();
+    Path input = work.resolve("input.txt");
+    Files.writeString(input, inputText(), StandardCharsets.UTF_8);
+    try (WrapperProcesses wrappers = WrapperProcesses.start(wrapperBinary, slotIds, "localhost:" + port,
+        work.resolve("wrappers"), Duration.ofSeconds(5), Duration.ofSeconds(30));
+        FlinkSessionCluster cluster = FlinkSessionCluster.builder()
+            .workDirectory(work.resolve("flink"))
+            .flinkLibDirectory(BuildPaths.flinkLibDirectory())
+            .taskManagerSlots(slots)
+            .taskManagerMemory("2048m")
+            .plugin(RecyclerPlugin.DIRECTORY, BuildPaths.recyclerPluginJar())
+            .config(RecyclerPlugin.config(slots, port, -1))
+            .config(RecyclerPlugin.param("cache-dir"), work.resolve("recycler-cache").toString())
+            .config(RecyclerPlugin.param("local-artifact-dirs"), work.resolve("job-server-artifacts").toString())
+            .config("taskmanager.memory.task.off-heap.size", "384m")
+            .config("taskmanager.memory.jvm-metaspace.size", "512m")
+            .start();
+        JobServerProcess jobServer = JobServerProcess.builder(jobServerJar)
+            .flinkMaster(cluster.restAddress())
+            .flinkConfDir(cluster.configDirectory())
+            .artifactsDir(work.resolve("job-server-artifacts"))
+            .logFile(work.resolve("job-server.log"))
+            .startTimeout(Duration.ofSeconds(120))
+            .start()) {
+      say(t0, "cluster, job server and " + slots + " wrappers up; TaskManager log " + cluster.taskManagerLog());
+      for (int i = 0; i < jobs; i++) {
+        for (String env : List.of("recycler", "process")) {
+          String name = "logloss-" + env + "-" + i;
+          List<String> envFlags = env.equals("recycler")
+              ? List.of("--environment_type=EXTERNAL", "--environment_config=localhost:" + port)
+              : List.of("--environment_type=PROCESS", "--environment_config={\"command\":\"" + boot + "\"}");
+          long logBefore = Files.size(cluster.taskManagerLog());
+          long start = System.nanoTime();
+          int code = launch(dwc, name, jobServer.jobEndpoint(), input, work, envFlags);
+          double wall = (System.nanoTime() - start) / 1e9;
+          Thread.sleep(LOG_SETTLE.toMillis());
+          int matched = countMatched(cluster.taskManagerLog(), logBefore);
+          JobLines r = new JobLines(env, name, code, matched, wall);
+          results.add(r);
+          say(t0, String.format(Locale.ROOT, "%-26s exit %d  %5.1f s  Matched lines at the runner: %d of %d",
+              name, code, wall, matched, EXPECTED_LINES));
+        }
+      }
+    }
+    System.out.println();
+    boolean allOk = true;
+    for (String env : List.of("recycler", "process")) {
+      List<JobLines> of = results.stream().filter(r -> r.environment().equals(env)).toList();
+      long ok = of.stream().filter(r -> r.exitCode() == 0).count();
+      int lines = of.stream().mapToInt(JobLines::matched).sum();
+      long lossy = of.stream().filter(r -> r.matched() < EXPECTED_LINES).count();
+      allOk &= ok == of.size();
+      System.out.printf(Locale.ROOT, "%-9s jobs %d (succeeded %d)  Matched lines %d of %d  jobs that lost lines %d%n",
+          env, of.size(), ok, lines, EXPECTED_LINES * of.size(), lossy);
+    }
+    System.out.println("logs: " + work);
+    System.exit(allOk ? 0 : 1);
+  }
+
+  /** Text whose words the default filter ("Flourish|stomach") keeps as Flourish: 3 and stomach: 1, as the job asserts. */
+  private static String inputText() {
+    StringBuilder b = new StringBuilder();
+    for (int i = 0; i < 200; i++) {
+      b.append("the king and his daughters walk line ").append(i % 7 == 0 ? "Cordelia" : "Goneril").append('\n');
+    }
+    b.append("Flourish of trumpets\nFlourish again\nanother Flourish\nan empty stomach\n");
+    return b.toString();
+  }
+
+  private static int launch(Path binary, String name, String endpoint, Path input, Path work, List<String> envFlags)
+      throws IOException, InterruptedException {
+    Path out = Files.createDirectories(work.resolve("outputs")).resolve(name + ".txt");
+    Path log = Files.createDirectories(work.resolve("launchers")).resolve(name + ".log");
+    List<String> cmd = new ArrayList<>(List.of(binary.toString(), "--input=" + input, "--output=" + out,
+        "--job_name=" + name, "--runner=universal", "--endpoint=" + endpoint, "--worker_binary=" + binary));
+    cmd.addAll(envFlags);
+    Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(log.toFile())
+        .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null"))).start();
+    if (!p.waitFor(JOB_TIMEOUT.toSeconds(), TimeUnit.SECONDS)) {
+      p.destroyForcibly().waitFor();
+      return -1;
+    }
+    return p.exitValue();
+  }
+
+  private static int countMatched(Path log, long from) throws IOException {
+    byte[] all = Files.readAllBytes(log);
+    String tail = new String(all, (int) Math.min(from, all.length), (int) Math.max(0, all.length - from),
+        StandardCharsets.UTF_8);
+    Map<String, Integer> words = new LinkedHashMap<>();
+    tail.lines().filter(l -> l.contains("Matched: ")).forEach(l -> words.merge(
+        l.substring(l.indexOf("Matched: ") + 9).trim(), 1, Integer::sum));
+    return words.values().stream().mapToInt(Integer::intValue).sum();
+  }
+
+  private static void say(long t0, String line) {
+    System.out.printf(Locale.ROOT, "[%6.1fs] %s%n", (System.nanoTime() - t0) / 1e9, line);
+  }
+}
