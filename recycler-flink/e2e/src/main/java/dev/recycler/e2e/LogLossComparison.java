@@ -23,7 +23,8 @@ import java.util.stream.IntStream;
  * worker, and kills it when the environment closes). For each job it counts the {@code Matched:} lines that reached the
  * runner: Beam's {@code Slf4jLogWriter} writes every log entry it receives into the TaskManager log.
  *
- * <p>Arguments: {@code --work-dir DIR --repo-root DIR --jobs N --debugging-wordcount BINARY --beam-boot BINARY}.
+ * <p>Arguments: {@code --debugging-wordcount BINARY --beam-boot BINARY [--jobs N] [--parallelism N] [--work-dir DIR]
+ * [--repo-root DIR] [--distinct-words N]}; harness slots = max(2, parallelism).
  * Prints one line per job and a summary per environment; exit 0 when every job succeeded (the counts are the
  * finding, not a pass condition).
  */
@@ -35,7 +36,11 @@ public final class LogLossComparison {
 
   private LogLossComparison() {}
 
-  record JobLines(String environment, String job, int exitCode, int matched, double wallSeconds) {}
+  /**
+   * One job: its {@code Matched:} lines that reached the runner (TaskManager log) and those that went to the worker's
+   * stderr instead (the wrappers' logs; Beam's PROCESS environment sends a worker's stderr to /dev/null).
+   */
+  record JobLines(String environment, String job, int exitCode, int matched, int onStderr, double wallSeconds) {}
 
   public static void main(String[] args) throws Exception {
     Path workDir = Path.of("/tmp/recycler-logloss");
@@ -43,16 +48,20 @@ public final class LogLossComparison {
     Path dwc = null;
     Path boot = null;
     int jobs = 6;
+    int parallelism = 1;
+    int distinctWords = 0;
     for (int i = 0; i < args.length; i++) {
       switch (args[i]) {
         case "--work-dir" -> workDir = Path.of(args[++i]);
         case "--repo-root" -> repoRoot = Path.of(args[++i]);
         case "--jobs" -> jobs = Integer.parseInt(args[++i]);
+        case "--parallelism" -> parallelism = Integer.parseInt(args[++i]);
+        case "--distinct-words" -> distinctWords = Integer.parseInt(args[++i]);
         case "--debugging-wordcount" -> dwc = Path.of(args[++i]);
         case "--beam-boot" -> boot = Path.of(args[++i]);
         default -> {
           System.err.println("usage: LogLossComparison --debugging-wordcount BIN --beam-boot BIN [--jobs N]"
-              + " [--work-dir DIR] [--repo-root DIR]");
+              + " [--parallelism N] [--distinct-words N] [--work-dir DIR] [--repo-root DIR]");
           System.exit(2);
         }
       }
@@ -69,11 +78,11 @@ public final class LogLossComparison {
         root.resolve("recycler-flink/e2e/jobserver/target/beam-flink-job-server.jar"));
     long t0 = System.nanoTime();
     List<JobLines> results = new ArrayList<>();
-    int slots = 2;
+    int slots = Math.max(2, parallelism);
     int port = FlinkSessionCluster.freePort();
     List<String> slotIds = IntStream.range(0, slots).mapToObj(i -> "slot-" + i).toList();
     Path input = work.resolve("input.txt");
-    Files.writeString(input, inputText(), StandardCharsets.UTF_8);
+    Files.writeString(input, inputText(distinctWords), StandardCharsets.UTF_8);
     try (WrapperProcesses wrappers = WrapperProcesses.start(wrapperBinary, slotIds, "localhost:" + port,
         work.resolve("wrappers"), Duration.ofSeconds(5), Duration.ofSeconds(30));
         FlinkSessionCluster cluster = FlinkSessionCluster.builder()
@@ -87,6 +96,8 @@ public final class LogLossComparison {
             .config(RecyclerPlugin.param("local-artifact-dirs"), work.resolve("job-server-artifacts").toString())
             .config("taskmanager.memory.task.off-heap.size", "384m")
             .config("taskmanager.memory.jvm-metaspace.size", "512m")
+            // With more than one subtask per stage, the two matched words may be logged by different workers.
+            .config("parallelism.default", Integer.toString(parallelism))
             .start();
         JobServerProcess jobServer = JobServerProcess.builder(jobServerJar)
             .flinkMaster(cluster.restAddress())
@@ -103,15 +114,21 @@ public final class LogLossComparison {
               ? List.of("--environment_type=EXTERNAL", "--environment_config=localhost:" + port)
               : List.of("--environment_type=PROCESS", "--environment_config={\"command\":\"" + boot + "\"}");
           long logBefore = Files.size(cluster.taskManagerLog());
+          Map<Path, Long> wrapperLogsBefore = sizes(work.resolve("wrappers"));
           long start = System.nanoTime();
           int code = launch(dwc, name, jobServer.jobEndpoint(), input, work, envFlags);
           double wall = (System.nanoTime() - start) / 1e9;
           Thread.sleep(LOG_SETTLE.toMillis());
           int matched = countMatched(cluster.taskManagerLog(), logBefore);
-          JobLines r = new JobLines(env, name, code, matched, wall);
+          int onStderr = 0;
+          for (Map.Entry<Path, Long> e : wrapperLogsBefore.entrySet()) {
+            onStderr += countMatched(e.getKey(), e.getValue());
+          }
+          JobLines r = new JobLines(env, name, code, matched, onStderr, wall);
           results.add(r);
-          say(t0, String.format(Locale.ROOT, "%-26s exit %d  %5.1f s  Matched lines at the runner: %d of %d",
-              name, code, wall, matched, EXPECTED_LINES));
+          say(t0, String.format(Locale.ROOT, "%-26s exit %d  %5.1f s  Matched lines at the runner: %d of %d,"
+              + " in the harness's stderr log: %s", name, code, wall, matched, EXPECTED_LINES,
+              env.equals("recycler") ? Integer.toString(onStderr) : "- (/dev/null)"));
         }
       }
     }
@@ -121,18 +138,34 @@ public final class LogLossComparison {
       List<JobLines> of = results.stream().filter(r -> r.environment().equals(env)).toList();
       long ok = of.stream().filter(r -> r.exitCode() == 0).count();
       int lines = of.stream().mapToInt(JobLines::matched).sum();
+      int stderr = of.stream().mapToInt(JobLines::onStderr).sum();
       long lossy = of.stream().filter(r -> r.matched() < EXPECTED_LINES).count();
       allOk &= ok == of.size();
-      System.out.printf(Locale.ROOT, "%-9s jobs %d (succeeded %d)  Matched lines %d of %d  jobs that lost lines %d%n",
-          env, of.size(), ok, lines, EXPECTED_LINES * of.size(), lossy);
+      System.out.printf(Locale.ROOT, "%-9s jobs %d (succeeded %d)  Matched lines at the runner %d of %d, jobs short"
+          + " of lines there %d; lines kept in the harness's stderr log %s%n", env, of.size(), ok, lines,
+          EXPECTED_LINES * of.size(), lossy, env.equals("recycler") ? Integer.toString(stderr) : "- (/dev/null)");
     }
     System.out.println("logs: " + work);
     System.exit(allOk ? 0 : 1);
   }
 
-  /** Text whose words the default filter ("Flourish|stomach") keeps as Flourish: 3 and stomach: 1, as the job asserts. */
-  private static String inputText() {
+  /**
+   * Text whose words the default filter ("Flourish|stomach") keeps as Flourish: 3 and stomach: 1, as the job asserts,
+   * plus {@code distinct} other distinct words: each of those makes the worker log one DEBUG "Did not match" entry,
+   * and the Go SDK's log buffer holds 2,000 entries before it writes further lines to the worker's stderr instead.
+   */
+  private static String inputText(int distinct) {
     StringBuilder b = new StringBuilder();
+    for (int i = 0; i < distinct; i++) {
+      int n = i;
+      StringBuilder w = new StringBuilder("q");
+      for (int k = 0; k < 4; k++) {
+        w.append((char) ('a' + n % 26));
+        n /= 26;
+      }
+      b.append(w).append(i % 10 == 9 ? '\n' : ' ');
+    }
+    b.append('\n');
     for (int i = 0; i < 200; i++) {
       b.append("the king and his daughters walk line ").append(i % 7 == 0 ? "Cordelia" : "Goneril").append('\n');
     }
@@ -154,6 +187,16 @@ public final class LogLossComparison {
       return -1;
     }
     return p.exitValue();
+  }
+
+  private static Map<Path, Long> sizes(Path dir) throws IOException {
+    Map<Path, Long> m = new LinkedHashMap<>();
+    try (var files = Files.list(dir)) {
+      for (Path p : files.filter(f -> f.toString().endsWith(".log")).toList()) {
+        m.put(p, Files.size(p));
+      }
+    }
+    return m;
   }
 
   private static int countMatched(Path log, long from) throws IOException {
