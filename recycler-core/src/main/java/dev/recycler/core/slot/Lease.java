@@ -1,19 +1,33 @@
 package dev.recycler.core.slot;
 
+import dev.recycler.core.auth.LeaseCredentials;
+import dev.recycler.proto.v1.LeaseEnded;
+import dev.recycler.proto.v1.LeaseRecord;
+import dev.recycler.proto.v1.PreparedLease;
+import java.time.Duration;
 import java.time.Instant;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.atomic.AtomicLong;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
 
 /**
- * One StartWorker call's claim on a slot, from the call until the wrapper reports it ended.
+ * One StartWorker call's claim on a slot, from the call until the wrapper reports it ended; the authority on its own
+ * state and on its slot's while it holds one.
  *
- * <p>Concurrency: the identity fields are final; the mutable fields are written only by {@link SlotPool} under its
- * lock and are volatile so that services may read them without it. {@link #ready()} completes (outside the lock) when
- * the worker's control stream is connected, or exceptionally with a {@code RecyclerException} when the lease fails
- * before that.
+ * <p><b>Concurrency.</b> The identity fields are final. Everything else is written only through this class's methods,
+ * by the {@code core/slot} package under the pool lock; fields that services read without the lock are volatile.
+ * {@link #ready()} completes (outside the lock) when the worker's control stream is connected, or exceptionally with a
+ * {@code RecyclerException} when the lease fails before that.
+ *
+ * <p><b>Lifecycle.</b> {@link #transitionTo} is the one writer of the state, and it moves the slot with it (see
+ * {@link State#slotState}): it validates both tables before changing either, cancels the timer of the state it leaves,
+ * and logs the change once. A lease holds at most one timer, the one of its current state: the wait timeout while
+ * WAITING, the ready timeout while BOOTING, the drain timeout while ENDING.
  */
 public final class Lease {
   private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(Lease.class);
+  private static final AtomicLong SEQUENCE = new AtomicLong();
+
   /**
    * Lifecycle of a lease; ENDED is terminal. Each state names the states it may become (the whole table is tested in
    * {@code LeaseStateTest}): a lease ends from any state, an announced one by way of ENDING (its wrapper still has to
@@ -57,6 +71,20 @@ public final class Lease {
     };
 
     abstract boolean mayBecome(State next);
+
+    /**
+     * The state the lease's slot takes when the lease enters this state: BOOTING, ACTIVE and DRAINING follow the
+     * lease; an ended lease leaves its slot {@link Slot#freeState() free}, backing off, or detached with its wrapper.
+     */
+    SlotState slotState(Slot slot) {
+      return switch (this) {
+        case WAITING -> throw new IllegalStateException("a lease never goes back to WAITING");
+        case BOOTING -> SlotState.BOOTING;
+        case ACTIVE -> SlotState.ACTIVE;
+        case ENDING -> SlotState.DRAINING;
+        case ENDED -> slot.freeState();
+      };
+    }
   }
 
   private final StartWorkerRequest request;
@@ -64,35 +92,34 @@ public final class Lease {
   private final long requestedNanos;
   private final Instant requestedAt;
   private final CompletableFuture<Lease> ready = new CompletableFuture<>();
-  private static final java.util.concurrent.atomic.AtomicLong SEQUENCE = new java.util.concurrent.atomic.AtomicLong();
   /** Unique among the leases of this process. */
   private final long sequence = SEQUENCE.incrementAndGet();
 
-  volatile State state = State.WAITING;
-  volatile Slot slot;
-  volatile long generation;
+  private volatile State state = State.WAITING;
+  private volatile Slot slot;
+  private volatile long generation;
   /** The public worker id, {@code <slot>.g<generation>}: shown and logged; the credential is never part of it. */
-  volatile String workerId = "";
+  private volatile String workerId = "";
   /** Random per lease; sent only in the Lease message. A secret: never log it or add it to views or toString. */
-  volatile String credential = "";
-  volatile String jobName = "";
-  volatile String retrievalToken = "";
-  volatile long workerPid;
-  volatile long readyNanos = -1;
-  volatile long assignedNanos = -1;
-  volatile long exitSentNanos = -1;
-  volatile Instant endedAt;
-  volatile EndReason endReason;
-  volatile String outcome = "";
-  volatile int exitCode;
-  volatile String signal = "";
-  volatile String message = "";
+  private volatile String credential = "";
+  private volatile String jobName = "";
+  private volatile String retrievalToken = "";
+  private volatile long workerPid;
+  private volatile long readyNanos = -1;
+  private volatile long assignedNanos = -1;
+  private volatile long exitSentNanos = -1;
+  private volatile Instant endedAt;
+  private volatile EndReason endReason;
+  private volatile String outcome = "";
+  private volatile int exitCode;
+  private volatile String signal = "";
+  private volatile String message = "";
   // Guarded by the pool lock.
   /** Whether the Lease message went to the wrapper; until then the lease can end without the wrapper. */
-  boolean announced;
-  ControlLink control;
-  Scheduler.Cancellable waitTask;
-  Scheduler.Cancellable readyTask;
+  private boolean announced;
+  private ControlLink control;
+  /** The timeout of the current state, if it has one; cancelled by every transition. */
+  private Scheduler.Cancellable timer;
 
   Lease(StartWorkerRequest request, String peer, long requestedNanos, Instant requestedAt) {
     this.request = request;
@@ -100,6 +127,9 @@ public final class Lease {
     this.requestedNanos = requestedNanos;
     this.requestedAt = requestedAt;
   }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Public view
 
   /** The runner's request: its worker id and per-environment endpoints. */
   public StartWorkerRequest request() {
@@ -158,29 +188,208 @@ public final class Lease {
     return s == State.BOOTING || s == State.ACTIVE;
   }
 
+  public CompletableFuture<Lease> ready() {
+    return ready;
+  }
+
+  @Override
+  public String toString() {
+    return "Lease{slot=" + slotId() + ", generation=" + generation + ", worker=" + workerId + ", runnerWorker="
+        + runnerWorkerId() + ", state=" + state + "}";
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Transitions (under the pool lock)
+
   /**
-   * Moves the lease to {@code next}. Called by the pool under its lock, the only writer of the state. Ending an ended
-   * lease again is a no-op (terminal transitions are idempotent). Logged at DEBUG: the slot's own transition, logged
-   * at INFO and counted, already carries every change an operator sees.
+   * Takes {@code target}, an IDLE slot, as the slot's next generation: mints the worker id and keeps {@code
+   * credential}, then moves to BOOTING, and the slot with it.
+   *
+   * @throws IllegalStateException when the lease is not WAITING or the slot not IDLE; nothing changes then
+   */
+  void assign(Slot target, String newCredential, long nowNanos) {
+    check(State.BOOTING, target);
+    long next = target.lastGeneration + 1;
+    target.lastGeneration = next;
+    target.lease = this;
+    slot = target;
+    generation = next;
+    workerId = target.id + ".g" + next;
+    credential = newCredential;
+    assignedNanos = nowNanos;
+    apply(State.BOOTING, target);
+  }
+
+  /**
+   * Moves the lease to {@code next} and its slot (if it has one) to the matching state ({@link State#slotState}).
+   * Ending an ended lease again is a no-op (terminal transitions are idempotent). Both tables are checked before
+   * either state changes; the change is logged once, at INFO, and the slot's change counted.
    *
    * @return whether the state changed
-   * @throws IllegalStateException for a transition the table does not allow: a bug in the pool, never input
+   * @throws IllegalStateException for a transition either table does not allow: a bug in the pool, never input
    */
   boolean transitionTo(State next) {
-    State current = state;
-    if (current == State.ENDED && next == State.ENDED) {
+    if (state == State.ENDED && next == State.ENDED) {
       return false;
     }
-    if (!current.mayBecome(next)) {
-      throw new IllegalStateException("lease " + this + " cannot go from " + current + " to " + next);
-    }
-    state = next;
-    LOG.debug("lease transition slot={} generation={} from={} to={}", slotId(), generation, current, next);
+    Slot s = slot;
+    check(next, s);
+    apply(next, s);
     return true;
   }
 
-  public CompletableFuture<Lease> ready() {
-    return ready;
+  private void check(State next, Slot target) {
+    State current = state;
+    if (!current.mayBecome(next)) {
+      throw new IllegalStateException("lease " + this + " cannot go from " + current + " to " + next);
+    }
+    if (target == null && next != State.ENDED) {
+      throw new IllegalStateException("lease " + this + " cannot go from " + current + " to " + next
+          + " without a slot: only assign() gives it one");
+    }
+    // A lease always moves its slot to another state: a slot that already is where the lease would take it (say,
+    // BOOTING when a lease is assigned) is held by some other lease.
+    if (target != null && !target.state().canTransitionTo(next.slotState(target))) {
+      throw new IllegalStateException("lease " + this + " cannot go from " + current + " to " + next + ": its slot "
+          + target.id + " cannot go from " + target.state() + " to " + next.slotState(target));
+    }
+  }
+
+  private void apply(State next, Slot target) {
+    State from = state;
+    state = next;
+    cancelTimer();
+    if (target == null) {
+      LOG.info("lease transition slot= generation=0 runner_worker={} from={} to={}", runnerWorkerId(), from, next);
+      return;
+    }
+    SlotState slotFrom = target.state();
+    SlotState slotTo = next.slotState(target);
+    target.apply(slotTo);
+    if (next == State.ENDED) {
+      target.lease = null;
+    }
+    LOG.info("lease transition slot={} generation={} from={} to={} slot_from={} slot_to={}", target.id, generation,
+        from, next, slotFrom, slotTo);
+  }
+
+  /** Arms the timeout of the current state, replacing any earlier one; the next transition cancels it. */
+  void arm(Scheduler scheduler, Duration delay, Runnable task) {
+    cancelTimer();
+    timer = scheduler.schedule(delay, task);
+  }
+
+  private void cancelTimer() {
+    Scheduler.Cancellable t = timer;
+    timer = null;
+    if (t != null) {
+      t.cancel();
+    }
+  }
+
+  /** The worker's control stream connected: ACTIVE, with {@code link} to close when the lease ends. */
+  void connected(ControlLink link, long nowNanos) {
+    transitionTo(State.ACTIVE);
+    control = link;
+    readyNanos = nowNanos;
+  }
+
+  /** The control link, handed over once to be closed; null if none or already taken. */
+  ControlLink takeControl() {
+    ControlLink c = control;
+    control = null;
+    return c;
+  }
+
+  /** Marks the Lease message as going out now; false if it already did or the lease is no longer BOOTING. */
+  boolean announce() {
+    if (state != State.BOOTING || announced) {
+      return false;
+    }
+    announced = true;
+    return true;
+  }
+
+  boolean announced() {
+    return announced;
+  }
+
+  /** The Lease message for the wrapper: the only place the credential leaves the recycler. */
+  dev.recycler.proto.v1.Lease message(PreparedLease prepared) {
+    dev.recycler.proto.v1.Lease.Builder m = dev.recycler.proto.v1.Lease.newBuilder().setGeneration(generation)
+        .setJobName(jobName).setWorkerId(LeaseCredentials.workerId(workerId, credential)).setCredential(credential);
+    if (prepared != null) {
+      m.setPrepared(prepared);
+    }
+    return m.build();
+  }
+
+  /** Records why the lease ends; the first reason stands. */
+  void endReason(EndReason reason) {
+    if (endReason == null) {
+      endReason = reason;
+    }
+  }
+
+  EndReason endReason() {
+    return endReason;
+  }
+
+  /** ENDED at {@code at}, for {@code reason} unless one was recorded already. */
+  void ended(EndReason reason, Instant at) {
+    transitionTo(State.ENDED);
+    endReason(reason);
+    endedAt = at;
+  }
+
+  /** How the lease ended as the recycler saw it, when its wrapper reports nothing (e.g. NOT_SENT, WRAPPER_LOST). */
+  void outcome(String value) {
+    outcome = value;
+  }
+
+  /** The wrapper's report of the lease's end. */
+  void reported(LeaseEnded e) {
+    outcome = e.getOutcome().name().replace("OUTCOME_", "");
+    exitCode = e.getExitCode();
+    signal = e.getSignal();
+    message = e.getMessage();
+  }
+
+  void workerStarted(long pid) {
+    workerPid = pid;
+  }
+
+  void jobName(String name) {
+    jobName = name == null ? "" : name;
+  }
+
+  void retrievalToken(String token) {
+    retrievalToken = token == null ? "" : token;
+  }
+
+  /** Stamps the exit instruction's time, for the drain duration. */
+  void exitSent(long nowNanos) {
+    exitSentNanos = nowNanos;
+  }
+
+  long exitSentNanos() {
+    return exitSentNanos;
+  }
+
+  Slot slot() {
+    return slot;
+  }
+
+  String credential() {
+    return credential;
+  }
+
+  long workerPid() {
+    return workerPid;
+  }
+
+  long assignedNanos() {
+    return assignedNanos;
   }
 
   long requestedNanos() {
@@ -191,9 +400,24 @@ public final class Lease {
     return requestedAt;
   }
 
-  @Override
-  public String toString() {
-    return "Lease{slot=" + slotId() + ", generation=" + generation + ", worker=" + workerId + ", runnerWorker="
-        + runnerWorkerId() + ", state=" + state + "}";
+  String outcome() {
+    return outcome;
+  }
+
+  int exitCode() {
+    return exitCode;
+  }
+
+  /** The lease's row in the slot table's history; end fields only once ENDED. */
+  LeaseRecord record() {
+    LeaseRecord.Builder r = LeaseRecord.newBuilder().setSlotId(slotId()).setGeneration(generation)
+        .setRunnerWorkerId(runnerWorkerId()).setWorkerId(workerId).setJobName(jobName).setWorkerPid(workerPid)
+        .setStartUnixMillis(requestedAt.toEpochMilli())
+        .setReadyLatencyMillis(readyNanos < 0 ? -1 : (readyNanos - requestedNanos) / 1_000_000)
+        .setOutcome(outcome).setExitCode(exitCode).setSignal(signal).setMessage(message);
+    if (state == State.ENDED && endedAt != null) {
+      r.setEndUnixMillis(endedAt.toEpochMilli()).setEndReason(endReason.name());
+    }
+    return r.build();
   }
 }

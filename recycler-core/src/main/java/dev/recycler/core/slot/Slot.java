@@ -1,25 +1,86 @@
 package dev.recycler.core.slot;
 
+import dev.recycler.core.metrics.RecyclerMetrics;
+import dev.recycler.proto.v1.Hello;
 import java.util.Set;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
-/** Mutable state of one slot. Guarded by the {@link SlotPool} lock; read outside it only through snapshots. */
+/**
+ * Mutable state of one slot. Guarded by the {@link SlotPool} lock; read outside it only through snapshots.
+ *
+ * <p>While a lease holds the slot, the lease drives its state ({@link Lease#transitionTo}); without one, the pool does
+ * ({@link #transitionTo}: attach, detach, end of a back-off). Both go through {@link #apply}, which validates, times and
+ * counts every change.
+ */
 final class Slot {
+  private static final Logger LOG = LoggerFactory.getLogger(Slot.class);
+
   final String id;
-  SlotState state = SlotState.DETACHED;
+  private final Scheduler scheduler;
+  private final RecyclerMetrics<SlotState, EndReason> metrics;
+  private SlotState state = SlotState.DETACHED;
+  private long stateSinceNanos;
   Attachment attachment;
   boolean everAttached;
   long lastGeneration;
+  /** Set and cleared by the lease's own transitions (assignment and end). */
   Lease lease;
   int consecutiveFailures;
   long leasesServed;
-  long stateSinceNanos;
   Claim pendingClaim;
   Scheduler.Cancellable backoffTask;
-  Scheduler.Cancellable drainTask;
 
-  Slot(String id, long nowNanos) {
+  Slot(String id, Scheduler scheduler, RecyclerMetrics<SlotState, EndReason> metrics) {
     this.id = id;
-    this.stateSinceNanos = nowNanos;
+    this.scheduler = scheduler;
+    this.metrics = metrics;
+    this.stateSinceNanos = scheduler.nanoTime();
+    metrics.slotTransition(null, SlotState.DETACHED);
+  }
+
+  SlotState state() {
+    return state;
+  }
+
+  long stateSinceNanos() {
+    return stateSinceNanos;
+  }
+
+  /** The state a slot takes when its lease ends: gone with its wrapper, backing off after repeated failures, or free. */
+  SlotState freeState() {
+    if (attachment == null) {
+      return SlotState.DETACHED;
+    }
+    return consecutiveFailures >= 2 ? SlotState.BACKOFF : SlotState.IDLE;
+  }
+
+  /** A slot transition not caused by a lease (attach, detach, end of a back-off); logged at INFO. No-op if unchanged. */
+  void transitionTo(SlotState next) {
+    SlotState from = state;
+    if (apply(next)) {
+      LOG.info("slot transition slot={} from={} to={} generation={}", id, from, next,
+          lease == null ? 0 : lease.generation());
+    }
+  }
+
+  /**
+   * Moves to {@code next}, stamps the time and counts the change; the caller logs. Returns whether the state changed.
+   *
+   * @throws IllegalStateException for a transition {@link SlotState} does not allow: a bug in the pool, never input
+   */
+  boolean apply(SlotState next) {
+    SlotState from = state;
+    if (from == next) {
+      return false;
+    }
+    if (!from.canTransitionTo(next)) {
+      throw new IllegalStateException("slot " + id + " cannot go from " + from + " to " + next);
+    }
+    state = next;
+    stateSinceNanos = scheduler.nanoTime();
+    metrics.slotTransition(from, next);
+    return true;
   }
 
   /** The wrapper incarnation currently holding the slot. */
@@ -27,12 +88,12 @@ final class Slot {
 
   /** Another incarnation's claim on an attached slot, pending a liveness probe of the current holder. */
   static final class Claim {
-    final dev.recycler.proto.v1.Hello hello;
+    final Hello hello;
     final WrapperLink link;
     final long nonce;
     Scheduler.Cancellable timeout;
 
-    Claim(dev.recycler.proto.v1.Hello hello, WrapperLink link, long nonce) {
+    Claim(Hello hello, WrapperLink link, long nonce) {
       this.hello = hello;
       this.link = link;
       this.nonce = nonce;
