@@ -7,6 +7,7 @@ import dev.recycler.core.RecyclerException;
 import dev.recycler.core.metrics.RecyclerMetrics;
 import dev.recycler.core.slot.Lease;
 import dev.recycler.core.wire.Detached;
+import dev.recycler.core.wire.UnaryCalls;
 import dev.recycler.core.wire.RunnerChannels;
 import io.grpc.Status;
 import io.grpc.stub.StreamObserver;
@@ -178,31 +179,19 @@ public final class Artifacts {
     if (artifacts.stream().allMatch(a -> !digestOf(a).isEmpty() && cache.blob(digestOf(a)) != null)) {
       return CompletableFuture.completedFuture(artifacts);
     }
-    CompletableFuture<List<ArtifactInformation>> result = new CompletableFuture<>();
-    Detached.run(() -> stub(lease).withDeadlineAfter(callTimeout.toMillis(), TimeUnit.MILLISECONDS).resolveArtifacts(
-        ResolveArtifactsRequest.newBuilder().addAllArtifacts(artifacts).build(), new StreamObserver<>() {
-          @Override
-          public void onNext(ResolveArtifactsResponse r) {
-            result.complete(r.getReplacementsList());
-          }
-
-          @Override
-          public void onError(Throwable t) {
-            if (Status.fromThrowable(t).getCode() == Status.Code.UNIMPLEMENTED) {
-              result.complete(artifacts);
-            } else {
-              result.completeExceptionally(new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
-                  "the runner's ResolveArtifacts failed: " + Status.fromThrowable(t).getCode() + " "
-                      + Status.fromThrowable(t).getDescription()));
-            }
-          }
-
-          @Override
-          public void onCompleted() {
-            result.complete(artifacts);
-          }
-        }));
-    return result;
+    return UnaryCalls.<ResolveArtifactsResponse, List<ArtifactInformation>>call(observer -> Detached.run(() ->
+        stub(lease).withDeadlineAfter(callTimeout.toMillis(), TimeUnit.MILLISECONDS).resolveArtifacts(
+            ResolveArtifactsRequest.newBuilder().addAllArtifacts(artifacts).build(), observer)), (r, failure) -> {
+              if (failure == null) {
+                return r == null ? artifacts : r.getReplacementsList();
+              }
+              Status s = Status.fromThrowable(failure);
+              if (s.getCode() == Status.Code.UNIMPLEMENTED) {
+                return artifacts;
+              }
+              throw new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
+                  "the runner's ResolveArtifacts failed: " + s.getCode() + " " + s.getDescription());
+            });
   }
 
   /** The artifact's blob, pinned for the caller (who hands the pin to {@link #admit}). */

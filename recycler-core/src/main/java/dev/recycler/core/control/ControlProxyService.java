@@ -9,6 +9,7 @@ import dev.recycler.core.slot.Lease;
 import dev.recycler.core.slot.SlotPool;
 import dev.recycler.core.wire.CallerContext;
 import dev.recycler.core.wire.Detached;
+import dev.recycler.core.wire.UnaryCalls;
 import dev.recycler.core.wire.RunnerChannels;
 import io.grpc.Status;
 import io.grpc.stub.ClientCallStreamObserver;
@@ -105,24 +106,19 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       responses.onError(e.toStatusException());
       return;
     }
-    withWorkerId(BeamFnControlGrpc.newStub(channels.channel(lease, lease.request().getControlEndpoint().getUrl())),
-        lease.runnerWorkerId())
+    UnaryCalls.<ProcessBundleDescriptor, Void>call(observer -> withWorkerId(BeamFnControlGrpc.newStub(
+        channels.channel(lease, lease.request().getControlEndpoint().getUrl())), lease.runnerWorkerId())
         .withDeadlineAfter(upstreamTimeout.toMillis(), TimeUnit.MILLISECONDS)
-        .getProcessBundleDescriptor(request, new StreamObserver<>() {
-          @Override
-          public void onNext(ProcessBundleDescriptor d) {
-            responses.onNext(d);
+        .getProcessBundleDescriptor(request, observer), (descriptor, failure) -> {
+          if (failure != null) {
+            responses.onError(RecyclerException.toStatusException(failure, "runner GetProcessBundleDescriptor"));
+            return null;
           }
-
-          @Override
-          public void onError(Throwable t) {
-            responses.onError(RecyclerException.toStatusException(t, "runner GetProcessBundleDescriptor"));
+          if (descriptor != null) {
+            responses.onNext(descriptor);
           }
-
-          @Override
-          public void onCompleted() {
-            responses.onCompleted();
-          }
+          responses.onCompleted();
+          return null;
         });
   }
 

@@ -5,11 +5,11 @@ import static dev.recycler.core.wire.WorkerIds.withWorkerId;
 import com.google.protobuf.InvalidProtocolBufferException;
 import dev.recycler.core.wire.ChannelOwner;
 import dev.recycler.core.wire.Detached;
+import dev.recycler.core.wire.UnaryCalls;
 import dev.recycler.core.wire.RunnerChannels;
 import io.grpc.Status;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
-import io.grpc.stub.StreamObserver;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HashSet;
@@ -85,24 +85,19 @@ final class OrphanDataSink implements ChannelOwner {
       }
     }
     // Detached: this runs in the lost worker's cancelled call context, which would cancel the call at once.
-    Detached.run(() -> withWorkerId(BeamFnControlGrpc.newStub(channels.channel(this, controlUrl)), runnerWorkerId)
+    UnaryCalls.<ProcessBundleDescriptor, Void>call(observer -> Detached.run(() -> withWorkerId(
+        BeamFnControlGrpc.newStub(channels.channel(this, controlUrl)), runnerWorkerId)
         .withDeadlineAfter(upstreamTimeout.toMillis(), TimeUnit.MILLISECONDS)
         .getProcessBundleDescriptor(GetProcessBundleDescriptorRequest.newBuilder()
-            .setProcessBundleDescriptorId(descriptorId).build(), new StreamObserver<>() {
-              @Override
-              public void onNext(ProcessBundleDescriptor descriptor) {
-                dataEndpoints(descriptor).forEach(OrphanDataSink.this::connect);
-              }
-
-              @Override
-              public void onError(Throwable t) {
+            .setProcessBundleDescriptorId(descriptorId).build(), observer)), (descriptor, failure) -> {
+              if (failure != null) {
                 LOG.warn("{}: cannot fetch process bundle descriptor {} to stand in for the lost worker's data "
-                    + "stream: {}", label, descriptorId, Status.fromThrowable(t).getCode());
+                    + "stream: {}", label, descriptorId, Status.fromThrowable(failure).getCode());
+              } else if (descriptor != null) {
+                dataEndpoints(descriptor).forEach(this::connect);
               }
-
-              @Override
-              public void onCompleted() {}
-            }));
+              return null;
+            });
   }
 
   /** The data endpoints a descriptor's runner-side ports and timers use (normally one: the environment's). */

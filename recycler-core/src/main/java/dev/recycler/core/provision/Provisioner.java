@@ -8,9 +8,9 @@ import dev.recycler.core.RecyclerException;
 import dev.recycler.core.slot.Lease;
 import dev.recycler.core.slot.SlotPool;
 import dev.recycler.core.wire.Detached;
+import dev.recycler.core.wire.UnaryCalls;
 import dev.recycler.core.wire.RunnerChannels;
 import io.grpc.Status;
-import io.grpc.stub.StreamObserver;
 import java.time.Duration;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
@@ -60,34 +60,26 @@ public final class Provisioner {
   }
 
   private CompletableFuture<ProvisionInfo> fetch(Lease lease) {
-    CompletableFuture<ProvisionInfo> result = new CompletableFuture<>();
     ProvisionServiceGrpc.ProvisionServiceStub stub = withWorkerId(ProvisionServiceGrpc.newStub(
         channels.channel(lease, lease.request().getProvisionEndpoint().getUrl())), lease.runnerWorkerId());
-    Detached.run(() -> stub.withDeadlineAfter(timeout.toMillis(), TimeUnit.MILLISECONDS).getProvisionInfo(
-        GetProvisionInfoRequest.getDefaultInstance(), new StreamObserver<>() {
-          @Override
-          public void onNext(GetProvisionInfoResponse response) {
-            ProvisionInfo upstream = response.getInfo();
-            pool.jobName(lease, jobName(upstream.getPipelineOptions()));
-            pool.retrievalToken(lease, upstream.getRetrievalToken());
-            result.complete(rewrite(upstream, lease));
+    return UnaryCalls.<GetProvisionInfoResponse, ProvisionInfo>call(observer -> Detached.run(() -> stub
+        .withDeadlineAfter(timeout.toMillis(), TimeUnit.MILLISECONDS)
+        .getProvisionInfo(GetProvisionInfoRequest.getDefaultInstance(), observer)), (response, failure) -> {
+          if (failure != null) {
+            Status s = Status.fromThrowable(failure);
+            throw new RecyclerException(RecyclerException.Kind.UNAVAILABLE, "the runner's provision service failed"
+                + " for worker " + lease.runnerWorkerId() + ": " + s.getCode()
+                + (s.getDescription() == null ? "" : " " + s.getDescription()));
           }
-
-          @Override
-          public void onError(Throwable t) {
-            Status s = Status.fromThrowable(t);
-            result.completeExceptionally(new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
-                "the runner's provision service failed for worker " + lease.runnerWorkerId() + ": " + s.getCode()
-                    + (s.getDescription() == null ? "" : " " + s.getDescription())));
+          if (response == null) {
+            throw new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
+                "the runner's provision service answered without provision info");
           }
-
-          @Override
-          public void onCompleted() {
-            result.completeExceptionally(new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
-                "the runner's provision service answered without provision info"));
-          }
-        }));
-    return result;
+          ProvisionInfo upstream = response.getInfo();
+          pool.jobName(lease, jobName(upstream.getPipelineOptions()));
+          pool.retrievalToken(lease, upstream.getRetrievalToken());
+          return rewrite(upstream, lease);
+        });
   }
 
   ProvisionInfo rewrite(ProvisionInfo upstream, Lease lease) {
