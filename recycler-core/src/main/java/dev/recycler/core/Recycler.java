@@ -2,6 +2,8 @@ package dev.recycler.core;
 
 import dev.recycler.core.admin.AdminHttpServer;
 import dev.recycler.core.admin.AdminService;
+import dev.recycler.core.api.RecyclerConfig;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.artifact.ArtifactCache;
 import dev.recycler.core.artifact.ArtifactService;
 import dev.recycler.core.artifact.Artifacts;

@@ -1,5 +1,6 @@
 package dev.recycler.core;
 
+import dev.recycler.core.api.RecyclerConfig;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.awaitility.Awaitility.await;
 
@@ -7,8 +8,8 @@ import dev.recycler.core.testing.TestingRunner;
 import dev.recycler.core.testing.TestingWrapper;
 import dev.recycler.proto.v1.GetSlotTableRequest;
 import dev.recycler.proto.v1.RecyclerAdminGrpc;
-import dev.recycler.proto.v1.RecyclerMessage;
 import dev.recycler.proto.v1.RecyclerMessage.KindCase;
+import dev.recycler.proto.v1.RecyclerMessage;
 import io.grpc.ManagedChannel;
 import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
 import io.micrometer.core.instrument.simple.SimpleMeterRegistry;

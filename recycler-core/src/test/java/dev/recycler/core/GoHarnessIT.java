@@ -1,5 +1,6 @@
 package dev.recycler.core;
 
+import dev.recycler.core.api.RecyclerConfig;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.awaitility.Awaitility.await;
 

@@ -1,6 +1,6 @@
 package dev.recycler.flink;
 
-import dev.recycler.core.RecyclerConfig;
+import dev.recycler.core.api.RecyclerConfig;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Optional;

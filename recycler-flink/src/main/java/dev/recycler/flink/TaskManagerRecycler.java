@@ -1,7 +1,7 @@
 package dev.recycler.flink;
 
 import dev.recycler.core.Recycler;
-import dev.recycler.core.RecyclerConfig;
+import dev.recycler.core.api.RecyclerConfig;
 import java.net.BindException;
 import java.time.Duration;
 import java.util.LinkedHashMap;

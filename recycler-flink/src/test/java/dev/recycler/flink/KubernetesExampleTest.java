@@ -2,7 +2,7 @@ package dev.recycler.flink;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
-import dev.recycler.core.RecyclerConfig;
+import dev.recycler.core.api.RecyclerConfig;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;

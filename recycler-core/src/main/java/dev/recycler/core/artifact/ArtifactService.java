@@ -1,7 +1,7 @@
 package dev.recycler.core.artifact;
 
 import com.google.protobuf.ByteString;
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.metrics.RecyclerMetrics;
 import dev.recycler.core.slot.Lease;
 import dev.recycler.core.slot.SlotPool;

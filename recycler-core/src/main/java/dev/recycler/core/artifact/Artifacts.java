@@ -3,12 +3,12 @@ package dev.recycler.core.artifact;
 import static dev.recycler.core.wire.WorkerIds.withWorkerId;
 
 import com.google.protobuf.InvalidProtocolBufferException;
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.metrics.RecyclerMetrics;
 import dev.recycler.core.slot.Lease;
 import dev.recycler.core.wire.Detached;
-import dev.recycler.core.wire.UnaryCalls;
 import dev.recycler.core.wire.RunnerChannels;
+import dev.recycler.core.wire.UnaryCalls;
 import io.grpc.Status;
 import io.grpc.stub.StreamObserver;
 import java.io.IOException;

@@ -1,6 +1,6 @@
 package dev.recycler.core.auth;
 
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;

@@ -1,6 +1,6 @@
 package dev.recycler.core.auth;
 
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.wire.CallerContext;
 import dev.recycler.core.wire.Headers;
 import dev.recycler.proto.v1.RecyclerAdminGrpc;

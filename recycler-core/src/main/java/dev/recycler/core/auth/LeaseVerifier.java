@@ -1,6 +1,6 @@
 package dev.recycler.core.auth;
 
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 
 /**
  * Checks the credential of a lease-scoped call against the live lease it names. Implemented by the slot pool, which

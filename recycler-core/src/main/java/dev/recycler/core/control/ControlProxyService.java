@@ -2,15 +2,15 @@ package dev.recycler.core.control;
 
 import static dev.recycler.core.wire.WorkerIds.withWorkerId;
 
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.slot.ControlLink;
 import dev.recycler.core.slot.EndReason;
 import dev.recycler.core.slot.Lease;
 import dev.recycler.core.slot.SlotPool;
 import dev.recycler.core.wire.CallerContext;
 import dev.recycler.core.wire.Detached;
-import dev.recycler.core.wire.UnaryCalls;
 import dev.recycler.core.wire.RunnerChannels;
+import dev.recycler.core.wire.UnaryCalls;
 import io.grpc.Status;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;

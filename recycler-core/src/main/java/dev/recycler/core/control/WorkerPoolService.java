@@ -1,6 +1,6 @@
 package dev.recycler.core.control;
 
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.slot.Lease;
 import dev.recycler.core.slot.SlotPool;
 import dev.recycler.core.wire.CallerContext;

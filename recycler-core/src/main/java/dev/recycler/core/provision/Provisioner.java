@@ -4,12 +4,12 @@ import static dev.recycler.core.wire.WorkerIds.withWorkerId;
 
 import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.slot.Lease;
 import dev.recycler.core.slot.SlotPool;
 import dev.recycler.core.wire.Detached;
-import dev.recycler.core.wire.UnaryCalls;
 import dev.recycler.core.wire.RunnerChannels;
+import dev.recycler.core.wire.UnaryCalls;
 import io.grpc.Status;
 import java.time.Duration;
 import java.util.Map;

@@ -1,7 +1,7 @@
 package dev.recycler.core.sidecar;
 
 import dev.recycler.core.Recycler;
-import dev.recycler.core.RecyclerConfig;
+import dev.recycler.core.api.RecyclerConfig;
 import dev.recycler.core.options.RecyclerOption;
 import java.time.Clock;
 import java.util.Arrays;

@@ -1,6 +1,6 @@
 package dev.recycler.core.sidecar;
 
-import dev.recycler.core.RecyclerConfig;
+import dev.recycler.core.api.RecyclerConfig;
 import dev.recycler.core.options.RecyclerOption;
 import java.nio.file.Path;
 import java.time.Duration;

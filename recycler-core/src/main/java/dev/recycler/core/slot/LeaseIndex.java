@@ -1,13 +1,13 @@
 package dev.recycler.core.slot;
 
-import static dev.recycler.core.RecyclerException.Kind.BAD_REQUEST;
-import static dev.recycler.core.RecyclerException.Kind.CONFLICT;
-import static dev.recycler.core.RecyclerException.Kind.FORBIDDEN;
-import static dev.recycler.core.RecyclerException.Kind.UNAUTHENTICATED;
-import static dev.recycler.core.RecyclerException.Kind.UNKNOWN_ID;
-import static dev.recycler.core.RecyclerException.Kind.WRONG_STATE;
+import static dev.recycler.core.api.RecyclerException.Kind.BAD_REQUEST;
+import static dev.recycler.core.api.RecyclerException.Kind.CONFLICT;
+import static dev.recycler.core.api.RecyclerException.Kind.FORBIDDEN;
+import static dev.recycler.core.api.RecyclerException.Kind.UNAUTHENTICATED;
+import static dev.recycler.core.api.RecyclerException.Kind.UNKNOWN_ID;
+import static dev.recycler.core.api.RecyclerException.Kind.WRONG_STATE;
 
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.auth.LeaseCredentials;
 import dev.recycler.proto.v1.LeaseRecord;
 import java.util.ArrayDeque;

@@ -1,11 +1,11 @@
 package dev.recycler.core.slot;
 
-import static dev.recycler.core.RecyclerException.Kind.TIMEOUT;
-import static dev.recycler.core.RecyclerException.Kind.UNAVAILABLE;
-import static dev.recycler.core.RecyclerException.Kind.WRONG_STATE;
+import static dev.recycler.core.api.RecyclerException.Kind.TIMEOUT;
+import static dev.recycler.core.api.RecyclerException.Kind.UNAVAILABLE;
+import static dev.recycler.core.api.RecyclerException.Kind.WRONG_STATE;
 
-import dev.recycler.core.RecyclerConfig;
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerConfig;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.auth.LeaseCredentials;
 import dev.recycler.core.metrics.RecyclerMetrics;
 import dev.recycler.proto.v1.Exit;

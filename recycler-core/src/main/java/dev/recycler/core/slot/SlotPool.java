@@ -1,14 +1,14 @@
 package dev.recycler.core.slot;
 
-import static dev.recycler.core.RecyclerException.Kind.BAD_REQUEST;
-import static dev.recycler.core.RecyclerException.Kind.BUSY;
-import static dev.recycler.core.RecyclerException.Kind.CANCELLED;
-import static dev.recycler.core.RecyclerException.Kind.FORBIDDEN;
-import static dev.recycler.core.RecyclerException.Kind.UNAUTHENTICATED;
-import static dev.recycler.core.RecyclerException.Kind.UNAVAILABLE;
+import static dev.recycler.core.api.RecyclerException.Kind.BAD_REQUEST;
+import static dev.recycler.core.api.RecyclerException.Kind.BUSY;
+import static dev.recycler.core.api.RecyclerException.Kind.CANCELLED;
+import static dev.recycler.core.api.RecyclerException.Kind.FORBIDDEN;
+import static dev.recycler.core.api.RecyclerException.Kind.UNAUTHENTICATED;
+import static dev.recycler.core.api.RecyclerException.Kind.UNAVAILABLE;
 
-import dev.recycler.core.RecyclerConfig;
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerConfig;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.auth.LeaseCredentials;
 import dev.recycler.core.auth.LeaseVerifier;
 import dev.recycler.core.metrics.RecyclerMetrics;

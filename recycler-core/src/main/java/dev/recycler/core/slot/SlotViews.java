@@ -1,9 +1,9 @@
 package dev.recycler.core.slot;
 
-import static dev.recycler.core.RecyclerException.Kind.BUSY;
-import static dev.recycler.core.RecyclerException.Kind.UNAVAILABLE;
+import static dev.recycler.core.api.RecyclerException.Kind.BUSY;
+import static dev.recycler.core.api.RecyclerException.Kind.UNAVAILABLE;
 
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.proto.v1.LeaseRecord;
 import dev.recycler.proto.v1.SlotStatus;
 import dev.recycler.proto.v1.SlotTable;

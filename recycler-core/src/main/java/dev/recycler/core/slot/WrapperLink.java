@@ -1,6 +1,6 @@
 package dev.recycler.core.slot;
 
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.proto.v1.RecyclerMessage;
 
 /** The recycler's end of one wrapper's Attach stream. Implementations are thread-safe. */

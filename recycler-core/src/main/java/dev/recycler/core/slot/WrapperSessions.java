@@ -1,12 +1,12 @@
 package dev.recycler.core.slot;
 
-import static dev.recycler.core.RecyclerException.Kind.BAD_REQUEST;
-import static dev.recycler.core.RecyclerException.Kind.CONFLICT;
-import static dev.recycler.core.RecyclerException.Kind.UNAVAILABLE;
-import static dev.recycler.core.RecyclerException.Kind.UNKNOWN_ID;
+import static dev.recycler.core.api.RecyclerException.Kind.BAD_REQUEST;
+import static dev.recycler.core.api.RecyclerException.Kind.CONFLICT;
+import static dev.recycler.core.api.RecyclerException.Kind.UNAVAILABLE;
+import static dev.recycler.core.api.RecyclerException.Kind.UNKNOWN_ID;
 
-import dev.recycler.core.RecyclerConfig;
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerConfig;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.proto.v1.Attached;
 import dev.recycler.proto.v1.Hello;
 import dev.recycler.proto.v1.LeaseEnded;

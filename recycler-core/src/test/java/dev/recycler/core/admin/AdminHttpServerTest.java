@@ -4,7 +4,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 import static org.awaitility.Awaitility.await;
 
 import dev.recycler.core.Recycler;
-import dev.recycler.core.RecyclerConfig;
+import dev.recycler.core.api.RecyclerConfig;
 import dev.recycler.core.testing.TestingWrapper;
 import java.net.URI;
 import java.net.http.HttpClient;

@@ -6,7 +6,7 @@ import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
 import com.google.protobuf.util.JsonFormat;
 import dev.recycler.core.Recycler;
-import dev.recycler.core.RecyclerConfig;
+import dev.recycler.core.api.RecyclerConfig;
 import dev.recycler.core.metrics.MetricNames;
 import java.io.IOException;
 import java.lang.reflect.Field;

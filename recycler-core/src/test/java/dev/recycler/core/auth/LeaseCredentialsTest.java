@@ -3,7 +3,7 @@ package dev.recycler.core.auth;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.SecureRandom;

@@ -3,7 +3,7 @@ package dev.recycler.core.sidecar;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
-import dev.recycler.core.RecyclerConfig;
+import dev.recycler.core.api.RecyclerConfig;
 import dev.recycler.core.options.RecyclerOption;
 import java.nio.file.Path;
 import java.time.Duration;

@@ -7,7 +7,7 @@ import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
 import com.google.protobuf.util.JsonFormat;
 import dev.recycler.core.Recycler;
-import dev.recycler.core.RecyclerConfig;
+import dev.recycler.core.api.RecyclerConfig;
 import dev.recycler.core.testing.TestingRunner;
 import dev.recycler.core.testing.TestingWrapper;
 import dev.recycler.proto.v1.LeaseRecord;

@@ -1,6 +1,6 @@
 package dev.recycler.core.testing;
 
-import dev.recycler.core.RecyclerException;
+import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.slot.WrapperLink;
 import dev.recycler.proto.v1.RecyclerMessage;
 import java.util.ArrayList;

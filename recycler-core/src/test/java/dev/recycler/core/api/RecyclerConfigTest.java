@@ -1,4 +1,4 @@
-package dev.recycler.core;
+package dev.recycler.core.api;
 
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;

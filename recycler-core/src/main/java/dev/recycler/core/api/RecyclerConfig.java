@@ -1,4 +1,4 @@
-package dev.recycler.core;
+package dev.recycler.core.api;
 
 import static java.util.Objects.requireNonNull;
 
