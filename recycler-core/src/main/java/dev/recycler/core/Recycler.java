@@ -1,17 +1,15 @@
 package dev.recycler.core;
 
 import dev.recycler.core.admin.AdminHttpServer;
-import dev.recycler.core.admin.AdminService;
+import dev.recycler.core.admin.AdminServices;
 import dev.recycler.core.api.RecyclerConfig;
 import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.artifact.ArtifactCache;
-import dev.recycler.core.artifact.ArtifactService;
 import dev.recycler.core.artifact.Artifacts;
 import dev.recycler.core.auth.AttachSecret;
 import dev.recycler.core.auth.Authenticator;
 import dev.recycler.core.control.ControlServices;
 import dev.recycler.core.metrics.RecyclerMetrics;
-import dev.recycler.core.provision.ProvisionService;
 import dev.recycler.core.provision.Provisioner;
 import dev.recycler.core.slot.EndReason;
 import dev.recycler.core.slot.Lease;
@@ -111,9 +109,9 @@ public final class Recycler implements AutoCloseable {
     this.provisioner = new Provisioner(pool, channels, this::endpoint, config.upstreamCallTimeout());
     List<BindableService> services = new ArrayList<>(
         ControlServices.create(pool, channels, config.upstreamCallTimeout(), timer, config.workerStallTimeout()));
-    services.add(new ProvisionService(pool, provisioner));
-    services.add(new ArtifactService(pool, artifacts, metrics));
-    services.add(new AdminService(pool));
+    services.add(provisioner.service());
+    services.add(artifacts.service(pool, metrics));
+    services.add(AdminServices.create(pool));
     NettyServerBuilder builder = NettyServerBuilder
         .forAddress(new InetSocketAddress(config.bindHost(), config.port()))
         .maxInboundMessageSize(config.maxInboundMessageBytes())

@@ -7,10 +7,10 @@ import dev.recycler.proto.v1.SlotTable;
 import io.grpc.stub.StreamObserver;
 
 /** {@code RecyclerAdmin}: the slot table over gRPC. */
-public final class AdminService extends RecyclerAdminGrpc.RecyclerAdminImplBase {
+final class AdminService extends RecyclerAdminGrpc.RecyclerAdminImplBase {
   private final SlotPool pool;
 
-  public AdminService(SlotPool pool) {
+  AdminService(SlotPool pool) {
     this.pool = pool;
   }
 

@@ -23,14 +23,14 @@ import org.apache.beam.model.jobmanagement.v1.ArtifactRetrievalServiceGrpc;
  * {@code recycler-generation}). GetArtifact streams from the cache with flow control, 1 MiB per message, and announces
  * the length in the {@code recycler-content-length} response header.
  */
-public final class ArtifactService extends ArtifactRetrievalServiceGrpc.ArtifactRetrievalServiceImplBase {
+final class ArtifactService extends ArtifactRetrievalServiceGrpc.ArtifactRetrievalServiceImplBase {
   private static final int CHUNK = 1 << 20;
 
   private final SlotPool pool;
   private final Artifacts artifacts;
   private final RecyclerMetrics<?, ?> metrics;
 
-  public ArtifactService(SlotPool pool, Artifacts artifacts, RecyclerMetrics<?, ?> metrics) {
+  ArtifactService(SlotPool pool, Artifacts artifacts, RecyclerMetrics<?, ?> metrics) {
     this.pool = pool;
     this.artifacts = artifacts;
     this.metrics = metrics;

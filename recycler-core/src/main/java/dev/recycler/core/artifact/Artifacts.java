@@ -6,9 +6,11 @@ import com.google.protobuf.InvalidProtocolBufferException;
 import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.metrics.RecyclerMetrics;
 import dev.recycler.core.slot.Lease;
+import dev.recycler.core.slot.SlotPool;
 import dev.recycler.core.wire.Detached;
 import dev.recycler.core.wire.RunnerChannels;
 import dev.recycler.core.wire.UnaryCalls;
+import io.grpc.BindableService;
 import io.grpc.Status;
 import io.grpc.stub.StreamObserver;
 import java.io.IOException;
@@ -77,6 +79,11 @@ public final class Artifacts {
     metrics.cacheSize(cache::sizeBytes);
     metrics.localBytes(locals.bytesReadCounter());
   }
+  /** The wrapper-facing {@code ArtifactRetrievalService} over these artifacts, for the server on the fixed port. */
+  public BindableService service(SlotPool pool, RecyclerMetrics<?, ?> metrics) {
+    return new ArtifactService(pool, this, metrics);
+  }
+
 
   /** Stops the hashing threads. */
   public void close() {

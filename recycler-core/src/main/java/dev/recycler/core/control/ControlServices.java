@@ -11,8 +11,9 @@ import java.util.concurrent.ScheduledExecutorService;
 public final class ControlServices {
   private ControlServices() {}
 
-  /** Runner-facing worker pool, wrapper-facing slot control, and the control proxy for inner workers. */
   /**
+   * Runner-facing worker pool, wrapper-facing slot control, and the control proxy for inner workers.
+   *
    * @param timer runs the control proxy's stall checks
    * @param workerStallTimeout how long a worker may leave the runner's instructions unread before its lease ends
    */

@@ -13,11 +13,11 @@ import org.apache.beam.model.fnexecution.v1.ProvisionServiceGrpc;
  * Wrapper-facing Beam {@code ProvisionService}: answers only for the caller's current lease ({@code worker_id} = slot
  * id, {@code recycler-generation} = the lease generation).
  */
-public final class ProvisionService extends ProvisionServiceGrpc.ProvisionServiceImplBase {
+final class ProvisionService extends ProvisionServiceGrpc.ProvisionServiceImplBase {
   private final SlotPool pool;
   private final Provisioner provisioner;
 
-  public ProvisionService(SlotPool pool, Provisioner provisioner) {
+  ProvisionService(SlotPool pool, Provisioner provisioner) {
     this.pool = pool;
     this.provisioner = provisioner;
   }

@@ -10,6 +10,7 @@ import dev.recycler.core.slot.SlotPool;
 import dev.recycler.core.wire.Detached;
 import dev.recycler.core.wire.RunnerChannels;
 import dev.recycler.core.wire.UnaryCalls;
+import io.grpc.BindableService;
 import io.grpc.Status;
 import java.time.Duration;
 import java.util.Map;
@@ -43,6 +44,11 @@ public final class Provisioner {
     this.channels = channels;
     this.advertisedEndpoint = advertisedEndpoint;
     this.timeout = timeout;
+  }
+
+  /** The wrapper-facing {@code ProvisionService} over this provisioner, for the server on the fixed port. */
+  public BindableService service() {
+    return new ProvisionService(pool, this);
   }
 
   public void onEnded(Lease lease) {
