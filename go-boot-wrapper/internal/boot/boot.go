@@ -205,8 +205,9 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 	if ferr != nil {
 		return nil, ferr
 	}
-	// The runner's logging service does not check worker_id: the public id keeps the credential out of its logs.
-	log.ConnectBeam(info.GetLoggingEndpoint().GetUrl(), lease.PublicID())
+	// The logging endpoint is the recycler's logging proxy, which checks the credential in the worker id (as for the
+	// worker's own log stream) and forwards under the runner's id, so the credential never reaches the runner.
+	log.ConnectBeam(info.GetLoggingEndpoint().GetUrl(), lease.WorkerID)
 	log.Info("provisioned", "control_endpoint", info.GetControlEndpoint().GetUrl(), "artifacts", len(info.GetDependencies()),
 		"prepared", lease.Prepared != nil)
 

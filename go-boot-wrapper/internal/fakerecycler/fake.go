@@ -86,6 +86,7 @@ type Fake struct {
 	calls      map[string]int // method name -> calls with valid lease metadata
 	hellos     []*recyclerpb.Hello
 	logLines   []string
+	logIDs     []string
 	badCalls   []string // calls that lacked the required metadata
 }
 
@@ -250,6 +251,13 @@ func (f *Fake) LogLines() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.logLines)
+}
+
+// LogWorkerIDs returns the worker_id metadata of every logging stream opened so far.
+func (f *Fake) LogWorkerIDs() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.logIDs)
 }
 
 // BadCalls lists provision/artifact calls that lacked or misstated the lease metadata, or the lease credential.
@@ -449,6 +457,10 @@ func (f *Fake) GetArtifact(req *jobpb.GetArtifactRequest, stream jobpb.ArtifactR
 
 // Logging implements BeamFnLogging.
 func (f *Fake) Logging(stream fnpb.BeamFnLogging_LoggingServer) error {
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	f.mu.Lock()
+	f.logIDs = append(f.logIDs, first(md.Get("worker_id")))
+	f.mu.Unlock()
 	for {
 		list, err := stream.Recv()
 		if err != nil {

@@ -498,6 +498,10 @@ func TestBootLogsReachBeamLogging(t *testing.T) {
 	testhelper.Eventually(t, 10*time.Second, func() bool {
 		return slices.ContainsFunc(f.LogLines(), func(l string) bool { return strings.Contains(l, "worker started") })
 	}, "boot log never reached the logging service: %v", f.LogLines())
+	// The logging endpoint is the recycler's logging proxy, which checks the lease credential in the worker id.
+	if want := "w." + f.Credential(1); !slices.Contains(f.LogWorkerIDs(), want) {
+		t.Errorf("logging streams presented worker ids %q, want the lease's full worker id %q", f.LogWorkerIDs(), want)
+	}
 }
 
 // TestBackToBackLeases: a Lease sent the moment LeaseEnded arrives must be served, never refused as "still runs

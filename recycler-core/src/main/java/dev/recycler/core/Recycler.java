@@ -108,7 +108,8 @@ public final class Recycler implements AutoCloseable {
     // The advertised endpoint needs the bound port (port 0 picks one), so the provisioner reads it lazily.
     this.provisioner = new Provisioner(pool, channels, this::endpoint, config.upstreamCallTimeout());
     List<BindableService> services = new ArrayList<>(
-        ControlServices.create(pool, channels, config.upstreamCallTimeout(), timer, config.workerStallTimeout()));
+        ControlServices.create(pool, channels, config.upstreamCallTimeout(), timer, config.workerStallTimeout(),
+            registry));
     services.add(provisioner.service());
     services.add(artifacts.service(pool, metrics));
     services.add(AdminServices.create(pool));

@@ -21,6 +21,7 @@ import io.grpc.Metadata;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.grpc.netty.shaded.io.grpc.netty.NettyChannelBuilder;
+import dev.recycler.core.metrics.MetricNames;
 import io.grpc.stub.MetadataUtils;
 import io.grpc.stub.StreamObserver;
 import io.micrometer.core.instrument.simple.SimpleMeterRegistry;
@@ -40,7 +41,9 @@ import java.util.List;
 import java.util.Map;
 import java.util.Random;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.LockSupport;
 import java.util.function.Consumer;
 import java.util.function.UnaryOperator;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.GetProcessBundleDescriptorRequest;
@@ -48,7 +51,10 @@ import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerResponse;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StopWorkerRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.LogControl;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.LogEntry;
 import org.apache.beam.model.fnexecution.v1.BeamFnControlGrpc;
+import org.apache.beam.model.fnexecution.v1.BeamFnLoggingGrpc;
 import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoRequest;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.ProvisionInfo;
@@ -76,6 +82,7 @@ class RecyclerGrpcTest {
 
   private final List<AutoCloseable> closeables = new ArrayList<>();
   private Recycler recycler;
+  private SimpleMeterRegistry registry;
   private ManagedChannel runnerChannel;
   private byte[] binary;
 
@@ -107,7 +114,7 @@ class RecyclerGrpcTest {
     recycler = Recycler.start(more.apply(RecyclerConfig.builder().slots(slots, "slot-").port(0).cacheDirectory(cacheDir)
         .memoryBlobMaxBytes(100_000).leaseWaitTimeout(Duration.ofSeconds(5)).readyTimeout(readyTimeout)
         .attachProbeTimeout(Duration.ofMillis(500)).shutdownTimeout(Duration.ofSeconds(5))).build(),
-        new SimpleMeterRegistry(), TestingRunner::channel);
+        registry = new SimpleMeterRegistry(), TestingRunner::channel);
     runnerChannel = NettyChannelBuilder.forTarget(recycler.endpoint()).usePlaintext().build();
     return recycler;
   }
@@ -174,7 +181,8 @@ class RecyclerGrpcTest {
     ProvisionInfo seen = w.provisioned.get(0);
     assertThat(seen.getControlEndpoint().getUrl()).isEqualTo(recycler.endpoint());
     assertThat(seen.getArtifactEndpoint().getUrl()).isEqualTo(recycler.endpoint());
-    assertThat(seen.getLoggingEndpoint().getUrl()).isEqualTo("runner-logging:1");
+    // Logging too goes through the recycler (LoggingProxyService), which forwards to the runner's endpoint.
+    assertThat(seen.getLoggingEndpoint().getUrl()).isEqualTo(recycler.endpoint());
     assertThat(w.held).containsExactly(sha(binary));
     assertThat(w.contentLengths).containsExactly(Integer.toString(binary.length));
     assertThat(table().getSlots(0)).satisfies(s -> {
@@ -455,6 +463,110 @@ class RecyclerGrpcTest {
     HttpResponse<String> slots = HttpClient.newHttpClient().send(HttpRequest.newBuilder(
         URI.create("http://127.0.0.1:" + recycler.adminPort() + "/slots")).build(), BodyHandlers.ofString());
     assertThat(slots.body()).contains("slot-0.g1").doesNotContain(cred);
+  }
+
+  /**
+   * Beam's runner closes its logging server before it closes the environment, and the Go SDK keeps sending queued
+   * entries after its control stream closed: those entries land in the recycler's own log, and the exit instruction
+   * waits until the worker's log stream is quiet (bounded), so the wrapper does not stop a worker with entries queued.
+   */
+  @Test
+  void workerLogLinesOutliveTheRunnersLoggingServerAndTheExitWaitsForThem() throws Exception {
+    start(1, Duration.ofSeconds(10));
+    TestingRunner runner = runner("/staging/logs/bin");
+    TestingWrapper w = wrapper("slot-0", "a").attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    pool().startWorker(runner.startRequest("1-1"));
+    String fullId = w.received(KindCase.LEASE).get(0).getLease().getWorkerId();
+
+    // Without the credential in the worker id, no log stream: the same rule as the worker's control stream.
+    for (String id : List.of("", "slot-0.g1")) {
+      Status refused = logStream(id);
+      assertThat(refused.getCode()).as("log stream as '%s'", id).isEqualTo(Status.Code.UNAUTHENTICATED);
+    }
+
+    // While the runner's logging server is up, entries go there, under the runner's worker id.
+    StreamObserver<LogEntry.List> log = w.workerLog(1);
+    log.onNext(entries("before the end"));
+    await().atMost(AWAIT).until(() -> runner.logMessages.contains("before the end"));
+    assertThat(runner.loggingCallers).containsExactly("1-1");
+    assertThat(runner.loggingCallers.toString()).doesNotContain(fullId);
+
+    // The job ends as Beam ends it: logging server first, then the control stream, while the worker is still sending
+    // its queue (the Go SDK sends back to back from one goroutine, and goes on after its control stream closed).
+    List<Integer> exitsWhileLogging = new CopyOnWriteArrayList<>();
+    java.util.concurrent.atomic.AtomicBoolean closed = new java.util.concurrent.atomic.AtomicBoolean();
+    Thread sender = new Thread(() -> {
+      for (int i = 0; i < 30; i++) {
+        log.onNext(entries("queued " + i));
+        if (closed.get()) {
+          exitsWhileLogging.add(w.received(KindCase.EXIT).size());
+        }
+        LockSupport.parkNanos(TimeUnit.MILLISECONDS.toNanos(20));
+      }
+    });
+    sender.start();
+    await().atMost(AWAIT).until(() -> runner.logMessages.contains("queued 2"));
+    runner.closeLogging();
+    runner.controls.get("1-1").onCompleted();
+    closed.set(true);
+    sender.join();
+    assertThat(exitsWhileLogging).as("exit instructions seen while the worker's log stream was busy")
+        .isNotEmpty().containsOnly(0);
+    await().atMost(AWAIT).until(() -> w.received(KindCase.EXIT).size() == 1);
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    double toRunner = registry.get(MetricNames.WORKER_LOG_ENTRIES).tag(MetricNames.ROUTE, "runner").counter().count();
+    double kept = registry.get(MetricNames.WORKER_LOG_ENTRIES).tag(MetricNames.ROUTE, "local").counter().count();
+    assertThat(kept).as("entries after the runner's logging server closed, kept in the recycler's log").isPositive();
+    assertThat(toRunner + kept).as("every entry went somewhere").isEqualTo(31);
+    assertThat(runner.logMessages).hasSizeLessThanOrEqualTo((int) toRunner).contains("before the end", "queued 2");
+    log.onCompleted();
+
+    // A worker that never stops logging does not hold its exit instruction beyond the bound.
+    pool().startWorker(runner.startRequest("2-1"));
+    StreamObserver<LogEntry.List> busy = w.workerLog(2);
+    runner.controls.get("2-1").onCompleted();
+    long exitsBefore = w.received(KindCase.EXIT).size();
+    long t0 = System.nanoTime();
+    while (w.received(KindCase.EXIT).size() == exitsBefore
+        && System.nanoTime() - t0 < TimeUnit.SECONDS.toNanos(20)) {
+      busy.onNext(entries("busy"));
+      Thread.sleep(10);
+    }
+    assertThat(w.received(KindCase.EXIT)).as("exit sent while the worker still logs").hasSize(2);
+    busy.onCompleted();
+  }
+
+  private static LogEntry.List entries(String message) {
+    return LogEntry.List.newBuilder().addLogEntries(LogEntry.newBuilder().setMessage(message)
+        .setSeverity(LogEntry.Severity.Enum.INFO)).build();
+  }
+
+  /** Opens a logging stream as {@code workerId}; the status it ends with. */
+  private Status logStream(String workerId) throws InterruptedException {
+    CompletableFuture<Status> end = new CompletableFuture<>();
+    StreamObserver<LogEntry.List> s = BeamFnLoggingGrpc.newStub(runnerChannel)
+        .withInterceptors(MetadataUtils.newAttachHeadersInterceptor(workerHeaders(workerId)))
+        .logging(new StreamObserver<LogControl>() {
+          @Override
+          public void onNext(LogControl c) {}
+
+          @Override
+          public void onError(Throwable t) {
+            end.complete(Status.fromThrowable(t));
+          }
+
+          @Override
+          public void onCompleted() {
+            end.complete(Status.OK);
+          }
+        });
+    s.onNext(entries("rogue"));
+    try {
+      return end.get(10, TimeUnit.SECONDS);
+    } catch (java.util.concurrent.ExecutionException | java.util.concurrent.TimeoutException e) {
+      throw new AssertionError("log stream as '" + workerId + "' neither refused nor ended", e);
+    }
   }
 
   @Test

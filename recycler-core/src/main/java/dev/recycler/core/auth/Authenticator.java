@@ -12,6 +12,7 @@ import io.grpc.ServerCall;
 import io.grpc.ServerCallHandler;
 import io.grpc.ServerInterceptor;
 import org.apache.beam.model.fnexecution.v1.BeamFnControlGrpc;
+import org.apache.beam.model.fnexecution.v1.BeamFnLoggingGrpc;
 import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
 import org.apache.beam.model.fnexecution.v1.ProvisionServiceGrpc;
 import org.apache.beam.model.jobmanagement.v1.ArtifactRetrievalServiceGrpc;
@@ -24,7 +25,8 @@ import org.slf4j.LoggerFactory;
  *   <li>{@code SlotControl/Attach}: the attach secret, when one is configured;
  *   <li>{@code ProvisionService}, {@code ArtifactRetrievalService} (wrappers): the lease credential header for the slot
  *       and generation named;
- *   <li>{@code BeamFnControl} (inner workers): the credential inside the presented worker id; the call then sees only
+ *   <li>{@code BeamFnControl}, {@code BeamFnLogging} (inner workers; wrappers log as their worker): the credential
+ *       inside the presented worker id; the call then sees only
  *       the verified public id ({@link CallerContext#workerId()}), so no service or log downstream holds the secret;
  *   <li>{@code BeamFnExternalWorkerPool} (the Beam runner) and {@code RecyclerAdmin} (read-only, no secrets): open;
  *       Beam's runner sends no credential. See {@code docs/security.md}.
@@ -53,7 +55,7 @@ public final class Authenticator {
    * @throws IllegalArgumentException for a service with no rule here
    */
   public ServerInterceptor interceptorFor(String serviceName) {
-    if (serviceName.equals(BeamFnControlGrpc.SERVICE_NAME)) {
+    if (serviceName.equals(BeamFnControlGrpc.SERVICE_NAME) || serviceName.equals(BeamFnLoggingGrpc.SERVICE_NAME)) {
       return this::worker;
     }
     if (serviceName.equals(ProvisionServiceGrpc.SERVICE_NAME)

@@ -33,7 +33,8 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Why a proxy: the lease is ready exactly when the worker's control stream is connected (then StartWorker returns),
  * the runner's close is seen at once (then the slot gets its exit instruction), and a worker that dies fails the
- * runner's bundles instead of leaving them waiting. Data, state and logging go from the worker to the runner directly.
+ * runner's bundles instead of leaving them waiting. Data and state go from the worker to the runner directly; logging
+ * through {@link LoggingProxyService}.
  *
  * <p>When the worker is lost (crash, SIGKILL, wrapper gone) the runner's side is <b>not</b> closed: Beam's {@code
  * FnApiControlClient.handle} never completes a request sent on a closed client, and a stream cancelled before it
@@ -376,17 +377,5 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
         }
       }
     }
-  }
-
-  /** Request observer for a refused stream. */
-  private static final class Ignoring<T> implements StreamObserver<T> {
-    @Override
-    public void onNext(T value) {}
-
-    @Override
-    public void onError(Throwable t) {}
-
-    @Override
-    public void onCompleted() {}
   }
 }

@@ -1,6 +1,6 @@
 package dev.recycler.core.metrics;
 
-/** Every meter name and tag key of the recycler, in one place. Tag values come only from enum names. */
+/** Every meter name and tag key of the recycler, in one place. Tag values come only from enum names and fixed words. */
 public final class MetricNames {
   /** Gauge: slots currently in each state; tag {@link #STATE}. */
   public static final String SLOTS = "recycler.slots";
@@ -31,8 +31,11 @@ public final class MetricNames {
   /** Counter: upstream artifact fetches that failed (truncated, digest mismatch, unreachable). */
   public static final String UPSTREAM_FAILURES = "recycler.artifact.upstream.failures";
 
+  /** Counter: worker log entries by route (to the runner, or kept in the recycler's own log). */
+  public static final String WORKER_LOG_ENTRIES = "recycler.worker.log.entries";
   public static final String STATE = "state";
   public static final String REASON = "reason";
+  public static final String ROUTE = "route";
 
   private MetricNames() {}
 }

@@ -26,8 +26,9 @@ import org.apache.beam.model.pipeline.v1.Endpoints.ApiServiceDescriptor;
 
 /**
  * Fetches each lease's {@link ProvisionInfo} from the runner (with the runner's worker id) once, as soon as a slot is
- * assigned, and rewrites it for the wrapper: control and artifact endpoints point at the recycler (control proxy,
- * artifact cache); logging stays the runner's. Pipeline options are passed through, never logged.
+ * assigned, and rewrites it for the wrapper: control, artifact and logging endpoints point at the recycler (control
+ * proxy, artifact cache, logging proxy); a runner that names no logging endpoint in StartWorker keeps its own.
+ * Pipeline options are passed through, never logged.
  *
  * <p>Concurrency: one future per lease in a {@link ConcurrentHashMap}, removed when the lease ends.
  */
@@ -91,8 +92,9 @@ public final class Provisioner {
   ProvisionInfo rewrite(ProvisionInfo upstream, Lease lease) {
     ApiServiceDescriptor self = ApiServiceDescriptor.newBuilder().setUrl(advertisedEndpoint.get()).build();
     ProvisionInfo.Builder b = upstream.toBuilder().setControlEndpoint(self).setArtifactEndpoint(self);
-    if (upstream.getLoggingEndpoint().getUrl().isEmpty()) {
-      b.setLoggingEndpoint(lease.request().getLoggingEndpoint());
+    if (!lease.request().getLoggingEndpoint().getUrl().isEmpty()) {
+      // The logging proxy forwards to the StartWorker request's logging endpoint (see LoggingProxyService).
+      b.setLoggingEndpoint(self);
     }
     return b.build();
   }

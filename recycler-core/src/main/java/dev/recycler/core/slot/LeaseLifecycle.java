@@ -54,6 +54,8 @@ final class LeaseLifecycle {
   private final LeaseIndex index;
   private final Pool pool;
   private final SecureRandom random = new SecureRandom();
+  /** What an exit instruction waits for before it goes out (the worker's log drain); set once at wiring. */
+  private volatile ExitGate exitGate = ExitGate.NONE;
 
   LeaseLifecycle(RecyclerConfig config, Scheduler scheduler, RecyclerMetrics<SlotState, EndReason> metrics,
       LeaseListener listener, PoolLock lock, LeaseIndex index, Pool pool) {
@@ -64,6 +66,10 @@ final class LeaseLifecycle {
     this.lock = lock;
     this.index = index;
     this.pool = pool;
+  }
+
+  void exitGate(ExitGate gate) {
+    this.exitGate = java.util.Objects.requireNonNull(gate, "gate");
   }
 
   // ---------------------------------------------------------------------------------------------------------------
@@ -161,7 +167,9 @@ final class LeaseLifecycle {
     WrapperLink link = slot.attachment.link();
     Exit exit = Exit.newBuilder().setGeneration(lease.generation()).setReason(lease.endReason().exitReason()).build();
     LOG.info("exit instruction slot={} generation={} reason={}", slot.id, lease.generation(), lease.endReason());
-    after.add(() -> link.send(RecyclerMessage.newBuilder().setExit(exit).build()));
+    ExitGate gate = exitGate;
+    after.add(() -> gate.beforeExit(lease).whenComplete(
+        (v, t) -> link.send(RecyclerMessage.newBuilder().setExit(exit).build())));
   }
 
   private void drainTimedOut(Lease lease) {

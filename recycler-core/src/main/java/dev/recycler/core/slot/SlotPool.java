@@ -94,6 +94,11 @@ public final class SlotPool implements LeaseVerifier {
   // ---------------------------------------------------------------------------------------------------------------
   // Wrappers (see WrapperSessions)
 
+  /** Sets what every exit instruction waits for before it goes out; call once, before the first lease. */
+  public void exitGate(ExitGate gate) {
+    leases.exitGate(gate);
+  }
+
   /**
    * A wrapper's Hello. The outcome reaches the wrapper through {@code link}: an {@code Attached} message, or the link
    * closed with the reason it was refused. May complete later, when another incarnation holds the slot and is probed.

@@ -29,7 +29,10 @@ import org.apache.beam.model.pipeline.v1.RunnerApi.FunctionSpec;
 import org.apache.beam.model.pipeline.v1.RunnerApi.PTransform;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionResponse;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.LogControl;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.LogEntry;
 import org.apache.beam.model.fnexecution.v1.BeamFnControlGrpc;
+import org.apache.beam.model.fnexecution.v1.BeamFnLoggingGrpc;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoRequest;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoResponse;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.ProvisionInfo;
@@ -78,6 +81,11 @@ public final class TestingRunner implements AutoCloseable {
   public final List<String> dataClients = new CopyOnWriteArrayList<>();
   /** Data streams closed by their client (OK) or broken (the status), in order. */
   public final List<Status> dataStreamEnds = new CopyOnWriteArrayList<>();
+  /** Log messages received, and the worker id of each logging stream, in order. */
+  public final List<String> logMessages = new CopyOnWriteArrayList<>();
+  public final List<String> loggingCallers = new CopyOnWriteArrayList<>();
+  private final List<StreamObserver<LogControl>> loggingStreams = new CopyOnWriteArrayList<>();
+  private volatile boolean loggingClosed;
 
   private TestingRunner(Builder b) throws IOException {
     this.info = b.info;
@@ -96,6 +104,7 @@ public final class TestingRunner implements AutoCloseable {
         .addService(ServerInterceptors.intercept(new Provision(), capture))
         .addService(ServerInterceptors.intercept(new Artifacts(), capture))
         .addService(ServerInterceptors.intercept(new Data(), capture))
+        .addService(ServerInterceptors.intercept(new Logging(), capture))
         .build().start();
   }
 
@@ -143,9 +152,46 @@ public final class TestingRunner implements AutoCloseable {
         .setTypePayload(ArtifactFilePayload.newBuilder().setPath(path).build().toByteString()).setRoleUrn(role).build();
   }
 
+  /**
+   * Closes the logging service as Beam's runner does first when it closes an environment: every connected client's
+   * stream is completed, later streams are refused.
+   */
+  public void closeLogging() {
+    loggingClosed = true;
+    for (StreamObserver<LogControl> s : loggingStreams) {
+      s.onCompleted();
+    }
+  }
+
   @Override
   public void close() {
     server.shutdownNow();
+  }
+
+  private final class Logging extends BeamFnLoggingGrpc.BeamFnLoggingImplBase {
+    @Override
+    public StreamObserver<LogEntry.List> logging(StreamObserver<LogControl> out) {
+      loggingCallers.add(CALLER.get());
+      if (loggingClosed) {
+        out.onError(Status.UNAVAILABLE.withDescription("logging server closed").asException());
+      } else {
+        loggingStreams.add(out);
+      }
+      return new StreamObserver<>() {
+        @Override
+        public void onNext(LogEntry.List entries) {
+          if (!loggingClosed) {
+            entries.getLogEntriesList().forEach(e -> logMessages.add(e.getMessage()));
+          }
+        }
+
+        @Override
+        public void onError(Throwable t) {}
+
+        @Override
+        public void onCompleted() {}
+      };
+    }
   }
 
   /** Builder of a fake runner environment. */

@@ -38,7 +38,10 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionResponse;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.LogControl;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.LogEntry;
 import org.apache.beam.model.fnexecution.v1.BeamFnControlGrpc;
+import org.apache.beam.model.fnexecution.v1.BeamFnLoggingGrpc;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.GetProvisionInfoRequest;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.ProvisionInfo;
 import org.apache.beam.model.fnexecution.v1.ProvisionServiceGrpc;
@@ -99,6 +102,8 @@ public final class TestingWrapper implements AutoCloseable {
   public final AtomicInteger workerEofs = new AtomicInteger();
   public volatile Status attachStatus;
   private final Map<Long, ClientCallStreamObserver<InstructionResponse>> workers = new ConcurrentHashMap<>();
+  /** The full worker id (with its credential) of each started worker, by generation. */
+  private final Map<Long, String> workerIds = new ConcurrentHashMap<>();
   private final Set<Long> frozen = ConcurrentHashMap.newKeySet();
   private final Set<Long> deaf = ConcurrentHashMap.newKeySet();
 
@@ -261,6 +266,7 @@ public final class TestingWrapper implements AutoCloseable {
   }
 
   private void startWorker(long gen, String workerId) {
+    workerIds.put(gen, workerId);
     Metadata md = new Metadata();
     md.put(WORKER_ID, workerId);
     BeamFnControlGrpc.BeamFnControlStub stub = BeamFnControlGrpc.newStub(channel)
@@ -299,6 +305,26 @@ public final class TestingWrapper implements AutoCloseable {
         workerEofs.incrementAndGet();
       }
     });
+  }
+
+  /**
+   * Opens a log stream as the worker of {@code generation} does (its full worker id); send entry lists on the result.
+   * What the recycler sends back is dropped.
+   */
+  public StreamObserver<LogEntry.List> workerLog(long generation) {
+    Metadata md = new Metadata();
+    md.put(WORKER_ID, workerIds.getOrDefault(generation, ""));
+    return BeamFnLoggingGrpc.newStub(channel).withInterceptors(MetadataUtils.newAttachHeadersInterceptor(md))
+        .logging(new StreamObserver<LogControl>() {
+          @Override
+          public void onNext(LogControl c) {}
+
+          @Override
+          public void onError(Throwable t) {}
+
+          @Override
+          public void onCompleted() {}
+        });
   }
 
   /** The worker of {@code generation} (not started yet) will never read its control stream: a stalled process. */

@@ -20,8 +20,10 @@ import java.util.stream.IntStream;
  * the two words its filter keeps, and asserts their counts) on one Flink session cluster, alternating job by job
  * between two environments: {@code EXTERNAL} through the recycler (plugin in the TaskManager, go-boot-wrapper slots),
  * and Beam's own {@code PROCESS} environment (the runner starts Beam's Go boot program, which fetches and runs the
- * worker, and kills it when the environment closes). For each job it counts the {@code Matched:} lines that reached the
- * runner: Beam's {@code Slf4jLogWriter} writes every log entry it receives into the TaskManager log.
+ * worker, and kills it when the environment closes). For each job it counts the {@code Matched:} lines in the
+ * TaskManager log: Beam's {@code Slf4jLogWriter} writes there every log entry the runner receives, and the recycler's
+ * logging proxy the entries that arrived after the runner's logging server had closed (logger {@code
+ * dev.recycler.worker}).
  *
  * <p>Arguments: {@code --debugging-wordcount BINARY --beam-boot BINARY [--jobs N] [--parallelism N] [--work-dir DIR]
  * [--repo-root DIR] [--distinct-words N]}; harness slots = max(2, parallelism).
@@ -37,8 +39,8 @@ public final class LogLossComparison {
   private LogLossComparison() {}
 
   /**
-   * One job: its {@code Matched:} lines that reached the runner (TaskManager log) and those that went to the worker's
-   * stderr instead (the wrappers' logs; Beam's PROCESS environment sends a worker's stderr to /dev/null).
+   * One job: its {@code Matched:} lines in the TaskManager log and those that went to the worker's stderr instead (the
+   * wrappers' logs; Beam's PROCESS environment sends a worker's stderr to /dev/null).
    */
   record JobLines(String environment, String job, int exitCode, int matched, int onStderr, double wallSeconds) {}
 
@@ -126,7 +128,7 @@ public final class LogLossComparison {
           }
           JobLines r = new JobLines(env, name, code, matched, onStderr, wall);
           results.add(r);
-          say(t0, String.format(Locale.ROOT, "%-26s exit %d  %5.1f s  Matched lines at the runner: %d of %d,"
+          say(t0, String.format(Locale.ROOT, "%-26s exit %d  %5.1f s  Matched lines in the TaskManager log: %d of %d,"
               + " in the harness's stderr log: %s", name, code, wall, matched, EXPECTED_LINES,
               env.equals("recycler") ? Integer.toString(onStderr) : "- (/dev/null)"));
         }
@@ -141,8 +143,8 @@ public final class LogLossComparison {
       int stderr = of.stream().mapToInt(JobLines::onStderr).sum();
       long lossy = of.stream().filter(r -> r.matched() < EXPECTED_LINES).count();
       allOk &= ok == of.size();
-      System.out.printf(Locale.ROOT, "%-9s jobs %d (succeeded %d)  Matched lines at the runner %d of %d, jobs short"
-          + " of lines there %d; lines kept in the harness's stderr log %s%n", env, of.size(), ok, lines,
+      System.out.printf(Locale.ROOT, "%-9s jobs %d (succeeded %d)  Matched lines in the TaskManager log %d of %d,"
+          + " jobs short of lines there %d; lines kept in the harness's stderr log %s%n", env, of.size(), ok, lines,
           EXPECTED_LINES * of.size(), lossy, env.equals("recycler") ? Integer.toString(stderr) : "- (/dev/null)");
     }
     System.out.println("logs: " + work);
