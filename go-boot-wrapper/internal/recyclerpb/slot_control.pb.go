@@ -1279,8 +1279,11 @@ type LeaseRecord struct {
 	// BOOT_FAILED, WRAPPER_LOST, SHUTDOWN; empty while running.
 	EndReason string `protobuf:"bytes,10,opt,name=end_reason,json=endReason,proto3" json:"end_reason,omitempty"`
 	// What the wrapper reported: its Outcome name, exit code or signal, message.
-	Outcome       string `protobuf:"bytes,11,opt,name=outcome,proto3" json:"outcome,omitempty"`
-	ExitCode      int32  `protobuf:"varint,12,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Outcome string `protobuf:"bytes,11,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// Only when the inner worker ran and exited (outcome EXITED_ON_INSTRUCTION or WORKER_EXITED): its exit code, or -1
+	// when a signal ended it. Absent when no worker process ran or none was reported (BOOT_FAILED, WRAPPER_LOST,
+	// NOT_SENT), so that a missing code is never read as a clean 0.
+	ExitCode      *int32 `protobuf:"varint,12,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
 	Signal        string `protobuf:"bytes,13,opt,name=signal,proto3" json:"signal,omitempty"`
 	Message       string `protobuf:"bytes,14,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1395,8 +1398,8 @@ func (x *LeaseRecord) GetOutcome() string {
 }
 
 func (x *LeaseRecord) GetExitCode() int32 {
-	if x != nil {
-		return x.ExitCode
+	if x != nil && x.ExitCode != nil {
+		return *x.ExitCode
 	}
 	return 0
 }
@@ -1507,7 +1510,7 @@ const file_recycler_v1_slot_control_proto_rawDesc = "" +
 	"\rleases_served\x18\v \x01(\x03R\fleasesServed\x125\n" +
 	"\x17state_since_unix_millis\x18\f \x01(\x03R\x14stateSinceUnixMillis\x12\x1d\n" +
 	"\n" +
-	"worker_pid\x18\r \x01(\x03R\tworkerPid\"\xd5\x03\n" +
+	"worker_pid\x18\r \x01(\x03R\tworkerPid\"\xe8\x03\n" +
 	"\vLeaseRecord\x12\x17\n" +
 	"\aslot_id\x18\x01 \x01(\tR\x06slotId\x12\x1e\n" +
 	"\n" +
@@ -1524,10 +1527,12 @@ const file_recycler_v1_slot_control_proto_rawDesc = "" +
 	"\n" +
 	"end_reason\x18\n" +
 	" \x01(\tR\tendReason\x12\x18\n" +
-	"\aoutcome\x18\v \x01(\tR\aoutcome\x12\x1b\n" +
-	"\texit_code\x18\f \x01(\x05R\bexitCode\x12\x16\n" +
+	"\aoutcome\x18\v \x01(\tR\aoutcome\x12 \n" +
+	"\texit_code\x18\f \x01(\x05H\x00R\bexitCode\x88\x01\x01\x12\x16\n" +
 	"\x06signal\x18\r \x01(\tR\x06signal\x12\x18\n" +
-	"\amessage\x18\x0e \x01(\tR\amessage*\xd6\x01\n" +
+	"\amessage\x18\x0e \x01(\tR\amessageB\f\n" +
+	"\n" +
+	"_exit_code*\xd6\x01\n" +
 	"\n" +
 	"ExitReason\x12\x1b\n" +
 	"\x17EXIT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
@@ -1634,6 +1639,7 @@ func file_recycler_v1_slot_control_proto_init() {
 		(*RecyclerMessage_Exit)(nil),
 		(*RecyclerMessage_Ping)(nil),
 	}
+	file_recycler_v1_slot_control_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -187,7 +187,7 @@ final class SlotsCommand {
     StringBuilder o = new StringBuilder(r.getOutcome());
     if (!r.getSignal().isEmpty()) {
       o.append(", ").append(r.getSignal());
-    } else if (r.getExitCode() != 0) {
+    } else if (r.hasExitCode() && r.getExitCode() != 0) {
       o.append(", exit ").append(r.getExitCode());
     }
     if (!r.getMessage().isEmpty()) {

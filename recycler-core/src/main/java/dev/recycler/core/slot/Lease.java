@@ -3,6 +3,7 @@ package dev.recycler.core.slot;
 import dev.recycler.core.auth.LeaseCredentials;
 import dev.recycler.proto.v1.LeaseEnded;
 import dev.recycler.proto.v1.LeaseRecord;
+import dev.recycler.proto.v1.Outcome;
 import dev.recycler.proto.v1.PreparedLease;
 import java.time.Duration;
 import java.time.Instant;
@@ -111,7 +112,8 @@ public final class Lease {
   private volatile Instant endedAt;
   private volatile EndReason endReason;
   private volatile String outcome = "";
-  private volatile int exitCode;
+  /** The worker's exit code as its wrapper reported it; null when no worker process ran or exited. */
+  private volatile Integer exitCode;
   private volatile String signal = "";
   private volatile String message = "";
   // Guarded by the pool lock.
@@ -350,7 +352,9 @@ public final class Lease {
   /** The wrapper's report of the lease's end. */
   void reported(LeaseEnded e) {
     outcome = e.getOutcome().name().replace("OUTCOME_", "");
-    exitCode = e.getExitCode();
+    boolean ran = e.getOutcome() == Outcome.OUTCOME_EXITED_ON_INSTRUCTION
+        || e.getOutcome() == Outcome.OUTCOME_WORKER_EXITED;
+    exitCode = ran ? e.getExitCode() : null;
     signal = e.getSignal();
     message = e.getMessage();
   }
@@ -404,8 +408,10 @@ public final class Lease {
     return outcome;
   }
 
-  int exitCode() {
-    return exitCode;
+  /** The worker's exit code, or "none" when no worker process ran (for logs). */
+  String exitCode() {
+    Integer c = exitCode;
+    return c == null ? "none" : c.toString();
   }
 
   /** The lease's row in the slot table's history; end fields only once ENDED. */
@@ -414,7 +420,11 @@ public final class Lease {
         .setRunnerWorkerId(runnerWorkerId()).setWorkerId(workerId).setJobName(jobName).setWorkerPid(workerPid)
         .setStartUnixMillis(requestedAt.toEpochMilli())
         .setReadyLatencyMillis(readyNanos < 0 ? -1 : (readyNanos - requestedNanos) / 1_000_000)
-        .setOutcome(outcome).setExitCode(exitCode).setSignal(signal).setMessage(message);
+        .setOutcome(outcome).setSignal(signal).setMessage(message);
+    Integer code = exitCode;
+    if (code != null) {
+      r.setExitCode(code);
+    }
     if (state == State.ENDED && endedAt != null) {
       r.setEndUnixMillis(endedAt.toEpochMilli()).setEndReason(endReason.name());
     }

@@ -430,6 +430,11 @@ class SlotPoolTest {
     assertThat(control.closes).containsExactly(EndReason.WRAPPER_LOST);
     assertThat(lease.state()).isEqualTo(Lease.State.ENDED);
     assertThat(state("slot-0")).isEqualTo(SlotState.DETACHED);
+    // No wrapper reported how the worker ended: the record says nothing of an exit code (never a clean 0).
+    assertThat(pool.slotTable(0).getLeases(0)).satisfies(r -> {
+      assertThat(r.getEndReason()).isEqualTo("WRAPPER_LOST");
+      assertThat(r.hasExitCode()).isFalse();
+    });
   }
 
   @Test
@@ -448,6 +453,10 @@ class SlotPoolTest {
     RecyclerException boot = failure(broken.ready());
     assertThat(boot.kind()).isEqualTo(Kind.WRONG_STATE);
     assertThat(boot).hasMessageContaining("(artifacts): no artifact has role go_worker_binary");
+    // The crashed worker's code is in its record; the boot failure ran no worker, so it has none.
+    assertThat(pool.slotTable(0).getLeasesList()).extracting(r -> r.getEndReason() + " " + (r.hasExitCode()
+        ? Integer.toString(r.getExitCode()) : "no exit code"))
+        .containsExactlyInAnyOrder("WORKER_EXITED 2", "BOOT_FAILED no exit code");
   }
 
   @Test

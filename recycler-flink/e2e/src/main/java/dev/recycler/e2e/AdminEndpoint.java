@@ -60,7 +60,8 @@ final class AdminEndpoint {
           l.path("workerPid").asLong(), l.path("startUnixMillis").asLong(),
           l.has("readyLatencyMillis") ? l.path("readyLatencyMillis").asLong() : 0,
           l.path("endUnixMillis").asLong(), l.path("endReason").asText(), l.path("outcome").asText(),
-          l.path("exitCode").asInt(), l.path("signal").asText(), l.path("message").asText()));
+          l.has("exitCode") ? Integer.valueOf(l.path("exitCode").asInt()) : null, l.path("signal").asText(),
+          l.path("message").asText()));
     }
     return new Table(List.copyOf(slots), List.copyOf(leases));
   }

@@ -13,10 +13,11 @@ import java.util.Locale;
  * @param endReason RUNNER_CLOSED, STOP_WORKER, CANCELLED, WORKER_LOST, WORKER_EXITED, BOOT_FAILED, ...; empty while
  *     the lease runs
  * @param outcome what the wrapper reported (OUTCOME_EXITED_ON_INSTRUCTION, OUTCOME_WORKER_EXITED, ...)
+ * @param exitCode the worker's exit code (-1: ended by a signal); null when no worker process ran or exited
  */
 public record LeaseRecord(String slot, long generation, String runnerWorkerId, String workerId, String jobName,
     long workerPid, long startMillis, long readyLatencyMillis, long endMillis, String endReason, String outcome,
-    int exitCode, String signal, String message) {
+    Integer exitCode, String signal, String message) {
 
   public boolean ended() {
     return endMillis > 0;
@@ -32,7 +33,7 @@ public record LeaseRecord(String slot, long generation, String runnerWorkerId, S
     StringBuilder detail = new StringBuilder(o);
     if (!signal.isEmpty()) {
       detail.append(detail.isEmpty() ? "" : ", ").append(signal);
-    } else if (!o.isEmpty()) {
+    } else if (!o.isEmpty() && exitCode != null) {
       detail.append(", exit ").append(exitCode);
     }
     if (!detail.isEmpty()) {
