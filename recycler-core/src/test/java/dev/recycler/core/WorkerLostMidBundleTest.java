@@ -168,6 +168,9 @@ class WorkerLostMidBundleTest {
     assertThat(runner.responses.get("1-1")).allSatisfy(r -> assertThat(r.getError()).contains("stopped reading"));
     assertThat(w.instructions).as("the stalled worker read nothing").isEmpty();
     await().atMost(AWAIT).until(() -> w.received(KindCase.EXIT).size() == 1);
+    // The record shows its end reason once the lease is ENDED: after the wrapper has reported the worker gone.
+    await().atMost(AWAIT).until(() -> !RecyclerAdminGrpc.newBlockingStub(channel)
+        .getSlotTable(GetSlotTableRequest.getDefaultInstance()).getLeases(0).getEndReason().isEmpty());
     assertThat(RecyclerAdminGrpc.newBlockingStub(channel).getSlotTable(GetSlotTableRequest.getDefaultInstance())
         .getLeases(0).getEndReason()).isEqualTo("WORKER_LOST");
   }
