@@ -273,6 +273,29 @@ public final class ArtifactCache {
     return digest != null && blobs.getIfPresent(digest) != null;
   }
 
+  /**
+   * Whether some content of exactly {@code size} bytes is cached, pinned or waiting in the directory to be verified: a
+   * staged file of that size is probably content already held (hash it only), one of any other size surely new (hash
+   * it while copying it in, one read).
+   */
+  public boolean holdsContentOfSize(long size) {
+    if (blobs.asMap().values().stream().anyMatch(b -> b.size() == size)) {
+      return true;
+    }
+    synchronized (pins) {
+      if (pins.values().stream().anyMatch(p -> p.blob.size() == size)) {
+        return true;
+      }
+    }
+    return persisted.values().stream().anyMatch(p -> {
+      try {
+        return Files.size(p) == size;
+      } catch (IOException e) {
+        return false;
+      }
+    });
+  }
+
   /** Bytes held (approximate: weights are kept in KiB). */
   public long sizeBytes() {
     return blobs.policy().eviction().map(e -> e.weightedSize().orElse(0L) * 1024).orElse(0L);

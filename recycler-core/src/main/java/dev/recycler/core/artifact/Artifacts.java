@@ -67,11 +67,15 @@ public final class Artifacts {
   /**
    * @param localDirectories directories whose staged files may be read in place (empty: stream everything from the
    *     runner)
+   * @param hashAtStaging watch {@code localDirectories} and hash files as they are staged, ahead of their leases
    */
-  public Artifacts(ArtifactCache cache, List<java.nio.file.Path> localDirectories, RunnerChannels channels,
-      RecyclerMetrics<?, ?> metrics, Duration callTimeout, Duration fetchTimeout) {
+  public Artifacts(ArtifactCache cache, List<java.nio.file.Path> localDirectories, boolean hashAtStaging,
+      RunnerChannels channels, RecyclerMetrics<?, ?> metrics, Duration callTimeout, Duration fetchTimeout) {
     this.cache = cache;
-    this.locals = new LocalArtifacts(localDirectories, cache);
+    this.locals = new LocalArtifacts(localDirectories, cache, metrics::localHashed);
+    if (hashAtStaging) {
+      locals.watchStaging();
+    }
     this.channels = channels;
     this.metrics = metrics;
     this.callTimeout = callTimeout;
@@ -85,7 +89,7 @@ public final class Artifacts {
   }
 
 
-  /** Stops the hashing threads. */
+  /** Stops the staging watcher and the hashing threads. */
   public void close() {
     locals.close();
   }
@@ -212,7 +216,8 @@ public final class Artifacts {
     }
     java.nio.file.Path local = locals.localPath(artifact);
     if (local != null) {
-      return locals.blob(local).exceptionallyCompose(failure -> {
+      return locals.blob(local, "slot=" + lease.slotId() + " generation=" + lease.generation())
+          .exceptionallyCompose(failure -> {
         LOG.warn("could not read artifact {} in place, streaming it from the runner slot={} generation={}: {}",
             describe(artifact), lease.slotId(), lease.generation(), RecyclerException.unwrap(failure).getMessage());
         return streamed(lease, artifact);
