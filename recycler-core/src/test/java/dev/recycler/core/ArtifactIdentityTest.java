@@ -97,17 +97,22 @@ class ArtifactIdentityTest {
     TestingRunner aAgain = runJob(file.toString(), v1, "job-a");
     Files.write(file, v2); // the same path now holds other content (rewritten in place)
     TestingRunner b = runJob(file.toString(), v2, "job-b");
+    byte[] v3 = v2.clone();
+    v3[150_000] ^= 1; // same size and ends as v2: the guess "cached" is wrong, the digest says so
+    Files.write(file, v3);
+    TestingRunner c = runJob(file.toString(), v3, "job-c");
 
-    assertThat(leaseDigests()).containsExactly(sha(v1), sha(v1), sha(v2));
-    assertThat(a.artifactDownloads.get() + aAgain.artifactDownloads.get() + b.artifactDownloads.get())
-        .as("no artifact byte crosses the runner's gRPC service").isZero();
-    assertThat(wrapper.downloads.get()).as("the wrapper fetched each content once").isEqualTo(2);
+    assertThat(leaseDigests()).containsExactly(sha(v1), sha(v1), sha(v2), sha(v3));
+    assertThat(a.artifactDownloads.get() + aAgain.artifactDownloads.get() + b.artifactDownloads.get()
+        + c.artifactDownloads.get()).as("no artifact byte crosses the runner's gRPC service").isZero();
+    assertThat(wrapper.downloads.get()).as("the wrapper fetched each content once").isEqualTo(3);
     System.gc(); // the meter must not lose its state object (Micrometer holds it weakly)
     assertThat(registry.get("recycler.artifact.local.read").functionCounter().count())
         .as("bytes read in place: v1 hashed while copied (no content of its size cached: one read), v1 again from"
-            + " the memo, v2 (the size of cached content) hashed, then copied as its digest is new")
-        .isEqualTo(3.0 * 300_000);
-    assertThat(hashes("LEASE")).isEqualTo(2.0);
+            + " the memo, v2 (the size of v1) probed at both ends, unlike v1, so hashed while copied (one read), v3"
+            + " probed, like v2 at both ends, so hashed, then copied as its digest is new (two reads)")
+        .isEqualTo(4.0 * 300_000 + 2 * 2 * 65_536);
+    assertThat(hashes("LEASE")).isEqualTo(3.0);
     assertThat(hashes("STAGING")).isZero();
   }
 

@@ -81,7 +81,7 @@ public final class RecyclerOptions {
           .booleanType()
           .defaultValue(true)
           .withDescription("With local-artifact-dirs set: watch those directories (inotify) and hash each file the"
-              + " job server stages there in the background, once it has been quiet for 200 ms, so that a new job's"
+              + " job server stages there in the background, once it has been quiet for 1 s, so that a new job's"
               + " first lease finds its binary's digest ready instead of hashing it on the lease's path. A file"
               + " changed after its hash is hashed again (or at lease time), never trusted stale. false: hash at"
               + " lease time only. No effect without local-artifact-dirs.");

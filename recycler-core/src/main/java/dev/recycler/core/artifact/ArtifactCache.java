@@ -273,27 +273,14 @@ public final class ArtifactCache {
     return digest != null && blobs.getIfPresent(digest) != null;
   }
 
-  /**
-   * Whether some content of exactly {@code size} bytes is cached, pinned or waiting in the directory to be verified: a
-   * staged file of that size is probably content already held (hash it only), one of any other size surely new (hash
-   * it while copying it in, one read).
-   */
-  public boolean holdsContentOfSize(long size) {
-    if (blobs.asMap().values().stream().anyMatch(b -> b.size() == size)) {
-      return true;
-    }
+  /** Cached or pinned content of exactly {@code size} bytes (candidates for a staged file of that size). */
+  List<Blob> contentOfSize(long size) {
+    List<Blob> out = new ArrayList<>();
+    blobs.asMap().values().stream().filter(b -> b.size() == size).forEach(out::add);
     synchronized (pins) {
-      if (pins.values().stream().anyMatch(p -> p.blob.size() == size)) {
-        return true;
-      }
+      pins.values().stream().map(p -> p.blob).filter(b -> b.size() == size && !out.contains(b)).forEach(out::add);
     }
-    return persisted.values().stream().anyMatch(p -> {
-      try {
-        return Files.size(p) == size;
-      } catch (IOException e) {
-        return false;
-      }
-    });
+    return out;
   }
 
   /** Bytes held (approximate: weights are kept in KiB). */

@@ -46,7 +46,8 @@ import org.slf4j.LoggerFactory;
  * <p>When: a {@link StagingWatcher} (option {@code hash-at-staging}) hashes each file as the job server stages it,
  * long before the job's first lease ({@link #hashAhead}); the lease then finds the digest in the memo (under the same
  * identity rule, so a file written after that hash is hashed again). Otherwise the lease hashes it ({@link #blob}),
- * in one read: new content (a size the cache holds no content of) is hashed while it is copied into the cache.
+ * in one read: content that is probably new (no cached content has its size and first and last 64 KiB) is hashed
+ * while it is copied into the cache.
  *
  * <p>Trust: the recycler reads, with its own privileges, only regular files whose real path (symbolic links resolved)
  * is under a configured directory; anything else is streamed from the runner as before. The runner (TaskManager) is
@@ -277,8 +278,8 @@ final class LocalArtifacts {
 
   /**
    * The file's content into the cache, in one read where it can: with a known digest (hashed at staging, content not
-   * cached) a verified copy; for a size no cached content has (new content) hashed while copied; otherwise (likely
-   * content the cache holds) hashed only, and copied after that only if the digest turns out new.
+   * cached) a verified copy; for content that is probably new ({@link #probablyCached}) hashed while copied;
+   * otherwise hashed only, and copied after that only if the digest turns out new (the guess was wrong).
    */
   private Blob read(Path file, FileIdentity id, String knownDigest, String lease) throws IOException {
     long started = System.nanoTime();
@@ -291,7 +292,7 @@ final class LocalArtifacts {
       how = "digest known from staging, copied";
     } else {
       hashedAt.accept(HashedAt.LEASE);
-      if (!cache.holdsContentOfSize(id.size())) {
+      if (!probablyCached(file, id.size())) {
         blob = copy(file, id, null);
         digest = blob.sha256();
         how = "new content: hashed while copied";
@@ -310,6 +311,51 @@ final class LocalArtifacts {
         id.size(), lease, id.modified().toMillis(), knownDigest != null, (System.nanoTime() - started) / 1_000_000,
         how);
     return blob;
+  }
+
+  /** Bytes compared at each end of a staged file to guess whether the cache holds its content. */
+  static final int PROBE_BYTES = 64 << 10;
+
+  /**
+   * A guess, to choose between one read and two (correctness never rests on it): whether cached content of the
+   * file's size has the same first and last {@link #PROBE_BYTES} (a rebuilt Go binary differs near its start, in
+   * its build ID; a different one mostly in its size). Yes: hash only, the common case of a new job whose binary
+   * a slot holds. No: new content, hashed while copied.
+   */
+  private boolean probablyCached(Path file, long size) throws IOException {
+    List<Blob> candidates = cache.contentOfSize(size);
+    if (candidates.isEmpty()) {
+      return false;
+    }
+    int n = (int) Math.min(PROBE_BYTES, size);
+    byte[] head = new byte[n];
+    byte[] tail = new byte[n];
+    try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+      readFully(ch, ByteBuffer.wrap(head), 0);
+      readFully(ch, ByteBuffer.wrap(tail), size - n);
+    }
+    bytesRead.addAndGet(2L * n);
+    for (Blob b : candidates) {
+      try (java.io.InputStream in = b.open()) {
+        byte[] h = in.readNBytes(n);
+        in.skipNBytes(size - 2L * n < 0 ? 0 : size - 2L * n);
+        byte[] t = size >= 2L * n ? in.readNBytes(n) : tail; // overlapping ends: the head covers both
+        if (java.util.Arrays.equals(h, head) && java.util.Arrays.equals(t, tail)) {
+          return true;
+        }
+      } catch (IOException e) {
+        // evicted meanwhile: not a candidate
+      }
+    }
+    return false;
+  }
+
+  private static void readFully(FileChannel ch, ByteBuffer bb, long position) throws IOException {
+    while (bb.hasRemaining()) {
+      if (ch.read(bb, position + bb.position()) < 0) {
+        throw new IOException("staged file shrank while it was read");
+      }
+    }
   }
 
   private String hash(Path file, FileIdentity id) throws IOException {

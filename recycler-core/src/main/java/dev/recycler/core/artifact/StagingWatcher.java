@@ -46,8 +46,12 @@ import org.slf4j.LoggerFactory;
  */
 final class StagingWatcher implements AutoCloseable {
   private static final Logger LOG = LoggerFactory.getLogger(StagingWatcher.class);
-  /** A file is hashed once no event touched it and its modification time is older than this. */
-  static final Duration QUIET = Duration.ofMillis(200);
+  /**
+   * A file is hashed once no event touched it and its modification time is older than this. 200 ms was too short:
+   * in an e2e run under load (load average 15-20) Beam's job server paused longer mid-write and 39 MB were read for a
+   * hash that the next write voided. A job's first StartWorker comes 6-34 s after its staging there (measured).
+   */
+  static final Duration QUIET = Duration.ofSeconds(1);
   static final int MAX_PENDING = 1024;
   static final int MAX_DIRECTORIES = 10_000;
   private static final long ROOT_RECHECK_MILLIS = 1000;

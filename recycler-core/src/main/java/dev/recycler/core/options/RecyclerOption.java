@@ -44,7 +44,7 @@ public enum RecyclerOption {
           + " every artifact is streamed."),
   HASH_AT_STAGING("hash-at-staging", Type.BOOLEAN, "true", Scope.SHARED,
       "With `local-artifact-dirs` set: watch those directories (inotify) and hash each file the job server stages"
-          + " there in the background, once it has been quiet (size and modification time unchanged) for 200 ms, so"
+          + " there in the background, once it has been quiet (size and modification time unchanged) for 1 s, so"
           + " that a new job's first lease finds its binary's digest ready instead of hashing it on the lease's path."
           + " One thread; a file changed after its hash is hashed again (or at lease time), never trusted stale."
           + " `false`: hash at lease time only. No effect without `local-artifact-dirs`."),
