@@ -75,7 +75,7 @@ class LeaseBenchmarkSmokeIT {
     LeaseBenchmark.Config config = new LeaseBenchmark.Config(tmp.resolve("paired"), jar,
         binary("recycler.wrapper.binary"), List.of(binary("recycler.worker.binary")),
         binary("recycler.beam.boot.binary"), 3, 1, 1, 0, 0, 10, Set.of("paired-new-job"),
-        List.of(LeaseBenchmark.RECYCLER_JVM.split(" ")), 4096, List.of(0L, 300L));
+        List.of(LeaseBenchmark.RECYCLER_JVM.split(" ")), 4096, List.of(0L, 1500L));
 
     LeaseBenchmark.Results results = LeaseBenchmark.run(config);
     System.out.println(Report.markdown(results));
@@ -87,7 +87,7 @@ class LeaseBenchmarkSmokeIT {
         "recycler / paired cold, in place (alternating)", "beam-pool / paired new job (alternating)");
     assertThat(results.runs()).extracting(r -> r.subject() + " / " + r.run())
         .containsExactlyElementsOf(java.util.stream.Stream.concat(arms.stream(), arms.stream()).toList());
-    assertThat(results.runs().get(6).binary()).endsWith("gap 300 ms");
+    assertThat(results.runs().get(6).binary()).endsWith("gap 1500 ms");
     assertEveryLeaseAnswered(results, 3);
     long size = java.nio.file.Files.size(config.workerBinary());
     for (int g = 0; g < 12; g += 6) {
