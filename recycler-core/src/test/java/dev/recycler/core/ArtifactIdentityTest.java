@@ -86,7 +86,7 @@ class ArtifactIdentityTest {
 
   @Test
   void aStagedFileReadInPlaceIsIdentifiedByItsContentWithoutTheRunner() throws Exception {
-    start(List.of(staging));
+    start(List.of(staging), false); // lease-time hashing only: what the byte count below describes
     Path file = staging.resolve("job-a/worker");
     Files.createDirectories(file.getParent());
     byte[] v1 = bytes(300_000, 1);
@@ -97,15 +97,23 @@ class ArtifactIdentityTest {
     TestingRunner aAgain = runJob(file.toString(), v1, "job-a");
     Files.write(file, v2); // the same path now holds other content (rewritten in place)
     TestingRunner b = runJob(file.toString(), v2, "job-b");
+    byte[] v3 = v2.clone();
+    v3[150_000] ^= 1; // same size and ends as v2: the guess "cached" is wrong, the digest says so
+    Files.write(file, v3);
+    TestingRunner c = runJob(file.toString(), v3, "job-c");
 
-    assertThat(leaseDigests()).containsExactly(sha(v1), sha(v1), sha(v2));
-    assertThat(a.artifactDownloads.get() + aAgain.artifactDownloads.get() + b.artifactDownloads.get())
-        .as("no artifact byte crosses the runner's gRPC service").isZero();
-    assertThat(wrapper.downloads.get()).as("the wrapper fetched each content once").isEqualTo(2);
+    assertThat(leaseDigests()).containsExactly(sha(v1), sha(v1), sha(v2), sha(v3));
+    assertThat(a.artifactDownloads.get() + aAgain.artifactDownloads.get() + b.artifactDownloads.get()
+        + c.artifactDownloads.get()).as("no artifact byte crosses the runner's gRPC service").isZero();
+    assertThat(wrapper.downloads.get()).as("the wrapper fetched each content once").isEqualTo(3);
     System.gc(); // the meter must not lose its state object (Micrometer holds it weakly)
     assertThat(registry.get("recycler.artifact.local.read").functionCounter().count())
-        .as("bytes read in place: v1 hashed and copied, v1 again from the memo, v2 hashed and copied")
-        .isEqualTo(4.0 * 300_000);
+        .as("bytes read in place: v1 hashed while copied (no content of its size cached: one read), v1 again from"
+            + " the memo, v2 (the size of v1) probed at both ends, unlike v1, so hashed while copied (one read), v3"
+            + " probed, like v2 at both ends, so hashed, then copied as its digest is new (two reads)")
+        .isEqualTo(4.0 * 300_000 + 2 * 2 * 65_536);
+    assertThat(hashes("LEASE")).isEqualTo(3.0);
+    assertThat(hashes("STAGING")).isZero();
   }
 
   @Test
@@ -142,9 +150,102 @@ class ArtifactIdentityTest {
     assertThat(leaseDigests()).containsOnly(sha(binary));
   }
 
+  @Test
+  void aFileHashedWhenStagedIsAMemoHitAtLeaseTimeWithNoSecondRead() throws Exception {
+    start(List.of(staging));
+    byte[] binary = bytes(400_000, 6);
+    Path first = stage("job-1/worker", binary);
+    await().atMost(AWAIT).until(() -> hashes("STAGING") == 1.0);
+    TestingRunner r1 = runJob(first.toString(), binary, "job-1");
+    // The first job's content was new: the lease copied it into the cache (one read, verified against the digest).
+    double afterFirst = localRead();
+    assertThat(afterFirst).isEqualTo(2.0 * 400_000);
+
+    Path second = stage("job-2/worker", binary); // a new job: a fresh copy under a new path, a new inode
+    await().atMost(AWAIT).until(() -> hashes("STAGING") == 2.0);
+    double beforeLease = localRead();
+    TestingRunner r2 = runJob(second.toString(), binary, "job-2");
+
+    assertThat(localRead()).as("the lease read nothing: the digest was ready, the content cached")
+        .isEqualTo(beforeLease).isEqualTo(afterFirst + 400_000);
+    assertThat(hashes("LEASE")).as("no hash on a lease's path").isZero();
+    assertThat(leaseDigests()).containsExactly(sha(binary), sha(binary));
+    assertThat(r1.artifactDownloads.get() + r2.artifactDownloads.get()).isZero();
+  }
+
+  @Test
+  void aFileRewrittenAfterItsStagingHashIsHashedAgainNeverTrustedStale() throws Exception {
+    start(List.of(staging));
+    byte[] v1 = bytes(300_000, 7);
+    byte[] v2 = bytes(300_000, 8);
+    byte[] v3 = bytes(300_000, 9);
+    Path file = stage("job-x/worker", v1);
+    await().atMost(AWAIT).until(() -> hashes("STAGING") == 1.0);
+
+    // Rewritten in place and leased at once, before the watcher could see it quiet: the lease must not take v1's
+    // digest from the memo (the file's identity changed), whoever hashes v2.
+    Files.write(file, v2);
+    runJob(file.toString(), v2, "job-x");
+    // Rewritten again and left alone: the watcher hashes the new content too.
+    double before = hashes("STAGING");
+    Files.write(file, v3);
+    await().atMost(AWAIT).until(() -> hashes("STAGING") > before);
+    runJob(file.toString(), v3, "job-y");
+
+    assertThat(leaseDigests()).containsExactly(sha(v2), sha(v3));
+  }
+
+  @Test
+  void aFileInADirectoryCreatedAfterTheWatchStartedIsHashedAhead() throws Exception {
+    start(List.of(staging));
+    byte[] binary = bytes(200_000, 10);
+    // Beam's job server creates a directory per job (and below it more) when the job is submitted.
+    Path file = stage("session-1/job-7/artifacts/worker", binary);
+    await().atMost(AWAIT).until(() -> hashes("STAGING") == 1.0);
+    runJob(file.toString(), binary, "job-7");
+    assertThat(hashes("LEASE")).isZero();
+    assertThat(leaseDigests()).containsExactly(sha(binary));
+  }
+
+  @Test
+  void theStagingWatcherStopsWithTheRecyclerLeavingNoThread() throws Exception {
+    long jdkWatchersBefore = threads("FileSystemWatcher");
+    start(List.of(staging));
+    await().atMost(AWAIT).until(() -> threads("recycler-staging-") == 2);
+    recycler.close();
+    recycler = null;
+    assertThat(threads("recycler-staging-")).as("watch and hash threads joined").isZero();
+    await().atMost(AWAIT).until(() -> threads("FileSystemWatcher") <= jdkWatchersBefore);
+  }
+
+  private static long threads(String namePrefix) {
+    return Thread.getAllStackTraces().keySet().stream()
+        .filter(t -> t.isAlive() && t.getName().startsWith(namePrefix)).count();
+  }
+
+  private Path stage(String relative, byte[] content) throws Exception {
+    Path file = staging.resolve(relative);
+    Files.createDirectories(file.getParent());
+    Files.write(file, content);
+    return file;
+  }
+
+  private double hashes(String when) {
+    return registry.get("recycler.artifact.local.hashes").tag("when", when).counter().count();
+  }
+
+  private double localRead() {
+    return registry.get("recycler.artifact.local.read").functionCounter().count();
+  }
+
   private void start(List<Path> localDirs) throws Exception {
+    start(localDirs, true);
+  }
+
+  private void start(List<Path> localDirs, boolean hashAtStaging) throws Exception {
     recycler = Recycler.start(RecyclerConfig.builder().slots(1, "slot-").port(0).cacheDirectory(cacheDir)
-        .memoryBlobMaxBytes(100_000).localArtifactDirectories(localDirs).leaseWaitTimeout(Duration.ofSeconds(5))
+        .memoryBlobMaxBytes(100_000).localArtifactDirectories(localDirs).hashAtStaging(hashAtStaging)
+        .leaseWaitTimeout(Duration.ofSeconds(5))
         .readyTimeout(Duration.ofSeconds(10)).attachProbeTimeout(Duration.ofMillis(500))
         .shutdownTimeout(Duration.ofSeconds(5)).build(), registry, TestingRunner::channel);
     channel = NettyChannelBuilder.forTarget(recycler.endpoint()).usePlaintext().build();

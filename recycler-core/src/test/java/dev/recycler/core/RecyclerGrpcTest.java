@@ -243,6 +243,13 @@ class RecyclerGrpcTest {
     pool().startWorker(jobB.startRequest("1-1"));
     assertThat(jobB.artifactDownloads.get()).isEqualTo(1);
     assertThat(w0.downloads.get() + w1.downloads.get()).isEqualTo(2);
+    assertThat(jobB.resolveCalls.get()).as("a new job asks its runner to resolve its artifacts").isEqualTo(1);
+
+    // A later environment of job A (a warm lease): the job's resolution is reused, no ResolveArtifacts round trip.
+    int resolvedA = jobA.resolveCalls.get();
+    pool().startWorker(jobA.startRequest("1-3"));
+    assertThat(jobA.resolveCalls.get()).isEqualTo(resolvedA);
+    assertThat(jobA.artifactDownloads.get()).isEqualTo(1);
   }
 
   @Test

@@ -60,6 +60,7 @@ final class FlinkRecyclerConfig {
     read(params, RecyclerOptions.LOCAL_ARTIFACT_DIRS).ifPresent(dirs -> apply(RecyclerOptions.LOCAL_ARTIFACT_DIRS,
         dirs, d -> b.localArtifactDirectories(d.stream().map(String::trim).filter(x -> !x.isEmpty()).map(Path::of)
             .toList())));
+    apply(RecyclerOptions.HASH_AT_STAGING, get(params, RecyclerOptions.HASH_AT_STAGING), b::hashAtStaging);
     apply(RecyclerOptions.CACHE_MAX_SIZE, get(params, RecyclerOptions.CACHE_MAX_SIZE).getBytes(), b::cacheMaxBytes);
     apply(RecyclerOptions.MEMORY_BLOB_MAX_SIZE, get(params, RecyclerOptions.MEMORY_BLOB_MAX_SIZE).getBytes(),
         b::memoryBlobMaxBytes);

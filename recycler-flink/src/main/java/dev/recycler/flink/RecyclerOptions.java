@@ -76,6 +76,16 @@ public final class RecyclerOptions {
               + " by hashing it from disk instead of streaming it through the runner's gRPC service and the"
               + " TaskManager heap. Unset: every artifact is streamed.");
 
+  public static final ConfigOption<Boolean> HASH_AT_STAGING =
+      ConfigOptions.key("hash-at-staging")
+          .booleanType()
+          .defaultValue(true)
+          .withDescription("With local-artifact-dirs set: watch those directories (inotify) and hash each file the"
+              + " job server stages there in the background, once it has been quiet for 1 s, so that a new job's"
+              + " first lease finds its binary's digest ready instead of hashing it on the lease's path. A file"
+              + " changed after its hash is hashed again (or at lease time), never trusted stale. false: hash at"
+              + " lease time only. No effect without local-artifact-dirs.");
+
   public static final ConfigOption<Duration> WORKER_STALL_TIMEOUT =
       ConfigOptions.key("worker-stall-timeout")
           .durationType()

@@ -55,6 +55,7 @@ class OptionTableAgreementTest {
         case DURATION -> TimeUtils.parseDuration(o.defaultValue());
         case SIZE -> MemorySize.parse(o.defaultValue());
         case INT -> Integer.valueOf(o.defaultValue());
+        case BOOLEAN -> Boolean.valueOf(o.defaultValue());
         default -> o.defaultValue();
       };
       assertThat(tableDefault).as("default of %s: table '%s' vs Flink", o.key(), o.defaultValue())
@@ -64,7 +65,7 @@ class OptionTableAgreementTest {
       if (flinkDefault instanceof MemorySize size) {
         assertThat(coreParsed).isEqualTo(size.getBytes());
       } else if (flinkDefault instanceof Duration || flinkDefault instanceof Integer
-          || flinkDefault instanceof String) {
+          || flinkDefault instanceof String || flinkDefault instanceof Boolean) {
         assertThat(coreParsed).isEqualTo(flinkDefault);
       }
     }

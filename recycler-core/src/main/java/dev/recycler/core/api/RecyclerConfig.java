@@ -34,6 +34,7 @@ public final class RecyclerConfig {
   private final long cacheMaxBytes;
   private final long memoryBlobMaxBytes;
   private final List<Path> localArtifactDirectories;
+  private final boolean hashAtStaging;
   private final Duration workerStallTimeout;
   private final Duration leaseWaitTimeout;
   private final Duration readyTimeout;
@@ -59,6 +60,7 @@ public final class RecyclerConfig {
     this.cacheMaxBytes = b.cacheMaxBytes;
     this.memoryBlobMaxBytes = b.memoryBlobMaxBytes;
     this.localArtifactDirectories = List.copyOf(b.localArtifactDirectories);
+    this.hashAtStaging = b.hashAtStaging;
     this.workerStallTimeout = b.workerStallTimeout;
     this.leaseWaitTimeout = b.leaseWaitTimeout;
     this.readyTimeout = b.readyTimeout;
@@ -121,6 +123,14 @@ public final class RecyclerConfig {
    */
   public List<Path> localArtifactDirectories() {
     return localArtifactDirectories;
+  }
+
+  /**
+   * Whether files staged under {@link #localArtifactDirectories()} are hashed in the background as they appear
+   * (default true), so that a job's first lease finds the digest ready; without local directories it has no effect.
+   */
+  public boolean hashAtStaging() {
+    return hashAtStaging;
   }
 
   /**
@@ -211,7 +221,7 @@ public final class RecyclerConfig {
   public String toString() {
     return "RecyclerConfig{slots=" + slotIds + ", bind=" + bindHost + ":" + port + ", advertise=" + advertiseHost
         + ", cacheDirectory=" + cacheDirectory + ", cacheMaxBytes=" + cacheMaxBytes
-        + ", localArtifactDirectories=" + localArtifactDirectories
+        + ", localArtifactDirectories=" + localArtifactDirectories + ", hashAtStaging=" + hashAtStaging
         + ", leaseWaitTimeout=" + leaseWaitTimeout + ", readyTimeout=" + readyTimeout
         + ", drainTimeout=" + drainTimeout + ", adminPort=" + adminPort + ", attachSecretFile=" + attachSecretFile
         + ", maxInboundMessageBytes=" + maxInboundMessageBytes + ", maxWaitingStarts=" + maxWaitingStarts + "}";
@@ -227,6 +237,7 @@ public final class RecyclerConfig {
     private long cacheMaxBytes = 2L << 30;
     private long memoryBlobMaxBytes = 8L << 20;
     private final List<Path> localArtifactDirectories = new ArrayList<>();
+    private boolean hashAtStaging = true;
     private Duration workerStallTimeout = Duration.ofSeconds(60);
     private Duration leaseWaitTimeout = Duration.ofSeconds(60);
     private Duration readyTimeout = Duration.ofSeconds(120);
@@ -331,6 +342,12 @@ public final class RecyclerConfig {
       }
       localArtifactDirectories.clear();
       localArtifactDirectories.addAll(dirs);
+      return this;
+    }
+
+    /** Whether staged files under the local directories are hashed in the background as they appear. */
+    public Builder hashAtStaging(boolean on) {
+      this.hashAtStaging = on;
       return this;
     }
 

@@ -273,6 +273,16 @@ public final class ArtifactCache {
     return digest != null && blobs.getIfPresent(digest) != null;
   }
 
+  /** Cached or pinned content of exactly {@code size} bytes (candidates for a staged file of that size). */
+  List<Blob> contentOfSize(long size) {
+    List<Blob> out = new ArrayList<>();
+    blobs.asMap().values().stream().filter(b -> b.size() == size).forEach(out::add);
+    synchronized (pins) {
+      pins.values().stream().map(p -> p.blob).filter(b -> b.size() == size && !out.contains(b)).forEach(out::add);
+    }
+    return out;
+  }
+
   /** Bytes held (approximate: weights are kept in KiB). */
   public long sizeBytes() {
     return blobs.policy().eviction().map(e -> e.weightedSize().orElse(0L) * 1024).orElse(0L);

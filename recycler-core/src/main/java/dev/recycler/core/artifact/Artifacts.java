@@ -65,13 +65,28 @@ public final class Artifacts {
   private record Resolution(List<ArtifactInformation> request, CompletableFuture<List<ArtifactInformation>> result) {}
 
   /**
+   * Per job: the runner's answer to ResolveArtifacts for one dependency list. A job's staged artifacts and their
+   * resolution do not change while it runs, so a later environment of the same job (a warm lease) skips that round
+   * trip. Keyed by the job's scope ({@link Lease#artifactScope()}, its retrieval token), never shared across jobs;
+   * what the resolved paths hold is still established per lease (the in-place memo checks each file's identity).
+   */
+  private final com.github.benmanes.caffeine.cache.Cache<ResolvedKey, List<ArtifactInformation>> resolvedByJob =
+      com.github.benmanes.caffeine.cache.Caffeine.newBuilder().maximumSize(1000).build();
+
+  private record ResolvedKey(String scope, List<ArtifactInformation> request) {}
+
+  /**
    * @param localDirectories directories whose staged files may be read in place (empty: stream everything from the
    *     runner)
+   * @param hashAtStaging watch {@code localDirectories} and hash files as they are staged, ahead of their leases
    */
-  public Artifacts(ArtifactCache cache, List<java.nio.file.Path> localDirectories, RunnerChannels channels,
-      RecyclerMetrics<?, ?> metrics, Duration callTimeout, Duration fetchTimeout) {
+  public Artifacts(ArtifactCache cache, List<java.nio.file.Path> localDirectories, boolean hashAtStaging,
+      RunnerChannels channels, RecyclerMetrics<?, ?> metrics, Duration callTimeout, Duration fetchTimeout) {
     this.cache = cache;
-    this.locals = new LocalArtifacts(localDirectories, cache);
+    this.locals = new LocalArtifacts(localDirectories, cache, metrics::localHashed);
+    if (hashAtStaging) {
+      locals.watchStaging();
+    }
     this.channels = channels;
     this.metrics = metrics;
     this.callTimeout = callTimeout;
@@ -85,7 +100,7 @@ public final class Artifacts {
   }
 
 
-  /** Stops the hashing threads. */
+  /** Stops the staging watcher and the hashing threads. */
   public void close() {
     locals.close();
   }
@@ -186,7 +201,14 @@ public final class Artifacts {
     if (artifacts.stream().allMatch(a -> !digestOf(a).isEmpty() && cache.blob(digestOf(a)) != null)) {
       return CompletableFuture.completedFuture(artifacts);
     }
-    return UnaryCalls.<ResolveArtifactsResponse, List<ArtifactInformation>>call(observer -> Detached.run(() ->
+    String scope = lease.artifactScope();
+    ResolvedKey key = scope.startsWith("job:") ? new ResolvedKey(scope, List.copyOf(artifacts)) : null;
+    List<ArtifactInformation> known = key == null ? null : resolvedByJob.getIfPresent(key);
+    if (known != null) {
+      return CompletableFuture.completedFuture(known);
+    }
+    CompletableFuture<List<ArtifactInformation>> result = UnaryCalls.<ResolveArtifactsResponse,
+        List<ArtifactInformation>>call(observer -> Detached.run(() ->
         stub(lease).withDeadlineAfter(callTimeout.toMillis(), TimeUnit.MILLISECONDS).resolveArtifacts(
             ResolveArtifactsRequest.newBuilder().addAllArtifacts(artifacts).build(), observer)), (r, failure) -> {
               if (failure == null) {
@@ -199,6 +221,10 @@ public final class Artifacts {
               throw new RecyclerException(RecyclerException.Kind.UNAVAILABLE,
                   "the runner's ResolveArtifacts failed: " + s.getCode() + " " + s.getDescription());
             });
+    if (key != null) {
+      result.thenAccept(resolved -> resolvedByJob.put(key, List.copyOf(resolved)));
+    }
+    return result;
   }
 
   /** The artifact's blob, pinned for the caller (who hands the pin to {@link #admit}). */
@@ -212,7 +238,8 @@ public final class Artifacts {
     }
     java.nio.file.Path local = locals.localPath(artifact);
     if (local != null) {
-      return locals.blob(local).exceptionallyCompose(failure -> {
+      return locals.blob(local, "slot=" + lease.slotId() + " generation=" + lease.generation())
+          .exceptionallyCompose(failure -> {
         LOG.warn("could not read artifact {} in place, streaming it from the runner slot={} generation={}: {}",
             describe(artifact), lease.slotId(), lease.generation(), RecyclerException.unwrap(failure).getMessage());
         return streamed(lease, artifact);

@@ -3,6 +3,7 @@ package dev.recycler.core.artifact;
 import com.github.benmanes.caffeine.cache.Cache;
 import com.github.benmanes.caffeine.cache.Caffeine;
 import com.google.protobuf.InvalidProtocolBufferException;
+import dev.recycler.core.metrics.RecyclerMetrics.HashedAt;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
@@ -22,7 +23,9 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.Consumer;
 import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactFilePayload;
 import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactInformation;
 import org.slf4j.Logger;
@@ -39,6 +42,12 @@ import org.slf4j.LoggerFactory;
  * spares a second environment of the same job a second hash is keyed by the file's path <i>and</i> its device, inode,
  * size, modification and change times, so a file replaced or rewritten at the same path is hashed again. A file that
  * changes while it is read is not used (the caller falls back to streaming).
+ *
+ * <p>When: a {@link StagingWatcher} (option {@code hash-at-staging}) hashes each file as the job server stages it,
+ * long before the job's first lease ({@link #hashAhead}); the lease then finds the digest in the memo (under the same
+ * identity rule, so a file written after that hash is hashed again). Otherwise the lease hashes it ({@link #blob}),
+ * in one read: content that is probably new (no cached content has its size and first and last 64 KiB) is hashed
+ * while it is copied into the cache.
  *
  * <p>Trust: the recycler reads, with its own privileges, only regular files whose real path (symbolic links resolved)
  * is under a configured directory; anything else is streamed from the runner as before. The runner (TaskManager) is
@@ -59,15 +68,29 @@ final class LocalArtifacts {
   private final List<Path> roots;
   private final ArtifactCache cache;
   private final ExecutorService hashing;
-  private final Cache<FileIdentity, String> memo = Caffeine.newBuilder().maximumSize(10_000).build();
+  private final Cache<FileIdentity, Known> memo = Caffeine.newBuilder().maximumSize(10_000).build();
+  /** Lease-time reads in progress (hash, copy), shared by concurrent leases of one file identity. */
   private final Map<FileIdentity, CompletableFuture<Blob>> inflight = new ConcurrentHashMap<>();
+  /** Staging-time hashes in progress: a lease for the same identity waits for it instead of reading again. */
+  private final Map<FileIdentity, CompletableFuture<String>> ahead = new ConcurrentHashMap<>();
+  private final Consumer<HashedAt> hashedAt;
+  private volatile StagingWatcher watcher;
   private final ThreadLocal<byte[]> buffers = ThreadLocal.withInitial(() -> new byte[BUFFER_BYTES]);
   private final AtomicLong bytesRead = new AtomicLong();
 
   /** What must stay the same for a path to keep naming the content hashed from it. */
   record FileIdentity(Path path, Object fileKey, long size, FileTime modified, Object changed) {}
 
-  LocalArtifacts(List<Path> directories, ArtifactCache cache) {
+  /** A memo entry: the digest of one file identity, whether it was hashed at staging, when, and if a lease used it. */
+  private record Known(String digest, boolean ahead, long hashedAtMillis, AtomicBoolean firstUse) {
+    Known(String digest, boolean ahead, long hashedAtMillis) {
+      this(digest, ahead, hashedAtMillis, new AtomicBoolean());
+    }
+  }
+
+  /** @param hashedAt told of each hash, staging-time or lease-time (the metric) */
+  LocalArtifacts(List<Path> directories, ArtifactCache cache, Consumer<HashedAt> hashedAt) {
+    this.hashedAt = hashedAt;
     List<Path> real = new ArrayList<>();
     for (Path d : directories) {
       try {
@@ -107,6 +130,11 @@ final class LocalArtifacts {
     return !roots.isEmpty();
   }
 
+  /** The configured directories, real paths where they exist. */
+  List<Path> roots() {
+    return roots;
+  }
+
   /** Bytes read from local files so far (hashing and copying); the live counter, for the metric. */
   AtomicLong bytesReadCounter() {
     return bytesRead;
@@ -130,11 +158,16 @@ final class LocalArtifacts {
       return null;
     }
     Path p = Path.of(name);
-    if (!p.isAbsolute()) {
-      return null;
-    }
+    return p.isAbsolute() ? underRoots(p) : null;
+  }
+
+  /**
+   * The real path of {@code candidate} if this may read it in place: a readable regular file (links resolved, the
+   * resolved path a regular file too) under a configured directory. Else null.
+   */
+  Path underRoots(Path candidate) {
     try {
-      Path real = p.toRealPath();
+      Path real = candidate.toRealPath();
       for (Path root : roots) {
         if (real.startsWith(root) && !real.equals(root) && Files.isRegularFile(real, LinkOption.NOFOLLOW_LINKS)
             && Files.isReadable(real)) {
@@ -148,22 +181,78 @@ final class LocalArtifacts {
   }
 
   /**
-   * The content of {@code file} (a path from {@link #localPath}) as a cached blob, pinned for the caller (release with
-   * {@link ArtifactCache#unpin}). Fails if the file cannot be read or changes while it is read.
+   * Hashes {@code candidate} now, on the calling thread (the {@link StagingWatcher}'s), unless its current identity is
+   * known or being hashed: fills the memo a later lease reads. A file that changes while it is read is not recorded.
+   *
+   * @return whether this call hashed the file
+   * @throws IOException if it cannot be read or changed while it was read
    */
-  CompletableFuture<Blob> blob(Path file) {
+  boolean hashAhead(Path candidate) throws IOException {
+    Path file = underRoots(candidate);
+    if (file == null) {
+      return false;
+    }
+    FileIdentity id = identity(file);
+    if (memo.getIfPresent(id) != null || inflight.containsKey(id)) {
+      return false;
+    }
+    CompletableFuture<String> mine = new CompletableFuture<>();
+    if (ahead.putIfAbsent(id, mine) != null) {
+      return false;
+    }
+    try {
+      long started = System.nanoTime();
+      String digest = hash(file, id);
+      memo.put(id, new Known(digest, true, System.currentTimeMillis()));
+      hashedAt.accept(HashedAt.STAGING);
+      LOG.info("staged file hashed ahead of its lease sha256={} bytes={} ms={}", digest, id.size(),
+          (System.nanoTime() - started) / 1_000_000);
+      // Removed before completing: a lease that joined re-reads the memo, never this entry again.
+      ahead.remove(id, mine);
+      mine.complete(digest);
+      return true;
+    } catch (IOException | RuntimeException e) {
+      ahead.remove(id, mine);
+      mine.completeExceptionally(e);
+      throw e;
+    }
+  }
+
+  /**
+   * The content of {@code file} (a path from {@link #localPath}) as a cached blob, pinned for the caller (release with
+   * {@link ArtifactCache#unpin}). Fails if the file cannot be read or changes while it is read. {@code lease} names
+   * the lease in the log line that says whether the digest was ready ({@code digest_ready}) and when the file was
+   * staged ({@code staged_at}, its modification time in epoch ms).
+   */
+  CompletableFuture<Blob> blob(Path file, String lease) {
     FileIdentity id;
     try {
       id = identity(file);
     } catch (IOException e) {
       return CompletableFuture.failedFuture(e);
     }
-    String known = memo.getIfPresent(id);
+    Known known = memo.getIfPresent(id);
     if (known != null) {
-      Blob b = cache.pinned(known);
+      if (known.ahead() && known.firstUse().compareAndSet(false, true)) {
+        LOG.info("artifact identified in place sha256={} bytes={} {} staged_at={} digest_ready=true (hashed at"
+            + " staging {} ms before this lease)", known.digest(), id.size(), lease, id.modified().toMillis(),
+            System.currentTimeMillis() - known.hashedAtMillis());
+      }
+      Blob b = cache.pinned(known.digest());
       if (b != null) {
         return CompletableFuture.completedFuture(b);
       }
+    }
+    CompletableFuture<String> staging = ahead.get(id);
+    if (known == null && staging != null) {
+      long joined = System.nanoTime();
+      // The staging-time hash of this very file is under way: wait for it rather than read the file a second time.
+      return staging.handle((digest, failure) -> {
+        LOG.info("artifact in place: lease joined the staging-time hash {} staged_at={} digest_ready=false waited_ms={}"
+            + "{}", lease, id.modified().toMillis(), (System.nanoTime() - joined) / 1_000_000,
+            failure == null ? "" : " (it failed; hashing again)");
+        return (Void) null;
+      }).thenCompose(v -> blob(file, lease));
     }
     CompletableFuture<Blob> shared = new CompletableFuture<>();
     CompletableFuture<Blob> existing = inflight.putIfAbsent(id, shared);
@@ -171,12 +260,13 @@ final class LocalArtifacts {
       // Each caller needs its own pin; the sharer's pin still holds the blob when this runs.
       return existing.thenCompose(b -> {
         Blob mine = cache.pinned(b.sha256());
-        return mine != null ? CompletableFuture.completedFuture(mine) : blob(file);
+        return mine != null ? CompletableFuture.completedFuture(mine) : blob(file, lease);
       });
     }
+    String digest = known == null ? null : known.digest();
     hashing.execute(() -> {
       try {
-        shared.complete(read(file, id));
+        shared.complete(read(file, id, digest, lease));
       } catch (IOException | RuntimeException e) {
         shared.completeExceptionally(e);
       } finally {
@@ -186,19 +276,86 @@ final class LocalArtifacts {
     return shared;
   }
 
-  private Blob read(Path file, FileIdentity id) throws IOException {
+  /**
+   * The file's content into the cache, in one read where it can: with a known digest (hashed at staging, content not
+   * cached) a verified copy; for content that is probably new ({@link #probablyCached}) hashed while copied;
+   * otherwise hashed only, and copied after that only if the digest turns out new (the guess was wrong).
+   */
+  private Blob read(Path file, FileIdentity id, String knownDigest, String lease) throws IOException {
     long started = System.nanoTime();
-    String digest = hash(file, id);
-    Blob cached = cache.pinned(digest);
-    String how = "hashed";
-    if (cached == null) {
-      cached = copy(file, id, digest);
-      how = "hashed and copied";
+    String digest;
+    Blob blob;
+    String how;
+    if (knownDigest != null) {
+      digest = knownDigest;
+      blob = copy(file, id, knownDigest);
+      how = "digest known from staging, copied";
+    } else {
+      hashedAt.accept(HashedAt.LEASE);
+      if (!probablyCached(file, id.size())) {
+        blob = copy(file, id, null);
+        digest = blob.sha256();
+        how = "new content: hashed while copied";
+      } else {
+        digest = hash(file, id);
+        blob = cache.pinned(digest);
+        how = "hashed";
+        if (blob == null) {
+          blob = copy(file, id, digest);
+          how = "hashed, then copied";
+        }
+      }
     }
-    memo.put(id, digest);
-    LOG.info("artifact identified in place sha256={} bytes={} ms={} ({})", digest, id.size(),
-        (System.nanoTime() - started) / 1_000_000, how);
-    return cached;
+    memo.put(id, new Known(digest, false, System.currentTimeMillis()));
+    LOG.info("artifact identified in place sha256={} bytes={} {} staged_at={} digest_ready={} ms={} ({})", digest,
+        id.size(), lease, id.modified().toMillis(), knownDigest != null, (System.nanoTime() - started) / 1_000_000,
+        how);
+    return blob;
+  }
+
+  /** Bytes compared at each end of a staged file to guess whether the cache holds its content. */
+  static final int PROBE_BYTES = 64 << 10;
+
+  /**
+   * A guess, to choose between one read and two (correctness never rests on it): whether cached content of the
+   * file's size has the same first and last {@link #PROBE_BYTES} (a rebuilt Go binary differs near its start, in
+   * its build ID; a different one mostly in its size). Yes: hash only, the common case of a new job whose binary
+   * a slot holds. No: new content, hashed while copied.
+   */
+  private boolean probablyCached(Path file, long size) throws IOException {
+    List<Blob> candidates = cache.contentOfSize(size);
+    if (candidates.isEmpty()) {
+      return false;
+    }
+    int n = (int) Math.min(PROBE_BYTES, size);
+    byte[] head = new byte[n];
+    byte[] tail = new byte[n];
+    try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+      readFully(ch, ByteBuffer.wrap(head), 0);
+      readFully(ch, ByteBuffer.wrap(tail), size - n);
+    }
+    bytesRead.addAndGet(2L * n);
+    for (Blob b : candidates) {
+      try (java.io.InputStream in = b.open()) {
+        byte[] h = in.readNBytes(n);
+        in.skipNBytes(size - 2L * n < 0 ? 0 : size - 2L * n);
+        byte[] t = size >= 2L * n ? in.readNBytes(n) : tail; // overlapping ends: the head covers both
+        if (java.util.Arrays.equals(h, head) && java.util.Arrays.equals(t, tail)) {
+          return true;
+        }
+      } catch (IOException e) {
+        // evicted meanwhile: not a candidate
+      }
+    }
+    return false;
+  }
+
+  private static void readFully(FileChannel ch, ByteBuffer bb, long position) throws IOException {
+    while (bb.hasRemaining()) {
+      if (ch.read(bb, position + bb.position()) < 0) {
+        throw new IOException("staged file shrank while it was read");
+      }
+    }
   }
 
   private String hash(Path file, FileIdentity id) throws IOException {
@@ -220,7 +377,10 @@ final class LocalArtifacts {
     return HexFormat.of().formatHex(sha.digest());
   }
 
-  /** Copies the file into the cache, verifying that the copy has the digest the first read found. */
+  /**
+   * Copies the file into the cache; the writer hashes what it copies, so the copy is verified against {@code digest}
+   * when one is given, and is the file's one read when none is. A file that changes meanwhile is not cached.
+   */
   private Blob copy(Path file, FileIdentity id, String digest) throws IOException {
     ArtifactCache.Writer writer = cache.newWriter();
     byte[] buf = buffers.get();
@@ -230,11 +390,15 @@ final class LocalArtifacts {
       while ((n = ch.read(bb.clear())) >= 0) {
         writer.write(buf, 0, n);
       }
+      if (writer.size() != id.size() || !identity(file).equals(id)) {
+        throw new IOException("staged file " + file + " changed while it was read");
+      }
     } catch (IOException | RuntimeException e) {
       writer.abort();
       throw e;
+    } finally {
+      bytesRead.addAndGet(writer.size());
     }
-    bytesRead.addAndGet(writer.size());
     return writer.commit(digest);
   }
 
@@ -257,7 +421,28 @@ final class LocalArtifacts {
     }
   }
 
+  /**
+   * Starts hashing files as they are staged under the configured directories ({@link StagingWatcher}); a file
+   * system without a watch service leaves every hash to lease time (WARN).
+   */
+  void watchStaging() {
+    if (roots.isEmpty() || watcher != null) {
+      return;
+    }
+    try {
+      watcher = StagingWatcher.start(roots, this::hashAhead);
+    } catch (IOException | UnsupportedOperationException e) {
+      LOG.warn("cannot watch the local artifact dirs {} ({}); staged files are hashed at lease time", roots,
+          e.toString());
+    }
+  }
+
+  /** Stops the watcher (joined) and the hashing threads. */
   void close() {
+    StagingWatcher w = watcher;
+    if (w != null) {
+      w.close();
+    }
     hashing.shutdownNow();
   }
 }

@@ -26,6 +26,11 @@ public final class MetricNames {
   public static final String UPSTREAM_BYTES = "recycler.artifact.upstream";
   /** Function counter (bytes): read in place from staged files (hashing, copying into the cache), not from the runner. */
   public static final String LOCAL_BYTES = "recycler.artifact.local.read";
+  /**
+   * Counter: staged files hashed in place; tag {@link #WHEN}: {@code STAGING} (in the background as the job server
+   * wrote them, ahead of any lease) or {@code LEASE} (on a lease's path, because no staging-time digest was ready).
+   */
+  public static final String LOCAL_HASHES = "recycler.artifact.local.hashes";
   /** Distribution (bytes): artifacts served to wrappers. */
   public static final String SERVED_BYTES = "recycler.artifact.served";
   /** Counter: upstream artifact fetches that failed (truncated, digest mismatch, unreachable). */
@@ -36,6 +41,8 @@ public final class MetricNames {
   public static final String STATE = "state";
   public static final String REASON = "reason";
   public static final String ROUTE = "route";
+  /** Tag of {@link #LOCAL_HASHES}: when the hash was done. */
+  public static final String WHEN = "when";
 
   private MetricNames() {}
 }

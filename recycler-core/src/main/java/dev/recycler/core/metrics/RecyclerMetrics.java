@@ -34,6 +34,15 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
   private final Counter upstreamFailures;
   private final DistributionSummary upstreamBytes;
   private final DistributionSummary servedBytes;
+  private final Map<HashedAt, Counter> localHashes = new EnumMap<>(HashedAt.class);
+
+  /** When a staged file was hashed in place (tag of {@link MetricNames#LOCAL_HASHES}). */
+  public enum HashedAt {
+    /** In the background, as the job server staged it (before any lease asked). */
+    STAGING,
+    /** On a lease's path: no staging-time digest was ready. */
+    LEASE
+  }
 
   public RecyclerMetrics(MeterRegistry registry, Class<S> states, Class<R> reasons) {
     this.registry = registry;
@@ -71,6 +80,15 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
         .description("Artifact bytes fetched from the runner").register(registry);
     this.servedBytes = DistributionSummary.builder(MetricNames.SERVED_BYTES).baseUnit("bytes")
         .description("Artifact bytes served to wrappers").register(registry);
+    for (HashedAt h : HashedAt.values()) {
+      localHashes.put(h, Counter.builder(MetricNames.LOCAL_HASHES).tag(MetricNames.WHEN, h.name())
+          .description("Staged files hashed in place, at staging time (ahead of the lease) or at lease time")
+          .register(registry));
+    }
+  }
+
+  public void localHashed(HashedAt when) {
+    localHashes.get(when).increment();
   }
 
   public MeterRegistry registry() {

@@ -42,6 +42,12 @@ public enum RecyclerOption {
           + " server's `--artifacts-dir`, which the TaskManager mounts anyway. A job's worker binary under one of them"
           + " is identified by hashing it from disk instead of streaming it through the runner's gRPC service. Unset:"
           + " every artifact is streamed."),
+  HASH_AT_STAGING("hash-at-staging", Type.BOOLEAN, "true", Scope.SHARED,
+      "With `local-artifact-dirs` set: watch those directories (inotify) and hash each file the job server stages"
+          + " there in the background, once it has been quiet (size and modification time unchanged) for 1 s, so"
+          + " that a new job's first lease finds its binary's digest ready instead of hashing it on the lease's path."
+          + " One thread; a file changed after its hash is hashed again (or at lease time), never trusted stale."
+          + " `false`: hash at lease time only. No effect without `local-artifact-dirs`."),
   CACHE_MAX_SIZE("cache-max-size", Type.SIZE, "2 gb", Scope.SHARED,
       "Upper bound of the artifact cache, memory and disk together; least recently used content is evicted beyond"
           + " it.", "cache-max-bytes"),
@@ -95,7 +101,7 @@ public enum RecyclerOption {
 
   /** The kind of value, which decides how it is parsed. */
   public enum Type {
-    INT, STRING, LIST, DURATION, SIZE, CHOICE
+    INT, STRING, LIST, DURATION, SIZE, CHOICE, BOOLEAN
   }
 
   /** Where an option exists. */
@@ -179,7 +185,7 @@ public enum RecyclerOption {
   /**
    * Parses and checks the type of {@code raw}; {@code source} (a flag or variable name) starts the error message.
    *
-   * @return an Integer, String, List of String, Duration or Long (bytes)
+   * @return an Integer, String, List of String, Duration, Long (bytes) or Boolean
    * @throws IllegalArgumentException that names {@code source}, the value and the expected form
    */
   public Object parse(String source, String raw) {
@@ -209,6 +215,11 @@ public enum RecyclerOption {
         }
         yield lower;
       }
+      case BOOLEAN -> switch (v.toLowerCase(Locale.ROOT)) {
+        case "true" -> Boolean.TRUE;
+        case "false" -> Boolean.FALSE;
+        default -> throw new IllegalArgumentException(source + " must be true or false, got '" + raw + "'");
+      };
     };
   }
 
@@ -281,6 +292,7 @@ public enum RecyclerOption {
       case DURATION -> "DURATION";
       case SIZE -> "SIZE";
       case CHOICE -> String.join("|", choices);
+      case BOOLEAN -> "true|false";
     };
   }
 

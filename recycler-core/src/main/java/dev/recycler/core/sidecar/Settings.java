@@ -192,6 +192,7 @@ final class Settings {
           ((List<String>) get(RecyclerOption.LOCAL_ARTIFACT_DIRS)).stream().filter(d -> !d.isEmpty())
               .map(Path::of).toList()));
     }
+    apply(RecyclerOption.HASH_AT_STAGING, () -> b.hashAtStaging((Boolean) get(RecyclerOption.HASH_AT_STAGING)));
     apply(RecyclerOption.WORKER_STALL_TIMEOUT,
         () -> b.workerStallTimeout(duration(RecyclerOption.WORKER_STALL_TIMEOUT)));
     if (values.containsKey(RecyclerOption.ATTACH_SECRET_FILE)) {

@@ -51,7 +51,7 @@ public final class LeaseBenchmark {
   /** What to run. {@code workerBinaries}: the first is the worker of every run; the paired new-job run uses each. */
   record Config(Path out, Path recyclerJar, Path wrapperBinary, List<Path> workerBinaries, Path beamBoot, int leases,
       int rounds, int concurrency, int longLeases, int warmup, int batch, Set<String> runs, List<String> recyclerJvm,
-      long recyclerCacheMb) {
+      long recyclerCacheMb, List<Long> gapsMillis) {
     static final String DEFAULT_RUNS =
         "floor,beam,beam-concurrent,recycler,recycler-concurrent,long,paired,paired-new-job";
 
@@ -82,10 +82,12 @@ public final class LeaseBenchmark {
           Integer.parseInt(o.getOrDefault("warmup", "200")), Integer.parseInt(o.getOrDefault("batch", "25")),
           new LinkedHashSet<>(Arrays.asList(o.getOrDefault("runs", DEFAULT_RUNS).split(","))),
           Arrays.stream(o.getOrDefault("recycler-jvm", RECYCLER_JVM).split(" ")).filter(s -> !s.isBlank()).toList(),
-          Long.parseLong(o.getOrDefault("recycler-cache-mb", "1024")));
+          Long.parseLong(o.getOrDefault("recycler-cache-mb", "1024")),
+          Arrays.stream(o.getOrDefault("gaps", "0").split(",")).map(String::trim).filter(g -> !g.isEmpty())
+              .map(Long::parseLong).toList());
       o.keySet().removeAll(List.of("out", "recycler-jar", "wrapper-binary", "worker-binary", "beam-boot-binary",
           "leases", "rounds", "concurrency", "long-leases", "warmup", "batch", "runs", "recycler-jvm",
-          "recycler-cache-mb"));
+          "recycler-cache-mb", "gaps"));
       if (!o.isEmpty()) {
         throw new IllegalArgumentException("unknown flags " + o.keySet() + "\n" + HELP);
       }
@@ -100,7 +102,7 @@ public final class LeaseBenchmark {
     /** The same configuration with another number of unrecorded warm-up leases. */
     Config withWarmup(int n) {
       return new Config(out, recyclerJar, wrapperBinary, workerBinaries, beamBoot, leases, rounds, concurrency,
-          longLeases, n, batch, runs, recyclerJvm, recyclerCacheMb);
+          longLeases, n, batch, runs, recyclerJvm, recyclerCacheMb, gapsMillis);
     }
 
     private static Path path(Map<String, String> o, String key) {
@@ -129,7 +131,10 @@ public final class LeaseBenchmark {
                              place, new job streamed, cold in place) and Beam's pool, every lease a freshly staged copy)
         --recycler-jvm=OPTS  JVM options of the recycler sidecar process (default: the sidecar's recommended
                              flags, docs/operations.md: -Xms64m -Xmx64m -XX:+AlwaysPreTouch)
-        --recycler-cache-mb=N  the recycler's --cache-max-bytes in MiB (default 1024)""";
+        --recycler-cache-mb=N  the recycler's --cache-max-bytes in MiB (default 1024)
+        --gaps=MS,MS         paired new-job run: staging-to-lease gaps, each its own set of rounds (default 0): every
+                             arm stages its fresh copy, then waits the gap before StartWorker, as a real job's binary
+                             is staged at submission, seconds before its first lease (the e2e prints the real gap)""";
 
   /** One recorded run: aggregates over its leases. */
   record RunResult(String subject, String run, int slots, int concurrency, List<LeaseSample> samples,

@@ -40,7 +40,7 @@ class LeaseBenchmarkSmokeIT {
         List.of(LeaseBenchmark.RECYCLER_JVM.split(" ")),
         // Room for every cold binary, so no cold lease waits for a binary fetched again after its eviction (the full
         // benchmark's 1 GiB cache exercises eviction).
-        4096);
+        4096, List.of(0L));
 
     LeaseBenchmark.Results results = LeaseBenchmark.run(config);
     System.out.println(Report.markdown(results));
@@ -75,21 +75,28 @@ class LeaseBenchmarkSmokeIT {
     LeaseBenchmark.Config config = new LeaseBenchmark.Config(tmp.resolve("paired"), jar,
         binary("recycler.wrapper.binary"), List.of(binary("recycler.worker.binary")),
         binary("recycler.beam.boot.binary"), 3, 1, 1, 0, 0, 10, Set.of("paired-new-job"),
-        List.of(LeaseBenchmark.RECYCLER_JVM.split(" ")), 4096);
+        List.of(LeaseBenchmark.RECYCLER_JVM.split(" ")), 4096, List.of(0L, 1500L));
 
     LeaseBenchmark.Results results = LeaseBenchmark.run(config);
     System.out.println(Report.markdown(results));
 
-    assertThat(results.runs()).extracting(r -> r.subject() + " / " + r.run()).containsExactly(
+    // Each gap (staging to StartWorker) is its own set of the six arms.
+    List<String> arms = List.of(
         "floor / paired new job (alternating)", "recycler / paired warm (alternating)",
         "recycler / paired new job, in place (alternating)", "recycler / paired new job, streamed (alternating)",
         "recycler / paired cold, in place (alternating)", "beam-pool / paired new job (alternating)");
+    assertThat(results.runs()).extracting(r -> r.subject() + " / " + r.run())
+        .containsExactlyElementsOf(java.util.stream.Stream.concat(arms.stream(), arms.stream()).toList());
+    assertThat(results.runs().get(6).binary()).endsWith("gap 1500 ms");
     assertEveryLeaseAnswered(results, 3);
     long size = java.nio.file.Files.size(config.workerBinary());
-    assertBytes(results.runs().get(2), 0, 0);
-    assertBytes(results.runs().get(3), 3 * size, 0);
-    assertBytes(results.runs().get(4), 0, 3 * (size + 16));
-    assertThat(results.runs().get(5).runnerBytes()).as("Beam's boot fetches every job's binary").isEqualTo(3 * size);
+    for (int g = 0; g < 12; g += 6) {
+      assertBytes(results.runs().get(g + 2), 0, 0);
+      assertBytes(results.runs().get(g + 3), 3 * size, 0);
+      assertBytes(results.runs().get(g + 4), 0, 3 * (size + 16));
+      assertThat(results.runs().get(g + 5).runnerBytes()).as("Beam's boot fetches every job's binary")
+          .isEqualTo(3 * size);
+    }
     // Every staged copy was deleted after its lease, as the job server's --clean-artifacts-per-job does.
     try (java.util.stream.Stream<Path> s = java.nio.file.Files.walk(tmp.resolve("paired").resolve("work"))) {
       assertThat(s.filter(p -> p.toString().contains("/staging") && p.getFileName().toString()

@@ -34,7 +34,9 @@ import java.util.function.IntFunction;
  *   <li>Beam's worker pool, a fresh copy per lease (its boot always fetches the binary from the runner).
  * </ol>
  * Every copy is made before the lease's clock starts and deleted after the lease, as the job server's
- * {@code --clean-artifacts-per-job} does. CPU per lease is read around each lease from {@code /proc} (the subject's
+ * {@code --clean-artifacts-per-job} does. With a gap ({@code --gaps}), each round stages every arm's copy first and
+ * then waits the gap, so every lease starts at least that long after its staging, as a real job's first lease comes
+ * seconds after its submission (the recycler hashes the file meanwhile; that CPU counts for the arm). CPU per lease is read around each lease from {@code /proc} (the subject's
  * long-lived processes, with the children they reaped), plus for Beam's pool and the floor the processes nobody of
  * theirs reaps (read before they are killed).
  */
@@ -46,93 +48,113 @@ final class PairedNewJob {
     final Subject subject;
     final String run;
     final IntFunction<Subject.Lease> leases;
+    /** Its staged files lie under its recycler's local artifact dirs: the recycler hashes them during the gap. */
+    final boolean hashesAhead;
     final List<LeaseSample> samples = new ArrayList<>();
     long ticks;
     long secondHop;
 
     Arm(Subject subject, String run, IntFunction<Subject.Lease> leases) {
+      this(subject, run, leases, false);
+    }
+
+    Arm(Subject subject, String run, IntFunction<Subject.Lease> leases, boolean hashesAhead) {
       this.subject = subject;
       this.run = run;
       this.leases = leases;
+      this.hashesAhead = hashesAhead;
     }
   }
 
   static void run(Config c, Path binary, Path work, List<RunResult> runs, List<ResourceRow> resources,
       List<String> notes, Map<String, Breakdown.Result> breakdowns) throws Exception {
-    String bin = label(binary);
+    // Each recycler watches only its own staging directory (as one TaskManager's recycler watches its job server's):
+    // floor, Beam's pool and the streamed arm stage where no recycler hashes ahead.
     Staging inPlace = new Staging(work.resolve("staging"));
+    Staging inPlaceCold = new Staging(work.resolve("staging-cold"));
     Staging elsewhere = new Staging(work.resolve("staging-not-shared"));
     try (FloorSubject floor = new FloorSubject(work.resolve("floor"));
         BeamPoolSubject beam = new BeamPoolSubject(c.beamBoot(), work.resolve("beam-pool"), STAGED_NAME);
         RecyclerSubject ours = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 2048,
             work.resolve("recycler"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlace.root()));
         RecyclerSubject cold = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 1,
-            work.resolve("recycler-cold"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlace.root()))) {
+            work.resolve("recycler-cold"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlaceCold.root()))) {
       floor.start();
       ours.start();
       cold.start();
       beam.start();
       Path warmJob = inPlace.stage(binary, STAGED_NAME, false);
       List<Arm> arms = List.of(
-          new Arm(floor, "paired new job", i -> staged("paired new job", i, inPlace, binary, false)),
+          new Arm(floor, "paired new job", i -> staged("paired new job", i, elsewhere, binary, false)),
           new Arm(ours, "paired warm", i -> lease("paired warm", i, warmJob.toString(), warmJob)),
           new Arm(ours, "paired new job, in place", i -> staged("paired new job, in place", i, inPlace, binary,
-              false)),
+              false), true),
           new Arm(ours, "paired new job, streamed", i -> staged("paired new job, streamed", i, elsewhere, binary,
               false)),
-          new Arm(cold, "paired cold, in place", i -> staged("paired cold, in place", i, inPlace, binary, true)),
-          new Arm(beam, "paired new job", i -> staged("paired new job", i, inPlace, binary, false)));
+          new Arm(cold, "paired cold, in place", i -> staged("paired cold, in place", i, inPlaceCold, binary, true),
+              true),
+          new Arm(beam, "paired new job", i -> staged("paired new job", i, elsewhere, binary, false)));
 
-      log("paired new job (" + bin + "): " + c.warmup() + " warm-up rounds");
-      rounds(arms, c.warmup(), beam, c.batch(), false);
-      beam.leftovers(true);
-      String ourLabel = "recycler (paired new job, " + bin + ")";
-      String coldLabel = "recycler (paired cold, " + bin + ")";
-      LeaseBenchmark.snapshot(ours, ourLabel, "after warm-up", 0, resources);
-      LeaseBenchmark.snapshot(cold, coldLabel, "after warm-up", 0, resources);
-      LeaseBenchmark.snapshot(beam, "beam-pool (paired new job, " + bin + ")", "after warm-up", 0, resources);
-      for (Arm a : arms) {
-        a.samples.clear();
-        a.ticks = 0;
-        a.secondHop = 0;
-      }
-      String load0 = LeaseBenchmark.loadAverage();
-      log("paired new job (" + bin + "): " + c.leases() + " rounds of " + arms.size() + " leases");
-      Subject.Leftovers beamLeaked = rounds(arms, c.leases(), beam, c.batch(), true);
-      String load = load0 + " -> " + LeaseBenchmark.loadAverage();
-      LeaseBenchmark.snapshot(ours, ourLabel, "after run", 4 * c.leases(), resources);
-      LeaseBenchmark.snapshot(cold, coldLabel, "after run", c.leases(), resources);
-      LeaseBenchmark.snapshot(beam, "beam-pool (paired new job, " + bin + ")", "after run", c.leases(), resources);
-      long heapOurs = ours.liveHeapKb();
-      long heapCold = cold.liveHeapKb();
-      notes.add(String.format(Locale.ROOT, "Paired new job (%s): the recycler JVMs' live heap right after a full "
-          + "collection at the end: %.1f MB (warm/new-job recycler), %.1f MB (cold recycler); their RSS is in the "
-          + "resource table.", bin, heapOurs / 1024.0, heapCold / 1024.0));
+      boolean first = true;
+      for (long gap : c.gapsMillis()) {
+        // The binary label carries the gap, so each gap's six arms form their own table and target rows.
+        String bin = label(binary) + (c.gapsMillis().size() > 1 || gap > 0 ? ", gap " + gap + " ms" : "");
+        if (first) {
+          log("paired new job (" + bin + "): " + c.warmup() + " warm-up rounds");
+          rounds(arms, c.warmup(), beam, c.batch(), false, gap);
+          beam.leftovers(true);
+        }
+        String ourLabel = "recycler (paired new job, " + bin + ")";
+        String coldLabel = "recycler (paired cold, " + bin + ")";
+        LeaseBenchmark.snapshot(ours, ourLabel, "before the rounds", 0, resources);
+        LeaseBenchmark.snapshot(cold, coldLabel, "before the rounds", 0, resources);
+        LeaseBenchmark.snapshot(beam, "beam-pool (paired new job, " + bin + ")", "before the rounds", 0, resources);
+        first = false;
+        for (Arm a : arms) {
+          a.samples.clear();
+          a.ticks = 0;
+          a.secondHop = 0;
+        }
+        String load0 = LeaseBenchmark.loadAverage();
+        log("paired new job (" + bin + "): " + c.leases() + " rounds of " + arms.size() + " leases, each staged "
+            + gap + " ms before its StartWorker");
+        Subject.Leftovers beamLeaked = rounds(arms, c.leases(), beam, c.batch(), true, gap);
+        String load = load0 + " -> " + LeaseBenchmark.loadAverage();
+        LeaseBenchmark.snapshot(ours, ourLabel, "after run", 4 * c.leases(), resources);
+        LeaseBenchmark.snapshot(cold, coldLabel, "after run", c.leases(), resources);
+        LeaseBenchmark.snapshot(beam, "beam-pool (paired new job, " + bin + ")", "after run", c.leases(), resources);
+        long heapOurs = ours.liveHeapKb();
+        long heapCold = cold.liveHeapKb();
+        notes.add(String.format(Locale.ROOT, "Paired new job (%s): the recycler JVMs' live heap right after a full "
+            + "collection at the end: %.1f MB (warm/new-job recycler), %.1f MB (cold recycler); their RSS is in the "
+            + "resource table.", bin, heapOurs / 1024.0, heapCold / 1024.0));
 
-      for (Arm a : arms) {
-        Subject.Leftovers left = a.subject == beam ? beamLeaked : a.subject.leftovers(false);
-        String note = a.subject == beam
-            ? "per lease, read around it: pool incl. reaped children; plus leaked workers and zombie boots (read "
-                + "before clean-up)"
-            : a.subject == floor ? "per lease: the worker (read before SIGKILL)"
-            : "per lease, read around it (incl. the release wait): recycler JVM + wrapper incl. its reaped worker";
-        RunResult r = new RunResult(a.subject.name(), a.run + " (alternating)", 1, 1, List.copyOf(a.samples),
-            LeaseBenchmark.bytes(a.samples), a.subject instanceof RecyclerSubject ? a.secondHop : -1,
-            a.ticks / (double) ProcFs.TICKS_PER_SECOND, left, note, load, bin);
-        runs.add(r);
-        log(String.format(Locale.ROOT, "%s / %s (%s): ok %d/%d ready p50 %.1f first answer p50 %.1f p95 %.1f ms, "
-            + "CPU %.3f s/lease, runner MB/lease %.1f", r.subject(), r.run(), bin, r.ok(), r.samples().size(),
-            r.ready().p(50), r.firstAnswer().p(50), r.firstAnswer().p(95), r.cpuSeconds() / r.samples().size(),
-            r.runnerBytes() / 1e6 / r.samples().size()));
+        for (Arm a : arms) {
+          Subject.Leftovers left = a.subject == beam ? beamLeaked : a.subject.leftovers(false);
+          String note = a.subject == beam
+              ? "per lease, read around it: pool incl. reaped children; plus leaked workers and zombie boots (read "
+                  + "before clean-up)"
+              : a.subject == floor ? "per lease: the worker (read before SIGKILL)"
+              : "per lease, read around it (incl. the staging-to-lease gap, so a hash done ahead counts, and the "
+                  + "release wait): recycler JVM + wrapper incl. its reaped worker";
+          RunResult r = new RunResult(a.subject.name(), a.run + " (alternating)", 1, 1, List.copyOf(a.samples),
+              LeaseBenchmark.bytes(a.samples), a.subject instanceof RecyclerSubject ? a.secondHop : -1,
+              a.ticks / (double) ProcFs.TICKS_PER_SECOND, left, note, load, bin);
+          runs.add(r);
+          log(String.format(Locale.ROOT, "%s / %s (%s): ok %d/%d ready p50 %.1f first answer p50 %.1f p95 %.1f ms,"
+              + " CPU %.3f s/lease, runner MB/lease %.1f", r.subject(), r.run(), bin, r.ok(), r.samples().size(),
+              r.ready().p(50), r.firstAnswer().p(50), r.firstAnswer().p(95), r.cpuSeconds() / r.samples().size(),
+              r.runnerBytes() / 1e6 / r.samples().size()));
+        }
+        breakdowns.put("paired warm (" + bin + ", " + c.leases() + " leases)",
+            Breakdown.analyse(ours, runs.get(runs.size() - 5)));
+        breakdowns.put("paired new job, in place (" + bin + ", " + c.leases() + " leases)",
+            Breakdown.analyse(ours, runs.get(runs.size() - 4)));
+        breakdowns.put("paired new job, streamed (" + bin + ", " + c.leases() + " leases)",
+            Breakdown.analyse(ours, runs.get(runs.size() - 3)));
+        breakdowns.put("paired cold, in place (" + bin + ", " + c.leases() + " leases)",
+            Breakdown.analyse(cold, runs.get(runs.size() - 2)));
       }
-      breakdowns.put("paired warm (" + bin + ", " + c.leases() + " leases)",
-          Breakdown.analyse(ours, runs.get(runs.size() - 5)));
-      breakdowns.put("paired new job, in place (" + bin + ", " + c.leases() + " leases)",
-          Breakdown.analyse(ours, runs.get(runs.size() - 4)));
-      breakdowns.put("paired new job, streamed (" + bin + ", " + c.leases() + " leases)",
-          Breakdown.analyse(ours, runs.get(runs.size() - 3)));
-      breakdowns.put("paired cold, in place (" + bin + ", " + c.leases() + " leases)",
-          Breakdown.analyse(cold, runs.get(runs.size() - 2)));
       Subject.deleteTree(warmJob.getParent());
     }
   }
@@ -141,16 +163,34 @@ final class PairedNewJob {
    * Runs {@code n} rounds, one lease per arm each, the first arm rotating. Counts and cleans up Beam's leaks every
    * {@code batch} rounds (and at the end); returns the leaks counted.
    */
-  private static Subject.Leftovers rounds(List<Arm> arms, int n, BeamPoolSubject beam, int batch, boolean record)
-      throws Exception {
+  private static Subject.Leftovers rounds(List<Arm> arms, int n, BeamPoolSubject beam, int batch, boolean record,
+      long gapMillis) throws Exception {
     Subject.Leftovers leaked = Subject.Leftovers.NONE;
     int zombiesBefore = beam.leftovers(false).zombies();
     int maxZombies = zombiesBefore;
     Arm beamArm = arms.stream().filter(a -> a.subject == beam).findFirst().orElseThrow();
     for (int i = 0; i < n; i++) {
+      Subject.Lease[] prepared = new Subject.Lease[arms.size()];
+      if (gapMillis > 0) {
+        // Every arm's copy is staged first, then the gap passes once for all of them: each lease starts at least
+        // gapMillis after its staging (plus the round's earlier leases). A recycler's CPU meanwhile (its hash done
+        // ahead) belongs to the arm whose file it watches.
+        Map<Subject, Long> before = new java.util.IdentityHashMap<>();
+        for (int k = 0; k < arms.size(); k++) {
+          prepared[k] = arms.get(k).leases.apply(i);
+          before.putIfAbsent(arms.get(k).subject, LeaseBenchmark.ticks(arms.get(k).subject));
+        }
+        Thread.sleep(gapMillis);
+        for (Arm a : arms) {
+          if (a.hashesAhead) {
+            a.ticks += LeaseBenchmark.ticks(a.subject) - before.get(a.subject);
+          }
+        }
+      }
       for (int k = 0; k < arms.size(); k++) {
-        Arm a = arms.get((i + k) % arms.size());
-        Subject.Lease l = a.leases.apply(i);
+        int index = (i + k) % arms.size();
+        Arm a = arms.get(index);
+        Subject.Lease l = prepared[index] != null ? prepared[index] : a.leases.apply(i);
         long hop0 = a.subject.secondHopBytes();
         long t0 = LeaseBenchmark.ticks(a.subject);
         LeaseSample s;

@@ -263,8 +263,11 @@ final class RecyclerSubject implements Subject {
       SlotTable t = table(4 * slots + 4);
       for (LeaseRecord r : t.getLeasesList()) {
         if (r.getRunnerWorkerId().equals(runnerWorkerId) && r.getEndUnixMillis() != 0) {
+          // Released: the slot is IDLE at this generation, or a concurrent lease already took it (a later
+          // generation): under load a 1 ms poll can miss the short IDLE moment between two leases of a slot.
           boolean idle = t.getSlotsList().stream().filter(s -> s.getSlotId().equals(r.getSlotId()))
-              .allMatch(s -> s.getState().equals("IDLE") && s.getGeneration() == r.getGeneration());
+              .allMatch(s -> s.getState().equals("IDLE") && s.getGeneration() == r.getGeneration()
+                  || s.getGeneration() > r.getGeneration());
           if (idle) {
             return r;
           }

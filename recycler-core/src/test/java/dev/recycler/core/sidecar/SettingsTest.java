@@ -86,6 +86,7 @@ class SettingsTest {
         case DURATION -> "7s";
         case SIZE -> "7mb";
         case CHOICE -> o.choices().get(0);
+        case BOOLEAN -> "false";
       };
       Settings s = Settings.resolve(new String[0], Map.of(o.envVar(), value));
       assertThat(s.get(o)).as("%s via %s", o.key(), o.envVar()).isEqualTo(o.parse(o.envVar(), value));

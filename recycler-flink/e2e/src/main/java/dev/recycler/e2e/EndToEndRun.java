@@ -166,6 +166,9 @@ public final class EndToEndRun {
       last = admin.table();
       transfers = transfers(last);
       checkTransfers(transfers);
+      // Issue 10: each job's real staging -> first StartWorker gap, and whether its digest was ready (a figure).
+      progress.accept(StagingGaps.format(StagingGaps.of(cluster.taskManagerLog(), jobs),
+          (int) jobs.stream().filter(j -> j.lease().isPresent()).count()));
     } catch (IOException | InterruptedException | RuntimeException | Error e) {
       progress.accept("run aborted: " + e);
       stopAll();
