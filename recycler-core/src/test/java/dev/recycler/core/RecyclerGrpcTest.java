@@ -491,12 +491,15 @@ class RecyclerGrpcTest {
       Status refused = logStream(id);
       assertThat(refused.getCode()).as("log stream as '%s'", id).isEqualTo(Status.Code.UNAUTHENTICATED);
     }
+    // With the credential: a client that half-closes gets the call finished (the wrapper's boot log waits for that,
+    // holding its connection open until then).
+    assertThat(logStream(fullId).getCode()).isEqualTo(Status.Code.OK);
 
     // While the runner's logging server is up, entries go there, under the runner's worker id.
     StreamObserver<LogEntry.List> log = w.workerLog(1);
     log.onNext(entries("before the end"));
     await().atMost(AWAIT).until(() -> runner.logMessages.contains("before the end"));
-    assertThat(runner.loggingCallers).containsExactly("1-1");
+    assertThat(runner.loggingCallers).hasSize(2).containsOnly("1-1");
     assertThat(runner.loggingCallers.toString()).doesNotContain(fullId);
 
     // The job ends as Beam ends it: logging server first, then the control stream, while the worker is still sending
@@ -525,7 +528,7 @@ class RecyclerGrpcTest {
     double toRunner = registry.get(MetricNames.WORKER_LOG_ENTRIES).tag(MetricNames.ROUTE, "runner").counter().count();
     double kept = registry.get(MetricNames.WORKER_LOG_ENTRIES).tag(MetricNames.ROUTE, "local").counter().count();
     assertThat(kept).as("entries after the runner's logging server closed, kept in the recycler's log").isPositive();
-    assertThat(toRunner + kept).as("every entry went somewhere").isEqualTo(31);
+    assertThat(toRunner + kept).as("every entry went somewhere (1 + 1 + 30)").isEqualTo(32);
     assertThat(runner.logMessages).hasSizeLessThanOrEqualTo((int) toRunner).contains("before the end", "queued 2");
     log.onCompleted();
 
@@ -549,7 +552,7 @@ class RecyclerGrpcTest {
         .setSeverity(LogEntry.Severity.Enum.INFO)).build();
   }
 
-  /** Opens a logging stream as {@code workerId}; the status it ends with. */
+  /** Opens a logging stream as {@code workerId}, sends one entry and half-closes; the status the call ends with. */
   private Status logStream(String workerId) throws InterruptedException {
     CompletableFuture<Status> end = new CompletableFuture<>();
     StreamObserver<LogEntry.List> s = BeamFnLoggingGrpc.newStub(runnerChannel)
@@ -569,6 +572,7 @@ class RecyclerGrpcTest {
           }
         });
     s.onNext(entries("rogue"));
+    s.onCompleted();
     try {
       return end.get(10, TimeUnit.SECONDS);
     } catch (java.util.concurrent.ExecutionException | java.util.concurrent.TimeoutException e) {

@@ -269,6 +269,11 @@ final class LoggingProxyService extends BeamFnLoggingGrpc.BeamFnLoggingImplBase 
           return;
         }
         workerOpen = false;
+        if (clean) {
+          // The client half-closed: finish the call, or it waits for our end (the wrapper's boot log does, bounded)
+          // and keeps its connection open.
+          toWorker.onCompleted();
+        }
         if (runnerOpen && toRunner != null) {
           runnerOpen = false;
           if (clean) {
