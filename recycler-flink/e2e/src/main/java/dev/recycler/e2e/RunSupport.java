@@ -35,7 +35,7 @@ final class RunSupport {
   /** The Flink job id of the Beam job named {@code jobName}, or null if Flink lists none. */
   static String flinkJobId(FlinkSessionCluster cluster, String jobName) throws IOException, InterruptedException {
     for (JobSummary j : cluster.jobs()) {
-      if (EndToEndRun.matchesJob(j.name(), jobName)) {
+      if (SessionRig.matchesJob(j.name(), jobName)) {
         return j.id();
       }
     }
