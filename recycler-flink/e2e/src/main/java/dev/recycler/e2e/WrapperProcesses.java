@@ -103,9 +103,26 @@ final class WrapperProcesses implements AutoCloseable {
     workDirs.put(slot, work);
   }
 
-  /** The slot's wrapper process (to signal it). */
-  synchronized ProcessHandle handle(String slot) {
-    return bySlot.get(slot).toHandle();
+  /**
+   * SIGTERM to the slot's wrapper (it stops its worker and exits 0), waits up to the grace period, then SIGKILL.
+   * Returns its exit code (-1 if it would not die). {@link #restart} starts it again.
+   */
+  synchronized int stop(String slot) throws InterruptedException {
+    Process p = bySlot.get(slot);
+    p.destroy();
+    if (!p.waitFor(stopGrace.toMillis(), TimeUnit.MILLISECONDS)) {
+      p.destroyForcibly();
+      p.waitFor(10, TimeUnit.SECONDS);
+    }
+    return p.isAlive() ? -1 : p.exitValue();
+  }
+
+  /** SIGKILLs the slot's wrapper (its worker dies with it: Pdeathsig) and waits until it is reaped; returns its PID. */
+  synchronized long kill(String slot) throws InterruptedException {
+    Process p = bySlot.get(slot);
+    p.destroyForcibly();
+    p.waitFor(10, TimeUnit.SECONDS);
+    return p.pid();
   }
 
   /** The slot's current work directory. */
