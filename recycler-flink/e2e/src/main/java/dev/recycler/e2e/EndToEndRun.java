@@ -21,7 +21,6 @@ import java.util.Objects;
 import java.util.Optional;
 import java.util.Set;
 import java.util.function.Consumer;
-import java.util.function.Predicate;
 
 /**
  * The end-to-end run with real parts, on 127.0.0.1 with free ports: a Flink 1.19.3 session cluster (JobManager and
@@ -321,7 +320,7 @@ public final class EndToEndRun {
       note = matches ? "output exactly as expected" : o.output().isPresent() ? "output DIFFERS from the expected"
           : "no output file";
     } else {
-      note = "launcher exit " + o.exitCode() + ": " + cause(o.launcherOutput());
+      note = "launcher exit " + o.exitCode() + ": " + RunSupport.cause(o.launcherOutput());
     }
     note += extra;
     List<LeaseRecord> all = leasesOf(name);
@@ -524,18 +523,6 @@ public final class EndToEndRun {
     int i = text.lastIndexOf(FAIL_MARKER);
     int end = text.indexOf('\n', i);
     return ProcessTable.abbreviate(text.substring(i, end < 0 ? text.length() : end).strip());
-  }
-
-  /** The most telling line of a failed launcher's output: the last exception named, else the last line. */
-  private static String cause(String text) {
-    List<String> lines = text.lines().map(String::strip).filter(Predicate.not(String::isBlank)).toList();
-    String pick = lines.isEmpty() ? "(no output)" : lines.get(lines.size() - 1);
-    for (String l : lines) {
-      if (l.matches(".*\\b[\\w.]+(Exception|Error)\\b.*")) {
-        pick = l;
-      }
-    }
-    return ProcessTable.abbreviate(pick.replaceAll("org\\.apache\\.beam\\.vendor\\.grpc\\.v\\w+\\.", ""));
   }
 
   private static String ms(Duration d) {

@@ -21,8 +21,8 @@ import java.util.TreeMap;
  */
 final class FaultTable {
   /** A process's memory at one moment: the JVM heap in use (jcmd GC.heap_info) and the resident set (VmRSS). */
-  record Memory(long heapUsedKb, long heapCommittedKb, long rssKb) {
-    static final Memory UNKNOWN = new Memory(-1, -1, -1);
+  record Memory(long heapUsedKb, long heapCommittedKb, long metaspaceUsedKb, long rssKb) {
+    static final Memory UNKNOWN = new Memory(-1, -1, -1, -1);
 
     /** Reads both for {@code pid}; -1 for what cannot be read (the process is gone, jcmd is missing). */
     static Memory of(long pid) {
@@ -38,6 +38,7 @@ final class FaultTable {
       }
       long used = -1;
       long committed = -1;
+      long metaspace = -1;
       try {
         Process p = new ProcessBuilder("jcmd", Long.toString(pid), "GC.heap_info").redirectErrorStream(true).start();
         String out = new String(p.getInputStream().readAllBytes());
@@ -48,6 +49,11 @@ final class FaultTable {
             committed = Long.parseLong(m.group(1));
             used = Long.parseLong(m.group(2));
           }
+          // " Metaspace       used 52034K, committed 52736K, reserved 1114112K"
+          m = java.util.regex.Pattern.compile("Metaspace\\s+used (\\d+)K").matcher(out);
+          if (m.find()) {
+            metaspace = Long.parseLong(m.group(1));
+          }
         } else {
           p.destroyForcibly();
         }
@@ -56,7 +62,7 @@ final class FaultTable {
       } catch (InterruptedException e) {
         Thread.currentThread().interrupt();
       }
-      return new Memory(used, committed, rss);
+      return new Memory(used, committed, metaspace, rss);
     }
 
     String text() {
