@@ -206,6 +206,8 @@ public final class FaultSuite {
       progress.accept("suite aborted: " + e);
       if (rig != null) {
         rig.close();
+        unmountAll();
+        deleteBulk();
       }
       unmountAll();
       throw e;
@@ -214,7 +216,7 @@ public final class FaultSuite {
     rig.close();
     unmountAll();
     teardown.addAll(stillAlive());
-    rig.deleteBulk();
+    deleteBulk();
     if (plan.scaleOut()) {
       scaleOut();
     }
@@ -1026,6 +1028,12 @@ public final class FaultSuite {
       end = nl;
     }
     return "..." + text.substring(Math.max(0, end - 200), end).strip();
+  }
+
+  /** The rig's bulk (staged binaries, caches) and the binary variants; logs and outputs stay. */
+  private void deleteBulk() {
+    rig.deleteBulk();
+    RunSupport.deleteTrees(List.of(work.resolve("binaries"), work.resolve("tmpfs")), progress);
   }
 
   private static long delta(Map<String, Double> a, Map<String, Double> b, String name) {
