@@ -534,7 +534,7 @@ public final class FaultSuite {
     row.affected(1);
     End e = end(start(Kind.FREE_GROUPSIDE, pipelinesBinary), JOB_BOUND);
     row.note("recycler cache: " + files + " entries overwritten, wrappers' caches emptied; job: " + e.outcome() + " "
-        + snippet(e.output, "DATA_LOSS", e.cause));
+        + snippet(e.output, "corrupt", e.cause));
     if (e.outcome().equals("failed") && !e.output.contains("sha256")) {
       row.unexpected("failed without naming the artifact's digest: " + e.cause);
     } else {
