@@ -167,6 +167,9 @@ public final class FaultSuite {
       // Notice a SIGKILLed TaskManager within seconds (defaults: 10 s interval, 50 s timeout).
       config.put("heartbeat.interval", "2000");
       config.put("heartbeat.timeout", "20000");
+      // Each job's jar (Beam's job server jar, 170 MB) stays in the TaskManager's blob cache for an hour by default:
+      // hundreds of jobs filled the disk in the first full run.
+      config.put("blob.service.cleanup.interval", "60");
       // Beam's runner classes stay loaded after each job (about 20 MB of metaspace per job, METASPACE_RECYCLE_KB):
       // more metaspace than docs/flink.md recommends, so the suite restarts the TaskManager less often.
       config.put("taskmanager.memory.process.size", "3584m");
@@ -281,6 +284,8 @@ public final class FaultSuite {
     row.leaks(left.leaks());
     killOrphans();
     countLogLines(row);
+    // No job runs now: their staged binaries (84 MB per job) would fill the disk over a soak.
+    rig.deleteStagedArtifacts();
     Memory m = tmMemory();
     if (m.metaspaceUsedKb() > METASPACE_RECYCLE_KB) {
       metaspaceRestarts++;
@@ -303,9 +308,17 @@ public final class FaultSuite {
 
   private void restartTaskManager(String why) throws IOException, InterruptedException {
     progress.accept("restart the TaskManager (" + why + ")");
+    String old = rig.cluster().taskManagerId();
     rig.cluster().stopTaskManager();
     rig.cluster().startTaskManager();
+    deleteTaskManagerFiles(old);
     rig.awaitAttached(Duration.ofSeconds(120));
+  }
+
+  /** The files a stopped TaskManager JVM left (its blob cache: each job's jar). */
+  private void deleteTaskManagerFiles(String taskManagerId) {
+    RunSupport.deleteTrees(List.of(rig.cluster().workDirectory().resolve("tmp").resolve("tm_" + taskManagerId)),
+        progress);
   }
 
   /** The first fatal line of the current TaskManager's log, e.g. its OutOfMemoryError. */
@@ -342,7 +355,9 @@ public final class FaultSuite {
     long jobEnded = millisSince(killT);
     expect(row, e, "failed", "cancelled");
     long restartT = System.nanoTime();
+    String killedId = rig.cluster().taskManagerId();
     rig.cluster().startTaskManager();
+    deleteTaskManagerFiles(killedId);
     Map<String, Long> after = rig.awaitAttached(Duration.ofSeconds(120));
     long reattach = millisSince(restartT);
     row.recovered(reattach);

@@ -450,6 +450,18 @@ final class SessionRig implements AutoCloseable {
   }
 
   /**
+   * Deletes the job server's staged files (a copy of the worker binary per job): call it only while no job runs (Beam's
+   * job server keeps them after the job).
+   */
+  void deleteStagedArtifacts() throws IOException {
+    if (Files.isDirectory(jobServerArtifacts())) {
+      try (java.util.stream.Stream<Path> s = Files.list(jobServerArtifacts())) {
+        RunSupport.deleteTrees(s.toList(), progress);
+      }
+    }
+  }
+
+  /**
    * Deletes what is big and no longer needed once everything has stopped (a run stages a copy of the worker binary
    * and of the job server jar per job: gigabytes), keeping logs, outputs and configuration for post-mortems.
    */
