@@ -170,7 +170,7 @@ public final class FaultSuite {
       // Each job's jar (Beam's job server jar, 170 MB) stays in the TaskManager's blob cache for an hour by default:
       // hundreds of jobs filled the disk in the first full run.
       config.put("blob.service.cleanup.interval", "60");
-      // Beam's runner classes stay loaded after each job (about 20 MB of metaspace per job, METASPACE_RECYCLE_KB):
+      // Beam's runner classes are unloaded late (METASPACE_RECYCLE_KB):
       // more metaspace than docs/flink.md recommends, so the suite restarts the TaskManager less often.
       config.put("taskmanager.memory.process.size", "3584m");
       config.put("taskmanager.memory.jvm-metaspace.size", METASPACE_MB + "m");
@@ -296,11 +296,11 @@ public final class FaultSuite {
   }
 
   /**
-   * Beam's Flink runner classes, loaded per job into the job's classloader, are not unloaded after the job: about 20
-   * MB of TaskManager metaspace per Beam job here, so the recommended 512 MB ran out after about 25 jobs in the first
-   * soak (OutOfMemoryError: Metaspace, the TaskManager shut itself down). Not the recycler's (the plugin loads no
-   * job class); the suite gives the TaskManager {@link #METASPACE_MB} and restarts it between faults once 70 % of
-   * that is used, as an operator would, and counts the restarts.
+   * Beam's Flink runner classes, loaded per job into the job's classloader, are unloaded late: 332 MB of TaskManager
+   * metaspace after 29 jobs here, and the recommended 512 MB ran out after about 30 jobs in the first soak
+   * (OutOfMemoryError: Metaspace, the TaskManager shut itself down). Not the recycler's (the plugin loads no job
+   * class); the suite gives the TaskManager {@link #METASPACE_MB} and restarts it between faults once 70 % of that is
+   * used, as an operator would, and counts the restarts.
    */
   private static final long METASPACE_MB = 1536;
   private static final long METASPACE_RECYCLE_KB = METASPACE_MB * 1024 * 7 / 10;
