@@ -37,6 +37,7 @@ var (
 	failOn          = flag.Int("fail_on", 7, "The number the fail pipeline fails on; outside 1..N it succeeds (optional).")
 	sleepPerElement = flag.Duration("sleep_per_element", 0, "Sleep before passing on each input element, to slow the job down (optional).")
 	hold            = flag.Duration("hold", 0, "Sleep once, before the first input element of each worker, to keep the job running (optional).")
+	logTag          = flag.String("log_tag", "", "Write \"<tag> element <element>\" to the worker's stderr for every element the paced step passes on (optional).")
 	printExpected   = flag.Bool("print_expected", false, "Print the exact output file content (for fail: the job's error message) computed without Beam, and exit (optional).")
 )
 
@@ -56,7 +57,7 @@ func main() {
 		Input:     *input,
 		Elements:  *elements,
 		FailOn:    *failOn,
-		Pace:      pace.Config{SleepPerElement: *sleepPerElement, Hold: *hold},
+		Pace:      pace.Config{SleepPerElement: *sleepPerElement, Hold: *hold, LogTag: *logTag},
 		Runner:    *runners.Runner,
 		WorkerBin: *jobopts.WorkerBinary,
 	}

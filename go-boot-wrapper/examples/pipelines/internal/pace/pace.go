@@ -3,6 +3,9 @@ package pace
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"os"
 	"time"
 
 	"github.com/apache/beam/sdks/v2/go/pkg/beam"
@@ -20,17 +23,26 @@ type Config struct {
 	SleepPerElement time.Duration
 	// Hold is slept once, before the first element a worker's DoFn instance sees.
 	Hold time.Duration
+	// LogTag, if set, makes the step write the line "<LogTag> element <element>" to the worker's stderr for every
+	// element it passes on, so that a test can count a worker's log lines where they end up (the fault suite checks
+	// that none is lost when the lease ends).
+	LogTag string
 }
+
+// logOut is where LogTag lines go; a variable so the tests can read them.
+var logOut io.Writer = os.Stderr
 
 // Apply passes every element of col through unchanged, sleeping as cfg says. The step is always present, so a slow run has
 // the same pipeline shape as a fast one. Sleeps end early, with the context's error, when the bundle is cancelled.
 func Apply(s beam.Scope, cfg Config, col beam.PCollection) beam.PCollection {
-	return beam.ParDo(s.Scope("pace"), &paceFn{SleepPerElement: cfg.SleepPerElement, Hold: cfg.Hold}, col)
+	return beam.ParDo(s.Scope("pace"), &paceFn{SleepPerElement: cfg.SleepPerElement, Hold: cfg.Hold, LogTag: cfg.LogTag},
+		col)
 }
 
 type paceFn struct {
 	SleepPerElement time.Duration `json:"sleep_per_element"`
 	Hold            time.Duration `json:"hold"`
+	LogTag          string        `json:"log_tag"`
 
 	held bool // per DoFn instance; not serialised
 }
@@ -44,6 +56,12 @@ func (f *paceFn) ProcessElement(ctx context.Context, elem beam.T, emit func(beam
 	}
 	if err := sleep(ctx, f.SleepPerElement); err != nil {
 		return err
+	}
+	if f.LogTag != "" {
+		// One write per line: lines of concurrent bundles never interleave within a line.
+		if _, err := fmt.Fprintf(logOut, "%s element %v\n", f.LogTag, elem); err != nil {
+			return fmt.Errorf("write log line: %w", err)
+		}
 	}
 	emit(elem)
 	return nil

@@ -1,6 +1,7 @@
 package pace
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"testing"
@@ -54,5 +55,28 @@ func TestProcessElement(t *testing.T) {
 				t.Fatal("held not set after the first element")
 			}
 		})
+	}
+}
+
+func TestLogTagWritesOneLinePerElement(t *testing.T) {
+	var buf bytes.Buffer
+	old := logOut
+	logOut = &buf
+	t.Cleanup(func() { logOut = old })
+	fn := paceFn{LogTag: "job7"}
+	for _, e := range []string{"a", "b"} {
+		if err := fn.ProcessElement(context.Background(), e, func(beam.T) {}); err != nil {
+			t.Fatalf("ProcessElement(%q) error = %v", e, err)
+		}
+	}
+	if got, want := buf.String(), "job7 element a\njob7 element b\n"; got != want {
+		t.Fatalf("log lines = %q, want %q", got, want)
+	}
+	buf.Reset()
+	if err := (&paceFn{}).ProcessElement(context.Background(), "c", func(beam.T) {}); err != nil {
+		t.Fatal(err)
+	}
+	if buf.Len() != 0 {
+		t.Fatalf("without LogTag the step wrote %q", buf.String())
 	}
 }

@@ -326,6 +326,38 @@ class RecyclerGrpcTest {
     assertThat(w.held).isEmpty();
   }
 
+  /**
+   * Regression (fault suite, 2026-12-07): a cache file overwritten on disk was served to every later wrapper that
+   * lacked the content, each failing its boot with a digest mismatch, until the recycler restarted.
+   */
+  @Test
+  void aCacheFileCorruptedOnDiskIsDroppedAndFetchedAgainForTheNextLease() throws Exception {
+    start(1, Duration.ofSeconds(10), b -> b.failureBackoff(Duration.ofMillis(50), Duration.ofMillis(100)));
+    TestingRunner runner = runner("/staging/job-a/go-worker-binary");
+    TestingWrapper w = wrapper("slot-0", "a").attach();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    pool().startWorker(runner.startRequest("1-1"));
+    runner.controls.get("1-1").onCompleted();
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+    Path file = cacheDir.resolve("sha256-" + sha(binary));
+    assertThat(file).isRegularFile();
+    byte[] corrupt = Files.readAllBytes(file);
+    corrupt[corrupt.length / 2] ^= 0x5a;
+    Files.write(file, corrupt);
+    w.held.clear(); // the wrapper's own copy is gone too: it must fetch from the recycler
+
+    assertThatThrownBy(() -> pool().startWorker(runner.startRequest("1-2")))
+        .isInstanceOf(StatusRuntimeException.class);
+    assertThat(w.bootErrors).singleElement().asString().startsWith("DATA_LOSS").contains(sha(binary))
+        .contains("corrupt");
+    await().atMost(AWAIT).until(() -> state("slot-0").equals("IDLE"));
+
+    assertThat(pool().startWorker(runner.startRequest("1-3")).getError()).isEmpty();
+    assertThat(w.held).containsExactly(sha(binary));
+    assertThat(runner.artifactDownloads.get()).as("fetched again from the runner").isEqualTo(2);
+    assertThat(Files.readAllBytes(file)).isEqualTo(binary);
+  }
+
   @Test
   void wrapperCallsAreFencedToTheCurrentGeneration() throws Exception {
     start(1, Duration.ofSeconds(10));

@@ -193,6 +193,29 @@ public final class ArtifactCache {
     }
   }
 
+  /**
+   * Drops content found corrupt (its bytes no longer hash to its sha256, e.g. its file was overwritten on disk): it
+   * leaves the index and the pins at once, so no later lookup hands it out, and its file is deleted; the next lookup
+   * of that content fetches or copies it again. Leases that still hold a pin on it release nothing later (their unpin
+   * finds no pin, or, once the content is cached again, lowers the new entry's pin count early, which only makes that
+   * entry evictable sooner). Idempotent.
+   */
+  public void discardCorrupt(Blob b) {
+    boolean unpinned = false;
+    synchronized (pins) {
+      Pin pin = pins.get(b.sha256());
+      if (pin != null && pin.blob == b) {
+        pins.remove(b.sha256());
+        unpinned = true;
+      }
+    }
+    // Still indexed: the removal listener finds no pin now and releases it (deletes the file).
+    boolean indexed = blobs.asMap().remove(b.sha256(), b);
+    if (unpinned && !indexed) {
+      release(b); // evicted earlier and kept only by the pin just removed
+    }
+  }
+
   /** A blob left the cache for good: its file is deleted, or its heap bytes no longer count. */
   private void release(Blob b) {
     if (b instanceof Blob.InMemory m) {

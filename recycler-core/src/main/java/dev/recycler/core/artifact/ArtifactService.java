@@ -12,6 +12,9 @@ import io.grpc.stub.ServerCallStreamObserver;
 import io.grpc.stub.StreamObserver;
 import java.io.IOException;
 import java.io.InputStream;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.HexFormat;
 import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactRequest;
 import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactResponse;
 import org.apache.beam.model.jobmanagement.v1.ArtifactApi.ResolveArtifactsRequest;
@@ -21,7 +24,9 @@ import org.apache.beam.model.jobmanagement.v1.ArtifactRetrievalServiceGrpc;
 /**
  * Wrapper-facing {@code ArtifactRetrievalService}, fenced to the caller's current lease ({@code worker_id} = slot id,
  * {@code recycler-generation}). GetArtifact streams from the cache with flow control, 1 MiB per message, and announces
- * the length in the {@code recycler-content-length} response header.
+ * the length in the {@code recycler-content-length} response header. It hashes what it sends: content whose bytes no
+ * longer match its sha256 (a cache file changed on disk) ends the call with DATA_LOSS instead of completing it, and
+ * is dropped from the cache so that the next lease gets it fetched again rather than the same corrupt bytes.
  */
 final class ArtifactService extends ArtifactRetrievalServiceGrpc.ArtifactRetrievalServiceImplBase {
   private static final int CHUNK = 1 << 20;
@@ -84,6 +89,7 @@ final class ArtifactService extends ArtifactRetrievalServiceGrpc.ArtifactRetriev
     private final ServerCallStreamObserver<GetArtifactResponse> call;
     private InputStream in;
     private Blob blob;
+    private MessageDigest sent;
     private boolean finished;
 
     Pump(ServerCallStreamObserver<GetArtifactResponse> call) {
@@ -96,6 +102,7 @@ final class ArtifactService extends ArtifactRetrievalServiceGrpc.ArtifactRetriev
       }
       try {
         this.blob = b;
+        this.sent = sha256();
         this.in = b.open();
       } catch (IOException e) {
         fail(io.grpc.Status.UNAVAILABLE.withDescription("artifact " + b.sha256()
@@ -113,17 +120,34 @@ final class ArtifactService extends ArtifactRetrievalServiceGrpc.ArtifactRetriev
         while (call.isReady()) {
           byte[] buf = in.readNBytes(CHUNK);
           if (buf.length == 0) {
+            String actual = HexFormat.of().formatHex(sent.digest());
+            if (!actual.equals(blob.sha256())) {
+              artifacts.discardCorrupt(blob, actual);
+              fail(io.grpc.Status.DATA_LOSS.withDescription("cached artifact sha256:" + blob.sha256()
+                  + " is corrupt (its bytes hash to sha256:" + actual + "); it was dropped from the recycler's cache"
+                  + " and the next lease fetches it again").asException());
+              return;
+            }
             finished = true;
             in.close();
             metrics.served(blob.size());
             call.onCompleted();
             return;
           }
+          sent.update(buf);
           call.onNext(GetArtifactResponse.newBuilder().setData(ByteString.copyFrom(buf)).build());
         }
       } catch (IOException e) {
         fail(io.grpc.Status.INTERNAL.withDescription("reading cached artifact " + blob.sha256() + " failed")
             .asException());
+      }
+    }
+
+    private static MessageDigest sha256() {
+      try {
+        return MessageDigest.getInstance("SHA-256");
+      } catch (NoSuchAlgorithmException e) {
+        throw new IllegalStateException("every Java platform has SHA-256", e);
       }
     }
 

@@ -119,6 +119,16 @@ public final class Artifacts {
   }
 
   /**
+   * Content served from the cache did not hash to its sha256 (its file changed on disk after it was verified): it is
+   * dropped from the cache, so that the next lease copies or fetches it again instead of failing the same way.
+   */
+  void discardCorrupt(Blob blob, String actualSha256) {
+    LOG.warn("cached artifact sha256={} is corrupt (its bytes hash to {}): dropped from the cache, fetched again on"
+        + " next use", blob.sha256(), actualSha256);
+    cache.discardCorrupt(blob);
+  }
+
+  /**
    * Adds a blob, pinned for this call, to the lease's scope: the lease keeps one pin per blob until it ends, so
    * eviction cannot take it from a booting wrapper; a second pin for a blob already in scope is released.
    */

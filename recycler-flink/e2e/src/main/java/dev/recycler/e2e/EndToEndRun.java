@@ -8,9 +8,6 @@ import dev.recycler.e2e.EndToEndResult.Verdict;
 import dev.recycler.e2e.GoJob.Outcome;
 import dev.recycler.e2e.GoJob.Spec;
 import java.io.IOException;
-import java.nio.ByteBuffer;
-import java.nio.channels.SeekableByteChannel;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -23,10 +20,7 @@ import java.util.Map;
 import java.util.Objects;
 import java.util.Optional;
 import java.util.Set;
-import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.function.Consumer;
-import java.util.function.Predicate;
-import java.util.stream.IntStream;
 
 /**
  * The end-to-end run with real parts, on 127.0.0.1 with free ports: a Flink 1.19.3 session cluster (JobManager and
@@ -46,7 +40,6 @@ import java.util.stream.IntStream;
  * instance.
  */
 public final class EndToEndRun {
-  static final String SLOT_PREFIX = "slot-";
   static final String FAIL_MARKER = "beam-pipelines deliberate failure";
   /** What Beam's runner logs (TaskManager log, INFO) when a worker fetches a bundle's descriptor: a bundle started. */
   static final String BUNDLE_STARTED = "getProcessBundleDescriptor request with id";
@@ -59,17 +52,12 @@ public final class EndToEndRun {
   private final List<Check> checks = new ArrayList<>();
   private final List<String> settleViolations = new ArrayList<>();
   private final Map<String, String> expected = new HashMap<>();
-  private final Set<String> knownWorkerIds = new LinkedHashSet<>();
-  private final Map<String, Long> launcherPids = new LinkedHashMap<>();
-  /** Also read by the shutdown hook. */
-  private final List<GoJob> launchers = new CopyOnWriteArrayList<>();
   private long originMillis;
 
+  private SessionRig rig;
   private FlinkSessionCluster cluster;
-  private JobServerProcess jobServer;
   private WrapperProcesses wrappers;
   private AdminEndpoint admin;
-  private int recyclerPort;
   private Path work;
   private int jobCounter;
 
@@ -87,70 +75,16 @@ public final class EndToEndRun {
     long t0 = System.nanoTime();
     originMillis = System.currentTimeMillis();
     work = Files.createDirectories(s.workDirectory.resolve("run-" + originMillis));
-    Duration clusterStart;
-    Duration jobServerStart;
     Map<String, Long> startPids;
     AdminEndpoint.Table last;
     Transfers transfers;
-    Map<String, Long> processPids = new LinkedHashMap<>();
-    List<String> slots = IntStream.range(0, s.slots).mapToObj(i -> SLOT_PREFIX + i).toList();
-    // The other parts have their own hooks; launchers must not outlive a JVM that is stopped mid-run either.
-    Thread hook = new Thread(() -> launchers.forEach(GoJob::destroyNow), "e2e-launchers-shutdown");
-    Runtime.getRuntime().addShutdownHook(hook);
     try {
-      recyclerPort = FlinkSessionCluster.freePort();
-      int adminPort = FlinkSessionCluster.freePort();
-      admin = new AdminEndpoint("127.0.0.1:" + adminPort);
-
-      // 1. The harness containers first, as in a pod: they retry attaching until the recycler is up.
-      progress.accept("start " + s.slots + " go-boot-wrapper processes (slots " + String.join(", ", slots) + ")");
-      wrappers = WrapperProcesses.start(s.wrapperBinary, slots, "localhost:" + recyclerPort,
-          Path.of(wrappersRoot()), Duration.ofSeconds(5), Duration.ofSeconds(30));
-      wrappers.pids().forEach((slot, pid) -> processPids.put("wrapper " + slot, pid));
-
-      // 2. The Flink session cluster with the recycler plugin in the TaskManager.
-      progress.accept("start Flink " + BuildPaths.flinkVersion() + " session cluster (JobManager + TaskManager JVMs),"
-          + " recycler plugin on 127.0.0.1:" + recyclerPort + ", admin 127.0.0.1:" + adminPort);
-      cluster = FlinkSessionCluster.builder()
-          .workDirectory(work.resolve("flink"))
-          .flinkLibDirectory(s.flinkLib)
-          .taskManagerSlots(Math.max(s.slots, s.concurrentJobs))
-          .taskManagerMemory("2048m")
-          .plugin(RecyclerPlugin.DIRECTORY, s.pluginJar)
-          .config(RecyclerPlugin.config(s.slots, recyclerPort, adminPort))
-          .config(RecyclerPlugin.param("cache-dir"), work.resolve("recycler-cache").toString())
-          // The job server's artifacts directory, which a TaskManager reads anyway (on Kubernetes a shared volume):
-          // the recycler identifies each job's binary there in place instead of streaming it through the runner.
-          .config(RecyclerPlugin.param("local-artifact-dirs"), work.resolve("job-server-artifacts").toString())
-          // The runner sends a whole artifact (the worker binary) into Netty direct buffers: give it room.
-          .config("taskmanager.memory.task.off-heap.size", "384m")
-          // Every Beam job loads Beam's runner classes into its own user classloader; with three jobs at once after
-          // several before them (not yet unloaded), Flink's default 256 MB metaspace ran out once in CI.
-          .config("taskmanager.memory.jvm-metaspace.size", "512m")
-          .stopTimeout(Duration.ofSeconds(60))
-          .start();
-      clusterStart = cluster.coldStartTime();
-      processPids.put("jobmanager", cluster.jobManagerPid().orElse(-1));
-      processPids.put("taskmanager", cluster.taskManagerPid().orElse(-1));
-      progress.accept(String.format("cluster up in %.1f s, REST %s", clusterStart.toMillis() / 1000.0,
-          cluster.restAddress()));
-
-      // 3. Beam's job server pointed at the cluster.
-      progress.accept("start Beam's Flink job server (--flink-master " + cluster.restAddress() + ")");
-      jobServer = JobServerProcess.builder(s.jobServerJar)
-          .flinkMaster(cluster.restAddress())
-          .flinkConfDir(cluster.configDirectory())
-          .artifactsDir(work.resolve("job-server-artifacts"))
-          .logFile(work.resolve("job-server.log"))
-          .startTimeout(Duration.ofSeconds(120))
-          .start();
-      jobServerStart = jobServer.startupTime();
-      processPids.put("job server", jobServer.pid());
-      progress.accept(String.format("job server up in %.1f s at %s", jobServerStart.toMillis() / 1000.0,
-          jobServer.jobEndpoint()));
-
-      startPids = awaitAttached(slots);
-      progress.accept("all slots attached and IDLE; wrapper pids " + startPids);
+      rig = SessionRig.start(new SessionRig.Options(work, s.wrapperBinary, s.jobServerJar, s.pluginJar, s.flinkLib,
+          s.slots, Math.max(s.slots, s.concurrentJobs), Map.of(), progress));
+      cluster = rig.cluster();
+      wrappers = rig.wrappers();
+      admin = rig.admin();
+      startPids = rig.attachedPids();
 
       // 4. The scenarios.
       successive();
@@ -171,21 +105,22 @@ public final class EndToEndRun {
           (int) jobs.stream().filter(j -> j.lease().isPresent()).count()));
     } catch (IOException | InterruptedException | RuntimeException | Error e) {
       progress.accept("run aborted: " + e);
-      stopAll();
-      Runtime.getRuntime().removeShutdownHook(hook);
+      if (rig != null) {
+        rig.close();
+      }
       throw e;
     }
 
     progress.accept("stop everything: job server, wrappers, TaskManager, JobManager");
-    stopAll();
+    Map<String, Long> processPids = rig.longLivedPids();
+    rig.close();
     checkStopped(processPids);
-    Runtime.getRuntime().removeShutdownHook(hook);
-    deleteBulk();
+    rig.deleteBulk();
 
     Duration total = Duration.ofNanos(System.nanoTime() - t0);
     List<LeaseRecord> leases = last.leases();
     return new EndToEndResult(s.slots, List.copyOf(jobs), leases, List.copyOf(checks), startPids, transfers,
-        clusterStart, jobServerStart, total, originMillis, work.toString());
+        rig.clusterStart(), rig.jobServerStart(), total, originMillis, work.toString());
   }
 
   // ---------------------------------------------------------------------------------------------------------------
@@ -303,7 +238,7 @@ public final class EndToEndRun {
     }
     LeaseRecord l = running.get();
     boolean bundleSeen = inBundle
-        && awaitLogLine(cluster.taskManagerLog(), logOffset, BUNDLE_STARTED, Duration.ofSeconds(60));
+        && SessionRig.awaitLogLine(cluster.taskManagerLog(), logOffset, BUNDLE_STARTED, Duration.ofSeconds(60));
     progress.accept("SIGKILL worker " + l.workerId() + " (pid " + l.workerPid() + ") of " + job.spec().name()
         + (!inBundle ? " as soon as it connected"
             : bundleSeen ? " mid-bundle" : " (no bundle seen in the TaskManager log within 60 s)"));
@@ -337,11 +272,7 @@ public final class EndToEndRun {
       expected.put(key, GoJob.expectedOutput(s.pipelinesBinary, pipeline, List.of()));
     }
     progress.accept("job " + name + ": submit" + (flags.length > 0 ? " " + String.join(" ", flags) : ""));
-    GoJob job = GoJob.start(s.pipelinesBinary, spec, jobServer.jobEndpoint(), recyclerPort, work.resolve("outputs"),
-        work.resolve("launchers"));
-    launcherPids.put(name, job.pid());
-    launchers.add(job);
-    return job;
+    return rig.startJob(s.pipelinesBinary, spec);
   }
 
   /** Starts a job, waits for it, settles, records it. */
@@ -375,14 +306,7 @@ public final class EndToEndRun {
     }
     Outcome o = done.get();
     String flinkId = RunSupport.flinkJobId(cluster, name);
-    String state = "?";
-    if (flinkId != null) {
-      try {
-        state = cluster.awaitJobTerminal(flinkId, Duration.ofSeconds(60)).state();
-      } catch (IllegalStateException e) {
-        state = cluster.job(flinkId).state();
-      }
-    }
+    String state = rig.finalFlinkState(flinkId);
     String want = expected.get(job.spec().pipeline());
     boolean matches = o.output().isPresent() && o.output().get().equals(want);
     Optional<LeaseRecord> lease = leaseOf(name);
@@ -396,14 +320,13 @@ public final class EndToEndRun {
       note = matches ? "output exactly as expected" : o.output().isPresent() ? "output DIFFERS from the expected"
           : "no output file";
     } else {
-      note = "launcher exit " + o.exitCode() + ": " + cause(o.launcherOutput());
+      note = "launcher exit " + o.exitCode() + ": " + RunSupport.cause(o.launcherOutput());
     }
     note += extra;
     List<LeaseRecord> all = leasesOf(name);
     JobRun run = new JobRun(scenario, name, job.spec().pipeline(), o.exitCode(), o.wallTime(), matches, flinkId,
         state, lease, all, note);
     jobs.add(run);
-    all.forEach(l -> knownWorkerIds.add(l.workerId()));
     if (report) {
       progress.accept(String.format("job %s: %s in %.1f s (Flink %s%s) %s", name,
           o.exitCode() == 0 ? "succeeded" : "exit " + o.exitCode(), o.wallTime().toMillis() / 1000.0, state,
@@ -418,71 +341,11 @@ public final class EndToEndRun {
 
   /** Waits for the job's lease to be ACTIVE with a worker pid; empty if the launcher ends or the bound passes. */
   private Optional<LeaseRecord> awaitActiveLease(GoJob job, Duration bound) throws IOException, InterruptedException {
-    long deadline = System.nanoTime() + bound.toNanos();
-    while (System.nanoTime() < deadline && job.isRunning()) {
-      AdminEndpoint.Table t = admin.table();
-      for (AdminEndpoint.Slot slot : t.slots()) {
-        if (slot.state().equals("ACTIVE") && matchesJob(slot.jobName(), job.spec().name())) {
-          Optional<LeaseRecord> l = t.leases().stream()
-              .filter(r -> r.workerId().equals(slot.workerId()) && r.workerPid() > 0 && !r.ended()).findFirst();
-          if (l.isPresent()) {
-            knownWorkerIds.add(l.get().workerId());
-            return l;
-          }
-        }
-      }
-      RunSupport.pause();
-    }
-    return Optional.empty();
+    return rig.awaitActiveLease(job.spec().name(), job::isRunning, bound);
   }
 
-  /** Waits until {@code text} appears in {@code log} after byte {@code offset}; false if the bound passes. */
-  private static boolean awaitLogLine(Path log, long offset, String text, Duration bound)
-      throws IOException, InterruptedException {
-    long deadline = System.nanoTime() + bound.toNanos();
-    while (true) {
-      try (SeekableByteChannel ch = Files.newByteChannel(log)) {
-        long size = ch.size();
-        if (size > offset) {
-          ByteBuffer buf = ByteBuffer.allocate((int) Math.min(size - offset, 16 << 20));
-          ch.position(offset);
-          while (buf.hasRemaining() && ch.read(buf) > 0) {
-            // fill
-          }
-          if (new String(buf.array(), 0, buf.position(), StandardCharsets.UTF_8).contains(text)) {
-            return true;
-          }
-        }
-      }
-      if (System.nanoTime() > deadline) {
-        return false;
-      }
-      RunSupport.pause();
-    }
-  }
-
-  /** The Flink job whose name carries {@code jobName}, in {@code state}, waiting up to {@code bound}. */
   private String awaitFlinkJob(String jobName, String state, Duration bound) throws IOException, InterruptedException {
-    long deadline = System.nanoTime() + bound.toNanos();
-    while (true) {
-      for (JobSummary j : cluster.jobs()) {
-        if (matchesJob(j.name(), jobName) && j.state().equals(state)) {
-          return j.id();
-        }
-      }
-      if (System.nanoTime() > deadline) {
-        throw new IllegalStateException("no Flink job named like " + jobName + " in state " + state + " after "
-            + bound + "; jobs: " + cluster.jobs());
-      }
-      RunSupport.pause();
-    }
-  }
-  /**
-   * Beam's job server names the Flink job {@code <job_name>-<user>-<MMddHHmmss>-<hash>}; the recycler's lease records
-   * carry the same name (from the pipeline options).
-   */
-  static boolean matchesJob(String actual, String jobName) {
-    return actual != null && (actual.equals(jobName) || actual.startsWith(jobName + "-"));
+    return rig.awaitFlinkJob(jobName, state, bound);
   }
 
   private Optional<LeaseRecord> leaseOf(String jobName) throws IOException, InterruptedException {
@@ -490,7 +353,7 @@ public final class EndToEndRun {
   }
 
   private List<LeaseRecord> leasesOf(String jobName) throws IOException, InterruptedException {
-    return admin.table().leases().stream().filter(l -> matchesJob(l.jobName(), jobName)).toList();
+    return rig.leasesOf(jobName);
   }
 
   // ---------------------------------------------------------------------------------------------------------------
@@ -501,49 +364,17 @@ public final class EndToEndRun {
    * survives and no lease directory is left. Returns the time to IDLE, or null if the bound passed.
    */
   private Duration settle(String after) throws IOException, InterruptedException {
-    long t = System.nanoTime();
-    long deadline = t + s.settleBound.toNanos();
-    AdminEndpoint.Table table = admin.table();
-    while (!table.allIdle() && System.nanoTime() < deadline) {
-      RunSupport.pause();
-      table = admin.table();
-    }
-    Duration took = Duration.ofNanos(System.nanoTime() - t);
+    Duration took = rig.awaitIdle(s.settleBound);
     List<String> problems = new ArrayList<>();
-    if (!table.allIdle()) {
-      problems.add("slots not IDLE within " + s.settleBound + ": " + table.states());
+    if (took == null) {
+      problems.add("slots not IDLE within " + s.settleBound + ": " + admin.table().states());
     }
-    table.leases().forEach(l -> knownWorkerIds.add(l.workerId()));
-    ProcessTable procs = ProcessTable.snapshot();
-    for (String id : knownWorkerIds) {
-      procs.withWorkerId(id, wrappersRoot()).forEach(p -> problems.add("process of lease " + id + " alive: " + p));
-    }
-    List<Long> wrapperPids = List.copyOf(wrappers.pids().values());
-    procs.descendantsOf(wrapperPids).forEach(p -> problems.add(
-        (p.isZombie() ? "zombie" : "process") + " under a wrapper: " + p));
-    wrappers.leaseDirectories().forEach(d -> problems.add("lease directory left: " + d));
+    problems.addAll(rig.leftovers().all());
     if (!problems.isEmpty()) {
       settleViolations.add("after " + after + ": " + String.join("; ", problems));
       progress.accept("  !! after " + after + ": " + String.join("; ", problems));
     }
-    return table.allIdle() ? took : null;
-  }
-
-  private Map<String, Long> awaitAttached(List<String> slots) throws IOException, InterruptedException {
-    long deadline = System.nanoTime() + Duration.ofSeconds(60).toNanos();
-    while (true) {
-      AdminEndpoint.Table t = admin.table();
-      if (t.allIdle() && t.slots().size() == slots.size()) {
-        Map<String, Long> pids = new LinkedHashMap<>();
-        t.slots().forEach(x -> pids.put(x.slot(), x.wrapperPid()));
-        return pids;
-      }
-      if (System.nanoTime() > deadline) {
-        throw new IllegalStateException("wrappers did not attach within 60 s: " + t.states() + "; exited: "
-            + wrappers.exited() + "; logs under " + work.resolve("wrappers"));
-      }
-      RunSupport.pause();
-    }
+    return took;
   }
 
   // ---------------------------------------------------------------------------------------------------------------
@@ -636,14 +467,14 @@ public final class EndToEndRun {
         alive.add(what + " pid " + pid);
       }
     });
-    launcherPids.forEach((name, pid) -> {
+    rig.launcherPids().forEach((name, pid) -> {
       if (ProcessTable.isAlive(pid)) {
         alive.add("launcher " + name + " pid " + pid);
       }
     });
     ProcessTable procs = ProcessTable.snapshot();
-    for (String id : knownWorkerIds) {
-      procs.withWorkerId(id, wrappersRoot()).forEach(p -> alive.add("worker of lease " + id + ": " + p));
+    for (String id : rig.knownWorkerIds()) {
+      procs.withWorkerId(id, rig.wrappersRoot()).forEach(p -> alive.add("worker of lease " + id + ": " + p));
     }
     Map<String, Integer> codes = wrappers.exitCodes();
     boolean cleanExit = codes.values().stream().allMatch(c -> c == 0);
@@ -656,46 +487,6 @@ public final class EndToEndRun {
 
   // ---------------------------------------------------------------------------------------------------------------
   // Helpers
-
-  private void stopAll() {
-    for (GoJob job : launchers) {
-      if (job.isRunning()) {
-        try {
-          job.kill();
-        } catch (IOException | InterruptedException e) {
-          progress.accept("cannot stop launcher " + job.spec().name() + ": " + e);
-        }
-      }
-    }
-    if (jobServer != null) {
-      jobServer.close();
-    }
-    if (wrappers != null) {
-      wrappers.close();
-    }
-    if (cluster != null) {
-      cluster.close();
-    }
-  }
-
-  /**
-   * Deletes what is big and no longer needed once everything has stopped (a run stages a copy of the worker binary
-   * and of the job server jar per job: gigabytes), keeping logs, outputs and configuration for post-mortems.
-   */
-  private void deleteBulk() {
-    List<Path> bulk = new ArrayList<>(List.of(work.resolve("job-server-artifacts"), work.resolve("flink/tmp"),
-        work.resolve("recycler-cache")));
-    for (int i = 0; i < s.slots; i++) {
-      bulk.add(work.resolve("wrappers").resolve(SLOT_PREFIX + i).resolve("cache"));
-    }
-    RunSupport.deleteTrees(bulk, progress);
-  }
-
-
-  /** This run's wrappers' work directories: every worker of theirs runs from a lease directory below it. */
-  private String wrappersRoot() {
-    return work.resolve("wrappers").toString();
-  }
 
   private void check(String name, boolean ok, String detail) {
     check(name, ok ? Verdict.PASS : Verdict.FAIL, detail);
@@ -732,18 +523,6 @@ public final class EndToEndRun {
     int i = text.lastIndexOf(FAIL_MARKER);
     int end = text.indexOf('\n', i);
     return ProcessTable.abbreviate(text.substring(i, end < 0 ? text.length() : end).strip());
-  }
-
-  /** The most telling line of a failed launcher's output: the last exception named, else the last line. */
-  private static String cause(String text) {
-    List<String> lines = text.lines().map(String::strip).filter(Predicate.not(String::isBlank)).toList();
-    String pick = lines.isEmpty() ? "(no output)" : lines.get(lines.size() - 1);
-    for (String l : lines) {
-      if (l.matches(".*\\b[\\w.]+(Exception|Error)\\b.*")) {
-        pick = l;
-      }
-    }
-    return ProcessTable.abbreviate(pick.replaceAll("org\\.apache\\.beam\\.vendor\\.grpc\\.v\\w+\\.", ""));
   }
 
   private static String ms(Duration d) {

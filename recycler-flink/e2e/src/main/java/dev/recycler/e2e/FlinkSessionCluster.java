@@ -297,6 +297,20 @@ public final class FlinkSessionCluster implements AutoCloseable {
   }
 
   /**
+   * SIGKILLs the TaskManager (no shutdown hook runs: the recycler plugin inside it dies without a word, as in an
+   * out-of-memory kill) and waits for it; returns its exit code (137), -1 if none runs. {@link #startTaskManager()}
+   * starts a new one.
+   */
+  public synchronized int killTaskManager() throws InterruptedException {
+    if (taskManager == null) {
+      return -1;
+    }
+    int code = taskManager.kill();
+    taskManager = null;
+    return code;
+  }
+
+  /**
    * Starts a new TaskManager (a new JVM, new log file, new resource id) with the cluster's configuration and waits
    * until all its slots are registered.
    *

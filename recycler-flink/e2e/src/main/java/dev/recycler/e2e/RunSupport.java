@@ -11,7 +11,7 @@ import java.util.concurrent.locks.LockSupport;
 import java.util.function.Consumer;
 import java.util.stream.Stream;
 
-/** Steps both runs ({@link EndToEndRun}, {@link ScaleOutRun}) take the same way. Stateless. */
+/** Steps the runs ({@link EndToEndRun}, {@link ScaleOutRun}, {@link FaultSuite}) take the same way. Stateless. */
 final class RunSupport {
   /** How often the runs poll Flink's REST API and the slot tables: neither pushes state changes. */
   static final Duration POLL = Duration.ofMillis(100);
@@ -35,7 +35,7 @@ final class RunSupport {
   /** The Flink job id of the Beam job named {@code jobName}, or null if Flink lists none. */
   static String flinkJobId(FlinkSessionCluster cluster, String jobName) throws IOException, InterruptedException {
     for (JobSummary j : cluster.jobs()) {
-      if (EndToEndRun.matchesJob(j.name(), jobName)) {
+      if (SessionRig.matchesJob(j.name(), jobName)) {
         return j.id();
       }
     }
@@ -56,5 +56,17 @@ final class RunSupport {
         progress.accept("cannot delete " + p + ": " + e);
       }
     }
+  }
+
+  /** The most telling line of a failed launcher's output: the last exception named, else the last line. */
+  static String cause(String text) {
+    List<String> lines = text.lines().map(String::strip).filter(l -> !l.isBlank()).toList();
+    String pick = lines.isEmpty() ? "(no output)" : lines.get(lines.size() - 1);
+    for (String l : lines) {
+      if (l.matches(".*\\b[\\w.]+(Exception|Error)\\b.*")) {
+        pick = l;
+      }
+    }
+    return ProcessTable.abbreviate(pick.replaceAll("org\\.apache\\.beam\\.vendor\\.grpc\\.v\\w+\\.", ""));
   }
 }

@@ -471,7 +471,7 @@ public final class ScaleOutRun {
   private List<LeaseRecord> leasesOf(Tm tm, String jobName) {
     try {
       return admins.get(tm.name()).table().leases().stream()
-          .filter(l -> EndToEndRun.matchesJob(l.jobName(), jobName)).toList();
+          .filter(l -> SessionRig.matchesJob(l.jobName(), jobName)).toList();
     } catch (IOException e) {
       return List.of(); // the TaskManager is down
     } catch (InterruptedException e) {
@@ -483,7 +483,7 @@ public final class ScaleOutRun {
   private Optional<LeaseRecord> activeLease(Tm tm, String jobName) throws IOException, InterruptedException {
     AdminEndpoint.Table t = admins.get(tm.name()).table();
     for (AdminEndpoint.Slot s : t.slots()) {
-      if (s.state().equals("ACTIVE") && EndToEndRun.matchesJob(s.jobName(), jobName)) {
+      if (s.state().equals("ACTIVE") && SessionRig.matchesJob(s.jobName(), jobName)) {
         Optional<LeaseRecord> l = t.leases().stream()
             .filter(r -> r.workerId().equals(s.workerId()) && r.workerPid() > 0 && !r.ended()).findFirst();
         if (l.isPresent()) {

@@ -42,10 +42,10 @@ class SlotTimelineTest {
 
   @Test
   void jobNamesMatchBeamsDecoratedNamesOnly() {
-    assertThat(EndToEndRun.matchesJob("e2e01wordcount-root-1124080117-2ca8e2b", "e2e01wordcount")).isTrue();
-    assertThat(EndToEndRun.matchesJob("e2e01wordcount", "e2e01wordcount")).isTrue();
-    assertThat(EndToEndRun.matchesJob("e2e010wordcount-root-1124080117-2ca8e2b", "e2e01wordcount")).isFalse();
-    assertThat(EndToEndRun.matchesJob("", "e2e01wordcount")).isFalse();
+    assertThat(SessionRig.matchesJob("e2e01wordcount-root-1124080117-2ca8e2b", "e2e01wordcount")).isTrue();
+    assertThat(SessionRig.matchesJob("e2e01wordcount", "e2e01wordcount")).isTrue();
+    assertThat(SessionRig.matchesJob("e2e010wordcount-root-1124080117-2ca8e2b", "e2e01wordcount")).isFalse();
+    assertThat(SessionRig.matchesJob("", "e2e01wordcount")).isFalse();
   }
 
   @Test
