@@ -573,7 +573,7 @@ class RecyclerGrpcTest {
     while (w.received(KindCase.EXIT).size() == exitsBefore
         && System.nanoTime() - t0 < TimeUnit.SECONDS.toNanos(20)) {
       busy.onNext(entries("busy"));
-      Thread.sleep(10);
+      LockSupport.parkNanos(TimeUnit.MILLISECONDS.toNanos(10)); // the pace of a worker that never stops logging
     }
     assertThat(w.received(KindCase.EXIT)).as("exit sent while the worker still logs").hasSize(2);
     busy.onCompleted();
