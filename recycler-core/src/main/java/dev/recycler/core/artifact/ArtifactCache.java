@@ -11,7 +11,6 @@ import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.security.MessageDigest;
-import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.HexFormat;
@@ -318,7 +317,7 @@ public final class ArtifactCache {
 
   /** Streams content in, hashing it; spills to a temporary file once it outgrows the memory limit. */
   public final class Writer {
-    private final MessageDigest sha = sha256();
+    private final MessageDigest sha = Sha256.newDigest();
     private ByteArrayOutputStream memory = new ByteArrayOutputStream();
     private Path tmp;
     private OutputStream file;
@@ -433,13 +432,6 @@ public final class ArtifactCache {
     blobs.cleanUp();
   }
 
-  private static MessageDigest sha256() {
-    try {
-      return MessageDigest.getInstance("SHA-256");
-    } catch (NoSuchAlgorithmException e) {
-      throw new IllegalStateException("the JVM has no SHA-256", e);
-    }
-  }
 
   /**
    * Takes {@code dir} as this cache's own (see the class comment): marks a new or empty one, refuses a foreign one,
@@ -515,7 +507,7 @@ public final class ArtifactCache {
       return;
     }
     try {
-      MessageDigest sha = sha256();
+      MessageDigest sha = Sha256.newDigest();
       byte[] buf = new byte[1 << 16];
       long size = 0;
       try (java.io.InputStream in = Files.newInputStream(p)) {

@@ -1,6 +1,6 @@
 package dev.recycler.core.artifact;
 
-import com.google.protobuf.ByteString;
+import com.google.protobuf.UnsafeByteOperations;
 import dev.recycler.core.api.RecyclerException;
 import dev.recycler.core.metrics.RecyclerMetrics;
 import dev.recycler.core.slot.Lease;
@@ -13,7 +13,6 @@ import io.grpc.stub.StreamObserver;
 import java.io.IOException;
 import java.io.InputStream;
 import java.security.MessageDigest;
-import java.security.NoSuchAlgorithmException;
 import java.util.HexFormat;
 import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactRequest;
 import org.apache.beam.model.jobmanagement.v1.ArtifactApi.GetArtifactResponse;
@@ -102,7 +101,7 @@ final class ArtifactService extends ArtifactRetrievalServiceGrpc.ArtifactRetriev
       }
       try {
         this.blob = b;
-        this.sent = sha256();
+        this.sent = Sha256.newDigest();
         this.in = b.open();
       } catch (IOException e) {
         fail(io.grpc.Status.UNAVAILABLE.withDescription("artifact " + b.sha256()
@@ -135,19 +134,12 @@ final class ArtifactService extends ArtifactRetrievalServiceGrpc.ArtifactRetriev
             return;
           }
           sent.update(buf);
-          call.onNext(GetArtifactResponse.newBuilder().setData(ByteString.copyFrom(buf)).build());
+          // readNBytes returns a fresh array that nothing writes again: wrap it instead of copying each MiB.
+          call.onNext(GetArtifactResponse.newBuilder().setData(UnsafeByteOperations.unsafeWrap(buf)).build());
         }
       } catch (IOException e) {
         fail(io.grpc.Status.INTERNAL.withDescription("reading cached artifact " + blob.sha256() + " failed")
             .asException());
-      }
-    }
-
-    private static MessageDigest sha256() {
-      try {
-        return MessageDigest.getInstance("SHA-256");
-      } catch (NoSuchAlgorithmException e) {
-        throw new IllegalStateException("every Java platform has SHA-256", e);
       }
     }
 

@@ -15,7 +15,6 @@ import io.grpc.Status;
 import io.grpc.stub.StreamObserver;
 import java.io.IOException;
 import java.security.MessageDigest;
-import java.security.NoSuchAlgorithmException;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HexFormat;
@@ -358,17 +357,13 @@ public final class Artifacts {
    * {@code scope}. A path may hold other content in another job, so the scope is one job (or one lease).
    */
   static String upstreamKey(String scope, ArtifactInformation a) {
-    try {
-      MessageDigest md = MessageDigest.getInstance("SHA-256");
-      md.update(scope.getBytes(java.nio.charset.StandardCharsets.UTF_8));
-      md.update((byte) 0);
-      md.update(a.getTypeUrn().getBytes(java.nio.charset.StandardCharsets.UTF_8));
-      md.update((byte) 0);
-      md.update(a.getTypePayload().asReadOnlyByteBuffer());
-      return HexFormat.of().formatHex(md.digest());
-    } catch (NoSuchAlgorithmException e) {
-      throw new IllegalStateException(e);
-    }
+    MessageDigest md = Sha256.newDigest();
+    md.update(scope.getBytes(java.nio.charset.StandardCharsets.UTF_8));
+    md.update((byte) 0);
+    md.update(a.getTypeUrn().getBytes(java.nio.charset.StandardCharsets.UTF_8));
+    md.update((byte) 0);
+    md.update(a.getTypePayload().asReadOnlyByteBuffer());
+    return HexFormat.of().formatHex(md.digest());
   }
 
   private static String describe(ArtifactInformation a) {

@@ -14,7 +14,6 @@ import java.nio.file.StandardOpenOption;
 import java.nio.file.attribute.BasicFileAttributes;
 import java.nio.file.attribute.FileTime;
 import java.security.MessageDigest;
-import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
 import java.util.HexFormat;
 import java.util.List;
@@ -118,7 +117,7 @@ final class LocalArtifacts {
    * about 135 ms). Costs about 140 ms of one hashing thread, off every lease's path.
    */
   private static void warmUp() {
-    MessageDigest sha = sha256();
+    MessageDigest sha = Sha256.newDigest();
     byte[] zeros = new byte[64 * 1024];
     for (int i = 0; i < 256; i++) {
       sha.update(zeros);
@@ -359,7 +358,7 @@ final class LocalArtifacts {
   }
 
   private String hash(Path file, FileIdentity id) throws IOException {
-    MessageDigest sha = sha256();
+    MessageDigest sha = Sha256.newDigest();
     byte[] buf = buffers.get();
     long total = 0;
     try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
@@ -411,14 +410,6 @@ final class LocalArtifacts {
       changed = a.lastModifiedTime(); // no change time on this platform: modification time and inode must do
     }
     return new FileIdentity(file, a.fileKey(), a.size(), a.lastModifiedTime(), changed);
-  }
-
-  private static MessageDigest sha256() {
-    try {
-      return MessageDigest.getInstance("SHA-256");
-    } catch (NoSuchAlgorithmException e) {
-      throw new IllegalStateException("the JVM has no SHA-256", e);
-    }
   }
 
   /**
