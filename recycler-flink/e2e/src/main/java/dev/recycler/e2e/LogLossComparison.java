@@ -12,7 +12,6 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
-import java.util.stream.IntStream;
 
 /**
  * Does the recycler's exit instruction lose log lines a worker sent over Beam's logging service? Runs Beam's own
@@ -81,34 +80,16 @@ public final class LogLossComparison {
     long t0 = System.nanoTime();
     List<JobLines> results = new ArrayList<>();
     int slots = Math.max(2, parallelism);
-    int port = FlinkSessionCluster.freePort();
-    List<String> slotIds = IntStream.range(0, slots).mapToObj(i -> "slot-" + i).toList();
     Path input = work.resolve("input.txt");
     Files.writeString(input, inputText(distinctWords), StandardCharsets.UTF_8);
-    try (WrapperProcesses wrappers = WrapperProcesses.start(wrapperBinary, slotIds, "localhost:" + port,
-        work.resolve("wrappers"), Duration.ofSeconds(5), Duration.ofSeconds(30));
-        FlinkSessionCluster cluster = FlinkSessionCluster.builder()
-            .workDirectory(work.resolve("flink"))
-            .flinkLibDirectory(BuildPaths.flinkLibDirectory())
-            .taskManagerSlots(slots)
-            .taskManagerMemory("2048m")
-            .plugin(RecyclerPlugin.DIRECTORY, BuildPaths.recyclerPluginJar())
-            .config(RecyclerPlugin.config(slots, port, -1))
-            .config(RecyclerPlugin.param("cache-dir"), work.resolve("recycler-cache").toString())
-            .config(RecyclerPlugin.param("local-artifact-dirs"), work.resolve("job-server-artifacts").toString())
-            .config("taskmanager.memory.task.off-heap.size", "384m")
-            .config("taskmanager.memory.jvm-metaspace.size", "512m")
-            // With more than one subtask per stage, the two matched words may be logged by different workers.
-            .config("parallelism.default", Integer.toString(parallelism))
-            .start();
-        JobServerProcess jobServer = JobServerProcess.builder(jobServerJar)
-            .flinkMaster(cluster.restAddress())
-            .flinkConfDir(cluster.configDirectory())
-            .artifactsDir(work.resolve("job-server-artifacts"))
-            .logFile(work.resolve("job-server.log"))
-            .startTimeout(Duration.ofSeconds(120))
-            .start()) {
-      say(t0, "cluster, job server and " + slots + " wrappers up; TaskManager log " + cluster.taskManagerLog());
+    // With more than one subtask per stage, the two matched words may be logged by different workers.
+    SessionRig.Options options = new SessionRig.Options(work, wrapperBinary, jobServerJar,
+        BuildPaths.recyclerPluginJar(), BuildPaths.flinkLibDirectory(), slots, slots,
+        Map.of("parallelism.default", Integer.toString(parallelism)), line -> say(t0, line));
+    try (SessionRig rig = SessionRig.start(options)) {
+      FlinkSessionCluster cluster = rig.cluster();
+      int port = rig.recyclerPort();
+      say(t0, "TaskManager log " + cluster.taskManagerLog());
       for (int i = 0; i < jobs; i++) {
         for (String env : List.of("recycler", "process")) {
           String name = "logloss-" + env + "-" + i;
@@ -118,7 +99,7 @@ public final class LogLossComparison {
           long logBefore = Files.size(cluster.taskManagerLog());
           Map<Path, Long> wrapperLogsBefore = sizes(work.resolve("wrappers"));
           long start = System.nanoTime();
-          int code = launch(dwc, name, jobServer.jobEndpoint(), input, work, envFlags);
+          int code = launch(dwc, name, rig.jobServer().jobEndpoint(), input, work, envFlags);
           double wall = (System.nanoTime() - start) / 1e9;
           Thread.sleep(LOG_SETTLE.toMillis());
           int matched = countMatched(cluster.taskManagerLog(), logBefore);

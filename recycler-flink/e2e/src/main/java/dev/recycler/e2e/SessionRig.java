@@ -22,7 +22,8 @@ import java.util.function.Consumer;
 import java.util.stream.IntStream;
 
 /**
- * The parts every single-TaskManager run starts, in the order a pod would ({@link EndToEndRun}, {@link FaultSuite}):
+ * The parts every single-TaskManager run starts, in the order a pod would ({@link EndToEndRun}, {@link FaultSuite},
+ * {@link LogLossComparison}):
  * N {@code go-boot-wrapper} processes ({@code slot-0..N-1}), a Flink 1.19.3 session cluster whose one TaskManager
  * carries the recycler plugin with N harness slots, and Beam's Flink job server; all on 127.0.0.1 with free ports.
  * Then the steps both runs take on them: submitting Beam Go jobs, waiting for a job's lease, for all slots IDLE, and
