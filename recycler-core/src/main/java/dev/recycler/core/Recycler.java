@@ -105,6 +105,9 @@ public final class Recycler implements AutoCloseable {
     };
     String recyclerId = UUID.randomUUID().toString().substring(0, 8);
     this.pool = new SlotPool(config, Scheduler.system(timer), metrics, listener, recyclerId);
+    if (config.prefetchSlots() != 0) {
+      artifacts.onStagedBinary(pool::prefetch);
+    }
     // The advertised endpoint needs the bound port (port 0 picks one), so the provisioner reads it lazily.
     this.provisioner = new Provisioner(pool, channels, this::endpoint, config.upstreamCallTimeout());
     List<BindableService> services = new ArrayList<>(

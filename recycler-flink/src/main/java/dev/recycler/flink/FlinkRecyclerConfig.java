@@ -61,6 +61,7 @@ final class FlinkRecyclerConfig {
         dirs, d -> b.localArtifactDirectories(d.stream().map(String::trim).filter(x -> !x.isEmpty()).map(Path::of)
             .toList())));
     apply(RecyclerOptions.HASH_AT_STAGING, get(params, RecyclerOptions.HASH_AT_STAGING), b::hashAtStaging);
+    apply(RecyclerOptions.PREFETCH_SLOTS, get(params, RecyclerOptions.PREFETCH_SLOTS), b::prefetchSlots);
     apply(RecyclerOptions.CACHE_MAX_SIZE, get(params, RecyclerOptions.CACHE_MAX_SIZE).getBytes(), b::cacheMaxBytes);
     apply(RecyclerOptions.MEMORY_BLOB_MAX_SIZE, get(params, RecyclerOptions.MEMORY_BLOB_MAX_SIZE).getBytes(),
         b::memoryBlobMaxBytes);

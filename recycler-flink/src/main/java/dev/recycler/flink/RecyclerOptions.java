@@ -86,6 +86,16 @@ public final class RecyclerOptions {
               + " changed after its hash is hashed again (or at lease time), never trusted stale. false: hash at"
               + " lease time only. No effect without local-artifact-dirs.");
 
+  public static final ConfigOption<Integer> PREFETCH_SLOTS =
+      ConfigOptions.key("prefetch-slots")
+          .intType()
+          .defaultValue(-1)
+          .withDescription("With hash-at-staging: when the job server stages a worker binary (an ELF file) that idle"
+              + " slots' wrappers lack, the recycler copies it into its cache and asks up to this many of those"
+              + " wrappers to fetch it right away, in the seconds before the job's first StartWorker, so that the"
+              + " lease finds it there instead of downloading it. -1: every such idle slot; 0: off. Costs one copy"
+              + " of the binary per asked wrapper (each wrapper's cache stays bounded by its own limit).");
+
   public static final ConfigOption<Duration> WORKER_STALL_TIMEOUT =
       ConfigOptions.key("worker-stall-timeout")
           .durationType()

@@ -35,6 +35,7 @@ public final class RecyclerConfig {
   private final long memoryBlobMaxBytes;
   private final List<Path> localArtifactDirectories;
   private final boolean hashAtStaging;
+  private final int prefetchSlots;
   private final Duration workerStallTimeout;
   private final Duration leaseWaitTimeout;
   private final Duration readyTimeout;
@@ -61,6 +62,7 @@ public final class RecyclerConfig {
     this.memoryBlobMaxBytes = b.memoryBlobMaxBytes;
     this.localArtifactDirectories = List.copyOf(b.localArtifactDirectories);
     this.hashAtStaging = b.hashAtStaging;
+    this.prefetchSlots = b.prefetchSlots;
     this.workerStallTimeout = b.workerStallTimeout;
     this.leaseWaitTimeout = b.leaseWaitTimeout;
     this.readyTimeout = b.readyTimeout;
@@ -131,6 +133,15 @@ public final class RecyclerConfig {
    */
   public boolean hashAtStaging() {
     return hashAtStaging;
+  }
+
+  /**
+   * How many idle slots whose wrappers lack a worker binary that a job just staged are asked to fetch it at once
+   * (prefetch), so that the job's first lease finds it there: {@code -1} every such slot (default), {@code 0} none.
+   * Needs {@link #hashAtStaging()} (the staging-time hash finds the binaries).
+   */
+  public int prefetchSlots() {
+    return prefetchSlots;
   }
 
   /**
@@ -222,6 +233,7 @@ public final class RecyclerConfig {
     return "RecyclerConfig{slots=" + slotIds + ", bind=" + bindHost + ":" + port + ", advertise=" + advertiseHost
         + ", cacheDirectory=" + cacheDirectory + ", cacheMaxBytes=" + cacheMaxBytes
         + ", localArtifactDirectories=" + localArtifactDirectories + ", hashAtStaging=" + hashAtStaging
+        + ", prefetchSlots=" + prefetchSlots
         + ", leaseWaitTimeout=" + leaseWaitTimeout + ", readyTimeout=" + readyTimeout
         + ", drainTimeout=" + drainTimeout + ", adminPort=" + adminPort + ", attachSecretFile=" + attachSecretFile
         + ", maxInboundMessageBytes=" + maxInboundMessageBytes + ", maxWaitingStarts=" + maxWaitingStarts + "}";
@@ -238,6 +250,7 @@ public final class RecyclerConfig {
     private long memoryBlobMaxBytes = 8L << 20;
     private final List<Path> localArtifactDirectories = new ArrayList<>();
     private boolean hashAtStaging = true;
+    private int prefetchSlots = -1;
     private Duration workerStallTimeout = Duration.ofSeconds(60);
     private Duration leaseWaitTimeout = Duration.ofSeconds(60);
     private Duration readyTimeout = Duration.ofSeconds(120);
@@ -348,6 +361,16 @@ public final class RecyclerConfig {
     /** Whether staged files under the local directories are hashed in the background as they appear. */
     public Builder hashAtStaging(boolean on) {
       this.hashAtStaging = on;
+      return this;
+    }
+
+    /** How many idle slots are asked to prefetch a newly staged worker binary: -1 all, 0 none. */
+    public Builder prefetchSlots(int n) {
+      if (n < -1) {
+        throw new IllegalArgumentException("prefetch slots must be -1 (every idle slot), 0 (off) or a positive count,"
+            + " not " + n);
+      }
+      this.prefetchSlots = n;
       return this;
     }
 

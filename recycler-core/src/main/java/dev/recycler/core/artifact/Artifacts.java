@@ -99,6 +99,14 @@ public final class Artifacts {
   }
 
 
+  /**
+   * Tells {@code listener} (sha256, size) of each worker binary the staging watcher finds, once its content is in the
+   * cache, so idle slots can prefetch it; set once, at start. Without it staged files are only hashed.
+   */
+  public void onStagedBinary(java.util.function.BiConsumer<String, Long> listener) {
+    locals.onStagedBinary(listener);
+  }
+
   /** Stops the staging watcher and the hashing threads. */
   public void close() {
     locals.close();

@@ -24,6 +24,7 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.BiConsumer;
 import java.util.function.Consumer;
 import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactFilePayload;
 import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactInformation;
@@ -74,6 +75,7 @@ final class LocalArtifacts {
   private final Map<FileIdentity, CompletableFuture<String>> ahead = new ConcurrentHashMap<>();
   private final Consumer<HashedAt> hashedAt;
   private volatile StagingWatcher watcher;
+  private volatile BiConsumer<String, Long> stagedBinaries;
   private final ThreadLocal<byte[]> buffers = ThreadLocal.withInitial(() -> new byte[BUFFER_BYTES]);
   private final AtomicLong bytesRead = new AtomicLong();
 
@@ -201,20 +203,83 @@ final class LocalArtifacts {
     }
     try {
       long started = System.nanoTime();
-      String digest = hash(file, id);
+      BiConsumer<String, Long> binaries = stagedBinaries;
+      boolean binary = binaries != null && isElf(file);
+      String digest = null;
+      String how = "hashed";
+      if (binary) {
+        try {
+          digest = copyAhead(file, id);
+          how = "worker binary, in the cache for prefetch";
+        } catch (IOException e) {
+          // The cache cannot take it (full, unwritable) or the file changed: hash only, and prefetch nothing.
+          LOG.warn("could not copy staged worker binary {} into the cache for prefetch: {}", file, e.toString());
+          binary = false;
+        }
+      }
+      if (digest == null) {
+        digest = hash(file, id);
+      }
       memo.put(id, new Known(digest, true, System.currentTimeMillis()));
       hashedAt.accept(HashedAt.STAGING);
-      LOG.info("staged file hashed ahead of its lease sha256={} bytes={} ms={}", digest, id.size(),
-          (System.nanoTime() - started) / 1_000_000);
+      LOG.info("staged file hashed ahead of its lease sha256={} bytes={} ms={} ({})", digest, id.size(),
+          (System.nanoTime() - started) / 1_000_000, how);
       // Removed before completing: a lease that joined re-reads the memo, never this entry again.
       ahead.remove(id, mine);
       mine.complete(digest);
+      if (binary) {
+        binaries.accept(digest, id.size());
+      }
       return true;
     } catch (IOException | RuntimeException e) {
       ahead.remove(id, mine);
       mine.completeExceptionally(e);
       throw e;
     }
+  }
+
+  /**
+   * The file's digest, with its content in the cache afterwards: new content is hashed while copied (one read),
+   * content the cache probably holds is hashed and copied only if it turns out new.
+   */
+  private String copyAhead(Path file, FileIdentity id) throws IOException {
+    if (!probablyCached(file, id.size())) {
+      String digest = copy(file, id, null).sha256();
+      cache.unpin(digest);
+      return digest;
+    }
+    String digest = hash(file, id);
+    if (cache.blob(digest) == null) {
+      copy(file, id, digest);
+      cache.unpin(digest);
+    }
+    return digest;
+  }
+
+  /**
+   * Where staging-time hashes report the worker binaries they found (sha256, size), after the content is in the
+   * cache: the pool's prefetch. Null (the default): staged files are only hashed, never copied ahead.
+   */
+  void onStagedBinary(BiConsumer<String, Long> listener) {
+    this.stagedBinaries = listener;
+  }
+
+  /**
+   * Whether the file starts with the ELF magic: a Go worker binary (other staged files are never prefetched). These
+   * four bytes are not counted in {@link #bytesReadCounter()}.
+   */
+  private boolean isElf(Path file) throws IOException {
+    byte[] magic = new byte[4];
+    try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+      ByteBuffer bb = ByteBuffer.wrap(magic);
+      while (bb.hasRemaining() && ch.read(bb) >= 0) {
+        // read the first four bytes, or fewer for a shorter file
+      }
+      if (bb.hasRemaining()) {
+        return false;
+      }
+    }
+    return magic[0] == 0x7f && magic[1] == 'E' && magic[2] == 'L' && magic[3] == 'F';
   }
 
   /**

@@ -24,7 +24,8 @@ import org.slf4j.LoggerFactory;
  * <ul>
  *   <li>{@code SlotControl/Attach}: the attach secret, when one is configured;
  *   <li>{@code ProvisionService}, {@code ArtifactRetrievalService} (wrappers): the lease credential header for the slot
- *       and generation named;
+ *       and generation named; or, for {@code GetArtifact} only, a prefetch ticket (good once, for one slot and
+ *       digest), after which the call sees the digest it may fetch ({@link CallerContext#prefetchDigest()});
  *   <li>{@code BeamFnControl}, {@code BeamFnLogging} (inner workers; wrappers log as their worker): the credential
  *       inside the presented worker id; the call then sees only
  *       the verified public id ({@link CallerContext#workerId()}), so no service or log downstream holds the secret;
@@ -39,6 +40,9 @@ import org.slf4j.LoggerFactory;
  */
 public final class Authenticator {
   private static final Logger LOG = LoggerFactory.getLogger(Authenticator.class);
+
+  private static final String GET_ARTIFACT =
+      io.grpc.MethodDescriptor.generateFullMethodName(ArtifactRetrievalServiceGrpc.SERVICE_NAME, "GetArtifact");
 
   private final LeaseVerifier verifier;
   private final AttachSecret attachSecret;
@@ -86,6 +90,10 @@ public final class Authenticator {
 
   private <Q, R> ServerCall.Listener<Q> wrapper(ServerCall<Q, R> call, Metadata headers,
       ServerCallHandler<Q, R> next) {
+    String ticket = headers.get(Headers.PREFETCH_TICKET);
+    if (ticket != null) {
+      return prefetch(call, headers, next, ticket);
+    }
     try {
       verifier.verifyWrapper(nullToEmpty(headers.get(Headers.WORKER_ID)), nullToEmpty(headers.get(Headers.GENERATION)),
           nullToEmpty(headers.get(Headers.LEASE_CREDENTIAL)));
@@ -93,6 +101,21 @@ public final class Authenticator {
       return refuse(call, e);
     }
     return next.startCall(call, headers);
+  }
+
+  private <Q, R> ServerCall.Listener<Q> prefetch(ServerCall<Q, R> call, Metadata headers,
+      ServerCallHandler<Q, R> next, String ticket) {
+    String digest;
+    try {
+      if (!call.getMethodDescriptor().getFullMethodName().equals(GET_ARTIFACT)) {
+        throw new RecyclerException(RecyclerException.Kind.FORBIDDEN, "a prefetch ticket is good for " + GET_ARTIFACT
+            + " only; call " + call.getMethodDescriptor().getFullMethodName() + " with the lease credential");
+      }
+      digest = verifier.redeemPrefetch(nullToEmpty(headers.get(Headers.WORKER_ID)), ticket);
+    } catch (RecyclerException e) {
+      return refuse(call, e);
+    }
+    return Contexts.interceptCall(CallerContext.withPrefetch(Context.current(), digest), call, headers, next);
   }
 
   private <Q, R> ServerCall.Listener<Q> attach(ServerCall<Q, R> call, Metadata headers,

@@ -20,4 +20,11 @@ public interface LeaseVerifier {
 
   /** Checks a wrapper's provision/artifact call: its slot id, generation header and lease credential header. */
   void verifyWrapper(String slotId, String generationHeader, String credential) throws RecyclerException;
+
+  /**
+   * Checks and uses up the ticket of a wrapper's prefetch GetArtifact call (outside any lease).
+   *
+   * @return the sha256 (64 lowercase hex digits) the ticket lets the slot fetch
+   */
+  String redeemPrefetch(String slotId, String ticket) throws RecyclerException;
 }

@@ -41,6 +41,13 @@ public final class MetricNames {
   public static final String STATE = "state";
   public static final String REASON = "reason";
   public static final String ROUTE = "route";
+  /**
+   * Counter: prefetches, worker binaries sent to idle slots' wrappers as soon as a job staged them; tag {@link
+   * #OUTCOME}: {@code SENT} (asked), {@code FETCHED} (the wrapper holds it now), {@code FAILED} (it does not).
+   */
+  public static final String PREFETCHES = "recycler.artifact.prefetches";
+  /** Tag of {@link #PREFETCHES}. */
+  public static final String OUTCOME = "outcome";
   /** Tag of {@link #LOCAL_HASHES}: when the hash was done. */
   public static final String WHEN = "when";
 

@@ -35,6 +35,17 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
   private final DistributionSummary upstreamBytes;
   private final DistributionSummary servedBytes;
   private final Map<HashedAt, Counter> localHashes = new EnumMap<>(HashedAt.class);
+  private final Map<Prefetch, Counter> prefetches = new EnumMap<>(Prefetch.class);
+
+  /** What became of a prefetch (tag of {@link MetricNames#PREFETCHES}). */
+  public enum Prefetch {
+    /** Sent to an idle slot's wrapper. */
+    SENT,
+    /** The wrapper reported that it holds the content now. */
+    FETCHED,
+    /** The wrapper reported that it could not fetch it. */
+    FAILED
+  }
 
   /** When a staged file was hashed in place (tag of {@link MetricNames#LOCAL_HASHES}). */
   public enum HashedAt {
@@ -85,6 +96,15 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
           .description("Staged files hashed in place, at staging time (ahead of the lease) or at lease time")
           .register(registry));
     }
+    for (Prefetch p : Prefetch.values()) {
+      prefetches.put(p, Counter.builder(MetricNames.PREFETCHES).tag(MetricNames.OUTCOME, p.name())
+          .description("Worker binaries sent to idle slots' wrappers when a job staged them, by outcome")
+          .register(registry));
+    }
+  }
+
+  public void prefetch(Prefetch outcome) {
+    prefetches.get(outcome).increment();
   }
 
   public void localHashed(HashedAt when) {

@@ -48,6 +48,12 @@ public enum RecyclerOption {
           + " that a new job's first lease finds its binary's digest ready instead of hashing it on the lease's path."
           + " One thread; a file changed after its hash is hashed again (or at lease time), never trusted stale."
           + " `false`: hash at lease time only. No effect without `local-artifact-dirs`."),
+  PREFETCH_SLOTS("prefetch-slots", Type.INT, "-1", Scope.SHARED,
+      "With `hash-at-staging`: when the job server stages a worker binary (an ELF file) that idle slots' wrappers"
+          + " lack, the recycler copies it into its cache and asks up to this many of those wrappers to fetch it"
+          + " right away, in the seconds before the job's first StartWorker, so that the lease finds it there instead"
+          + " of downloading it. `-1`: every such idle slot; `0`: off. Costs one copy of the binary per asked wrapper"
+          + " (each wrapper's cache stays bounded by its own limit)."),
   CACHE_MAX_SIZE("cache-max-size", Type.SIZE, "2 gb", Scope.SHARED,
       "Upper bound of the artifact cache, memory and disk together; least recently used content is evicted beyond"
           + " it.", "cache-max-bytes"),

@@ -83,8 +83,12 @@ final class Slot {
     return true;
   }
 
-  /** The wrapper incarnation currently holding the slot. */
-  record Attachment(String incarnation, WrapperLink link, long wrapperPid, String version, Set<String> heldDigests) {}
+  /**
+   * The wrapper incarnation currently holding the slot: what its cache holds (as last reported) and which digests it
+   * was asked to prefetch and has not answered for yet ({@link Prefetches}).
+   */
+  record Attachment(String incarnation, WrapperLink link, long wrapperPid, String version, Set<String> heldDigests,
+      Set<String> prefetching) {}
 
   /** Another incarnation's claim on an attached slot, pending a liveness probe of the current holder. */
   static final class Claim {

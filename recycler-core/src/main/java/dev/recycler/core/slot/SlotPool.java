@@ -14,6 +14,7 @@ import dev.recycler.core.auth.LeaseVerifier;
 import dev.recycler.core.metrics.RecyclerMetrics;
 import dev.recycler.proto.v1.Hello;
 import dev.recycler.proto.v1.LeaseEnded;
+import dev.recycler.proto.v1.Prefetched;
 import dev.recycler.proto.v1.SlotTable;
 import dev.recycler.proto.v1.WorkerStarted;
 import java.util.ArrayDeque;
@@ -71,6 +72,7 @@ public final class SlotPool implements LeaseVerifier {
 
   private final LeaseLifecycle leases;
   private final WrapperSessions wrappers;
+  private final Prefetches prefetches;
 
   @GuardedBy("lock")
   private boolean closed;
@@ -86,6 +88,7 @@ public final class SlotPool implements LeaseVerifier {
     Hooks hooks = new Hooks();
     this.leases = new LeaseLifecycle(config, scheduler, metrics, listener, lock, index, hooks);
     this.wrappers = new WrapperSessions(config, scheduler, recyclerId, lock, slots, leases, hooks);
+    this.prefetches = new Prefetches(scheduler, metrics);
     for (String id : config.slotIds()) {
       slots.put(id, new Slot(id, scheduler, metrics));
     }
@@ -133,6 +136,53 @@ public final class SlotPool implements LeaseVerifier {
   /** The wrapper reports that nothing of the lease is alive any more. Stale reports are ignored. */
   public void leaseEnded(WrapperLink link, LeaseEnded ended) {
     lock.run(after -> wrappers.leaseEnded(link, ended, after));
+  }
+
+  /**
+   * A job staged a worker binary: asks idle slots whose wrappers lack it to fetch it now (up to {@code
+   * prefetch-slots}; see {@link Prefetches}). No-op when prefetch is off or the pool is shut down.
+   *
+   * @param sha256 the content's digest, 64 lowercase hex digits
+   * @return the slots asked
+   */
+  public List<String> prefetch(String sha256, long size) {
+    if (config.prefetchSlots() == 0) {
+      return List.of();
+    }
+    List<String> asked = new java.util.ArrayList<>();
+    lock.run(after -> {
+      if (!closed) {
+        asked.addAll(prefetches.offer(slots.values(), "sha256:" + sha256, size, config.prefetchSlots(), after));
+      }
+    });
+    return asked;
+  }
+
+  /** The wrapper answered a prefetch; stale answers (a link that no longer holds a slot) are ignored. */
+  public void prefetched(WrapperLink link, Prefetched answer) {
+    lock.run(after -> {
+      Slot slot = wrappers.slotOf(link);
+      if (slot != null) {
+        prefetches.answered(slot, answer);
+      }
+    });
+  }
+
+  /**
+   * Checks a prefetch GetArtifact call's ticket (see {@link Prefetches#redeem}) and uses it up.
+   *
+   * @return the content digest, 64 lowercase hex digits, that the caller may fetch
+   */
+  @Override
+  public String redeemPrefetch(String slotId, String ticket) throws RecyclerException {
+    if (slotId.isEmpty()) {
+      throw new RecyclerException(BAD_REQUEST, "the worker_id header is missing: wrappers send their slot id in it");
+    }
+    String incarnation = lock.view(() -> {
+      Slot slot = slots.get(slotId);
+      return slot == null || slot.attachment == null ? "" : slot.attachment.incarnation();
+    });
+    return prefetches.redeem(slotId, ticket, incarnation).substring("sha256:".length());
   }
 
   // ---------------------------------------------------------------------------------------------------------------

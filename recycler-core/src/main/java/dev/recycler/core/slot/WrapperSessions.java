@@ -145,7 +145,7 @@ final class WrapperSessions {
 
   private void doAttach(Slot slot, Hello hello, WrapperLink link, List<Runnable> after) {
     slot.attachment = new Slot.Attachment(hello.getIncarnationId(), link, hello.getWrapperPid(),
-        hello.getWrapperVersion(), new LinkedHashSet<>(hello.getHeldDigestsList()));
+        hello.getWrapperVersion(), new LinkedHashSet<>(hello.getHeldDigestsList()), new LinkedHashSet<>());
     slot.everAttached = true;
     slot.consecutiveFailures = 0;
     slot.transitionTo(SlotState.IDLE);
@@ -227,7 +227,8 @@ final class WrapperSessions {
     leases.reported(lease, ended, after);
   }
 
-  private Slot slotOf(WrapperLink link) {
+  /** The slot {@code link} holds, or null (a stale link). */
+  Slot slotOf(WrapperLink link) {
     for (Slot s : slots.values()) {
       if (s.attachment != null && s.attachment.link() == link) {
         return s;

@@ -19,6 +19,7 @@ public final class CallerContext implements ServerInterceptor {
   private static final Context.Key<String> GENERATION = Context.key("recycler-generation");
   private static final Context.Key<String> PEER = Context.key("recycler-peer");
   private static final Context.Key<Metadata> RESPONSE_HEADERS = Context.key("recycler-response-headers");
+  private static final Context.Key<String> PREFETCH = Context.key("recycler-prefetch-digest");
 
   @Override
   public <Q, R> ServerCall.Listener<Q> interceptCall(
@@ -53,6 +54,19 @@ public final class CallerContext implements ServerInterceptor {
    */
   public static Context withWorkerId(Context ctx, String workerId) {
     return ctx.withValue(WORKER_ID, workerId);
+  }
+
+  /**
+   * {@code ctx} marked as a prefetch call that may fetch {@code sha256}: for the authenticator, once it has redeemed
+   * the call's ticket.
+   */
+  public static Context withPrefetch(Context ctx, String sha256) {
+    return ctx.withValue(PREFETCH, sha256);
+  }
+
+  /** The digest the current call's redeemed prefetch ticket allows, or "" for a call within a lease. */
+  public static String prefetchDigest() {
+    return nullToEmpty(PREFETCH.get());
   }
 
   /** The raw {@code recycler-generation} header of the current call, or "" when absent. */

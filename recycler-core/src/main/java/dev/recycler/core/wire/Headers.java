@@ -23,6 +23,13 @@ public final class Headers {
   public static final Metadata.Key<String> ATTACH_SECRET =
       Metadata.Key.of("recycler-attach-secret", Metadata.ASCII_STRING_MARSHALLER);
 
+  /**
+   * The ticket of a {@code Prefetch} on a wrapper's GetArtifact call made outside any lease: good once, for the slot
+   * and digest it was sent for. A secret: never log it.
+   */
+  public static final Metadata.Key<String> PREFETCH_TICKET =
+      Metadata.Key.of("recycler-prefetch-ticket", Metadata.ASCII_STRING_MARSHALLER);
+
   /** Response header of GetArtifact: the content length in bytes (decimal), for the wrapper to verify. */
   public static final Metadata.Key<String> CONTENT_LENGTH =
       Metadata.Key.of("recycler-content-length", Metadata.ASCII_STRING_MARSHALLER);

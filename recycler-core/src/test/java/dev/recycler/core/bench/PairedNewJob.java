@@ -175,15 +175,19 @@ final class PairedNewJob {
         // Every arm's copy is staged first, then the gap passes once for all of them: each lease starts at least
         // gapMillis after its staging (plus the round's earlier leases). A recycler's CPU meanwhile (its hash done
         // ahead) belongs to the arm whose file it watches.
+        // So do the bytes its wrapper prefetched meanwhile (recycler -> wrapper).
         Map<Subject, Long> before = new java.util.IdentityHashMap<>();
+        Map<Subject, Long> hopBefore = new java.util.IdentityHashMap<>();
         for (int k = 0; k < arms.size(); k++) {
           prepared[k] = arms.get(k).leases.apply(i);
           before.putIfAbsent(arms.get(k).subject, LeaseBenchmark.ticks(arms.get(k).subject));
+          hopBefore.putIfAbsent(arms.get(k).subject, arms.get(k).subject.secondHopBytes());
         }
         Thread.sleep(gapMillis);
         for (Arm a : arms) {
           if (a.hashesAhead) {
             a.ticks += LeaseBenchmark.ticks(a.subject) - before.get(a.subject);
+            a.secondHop += a.subject.secondHopBytes() - hopBefore.get(a.subject);
           }
         }
       }

@@ -58,7 +58,8 @@ class LeaseStateTest {
 
   private Slot idleSlot() {
     Slot slot = new Slot("slot-0", time, metrics);
-    slot.attachment = new Slot.Attachment("a", new TestingWrapperLink("w"), 1, "test", new HashSet<>());
+    slot.attachment = new Slot.Attachment("a", new TestingWrapperLink("w"), 1, "test", new HashSet<>(),
+        new HashSet<>());
     slot.transitionTo(SlotState.IDLE);
     return slot;
   }

@@ -175,7 +175,8 @@ public final class TestingWrapper implements AutoCloseable {
     return this;
   }
 
-  private synchronized void send(WrapperMessage m) {
+  /** Sends a message on the attach stream as this wrapper (tests that play a report themselves). */
+  public synchronized void send(WrapperMessage m) {
     toRecycler.onNext(m);
   }
 
