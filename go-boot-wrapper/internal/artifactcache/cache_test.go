@@ -284,14 +284,8 @@ func TestVerifyRehashesARacyEntry(t *testing.T) {
 	c := open(t, t.TempDir())
 	must(t, c.Admit(d, int64(len(content)), bytes.NewReader(content)))
 	must(t, c.Materialize(d, filepath.Join(t.TempDir(), "w"))) // handed out right after admission: racy
-	// Corrupt the file and put the recorded fingerprint back in line with it, as a same-tick write would leave it.
-	must(t, os.Chmod(c.Path(d), 0o755))
-	must(t, os.WriteFile(c.Path(d), []byte("RACY"), 0o755))
-	must(t, os.Chmod(c.Path(d), 0o555))
-	fp, err := fingerprintOf(c.Path(d))
-	must(t, err)
+	fp := rewriteSameTick(t, c, d, []byte("RACY"))
 	c.mu.Lock()
-	c.entries[d].fp = fp
 	c.entries[d].exposed = time.Unix(0, fp.ctime) // exposed in the same tick as the last change
 	c.mu.Unlock()
 
@@ -447,20 +441,27 @@ func TestHashWhileExposedIsRacy(t *testing.T) {
 			if !tt.wantRacy {
 				return // trusted on its fingerprint at its first use, as any entry hashed while no lease runs
 			}
-			// A same-tick write by the running worker: new content, and a fingerprint the cache cannot tell apart.
-			must(t, os.Chmod(c.Path(d), 0o755))
-			must(t, os.WriteFile(c.Path(d), []byte("#!/bin/sh\nexit 9\n"), 0o755))
-			must(t, os.Chmod(c.Path(d), 0o555))
-			fp, err := fingerprintOf(c.Path(d))
-			must(t, err)
-			c.mu.Lock()
-			c.entries[d].fp = fp
-			c.mu.Unlock()
+			rewriteSameTick(t, c, d, []byte("#!/bin/sh\nexit 9\n")) // by the running worker
 			if ok, err := c.Verify(d); ok || !errors.Is(err, ErrTampered) {
 				t.Errorf("Verify = %v, %v; want the changed entry dropped with ErrTampered", ok, err)
 			}
 		})
 	}
+}
+
+// rewriteSameTick corrupts d's file with content and puts the recorded fingerprint in line with the result, as a write
+// in the same timestamp tick as the recorded fingerprint would leave it, and returns that fingerprint.
+func rewriteSameTick(t *testing.T, c *Cache, d string, content []byte) fingerprint {
+	t.Helper()
+	must(t, os.Chmod(c.Path(d), 0o755))
+	must(t, os.WriteFile(c.Path(d), content, 0o755))
+	must(t, os.Chmod(c.Path(d), 0o555))
+	fp, err := fingerprintOf(c.Path(d))
+	must(t, err)
+	c.mu.Lock()
+	c.entries[d].fp = fp
+	c.mu.Unlock()
+	return fp
 }
 
 // exposeOther admits content and materializes it, as a running lease has: the cache is exposed from then on.

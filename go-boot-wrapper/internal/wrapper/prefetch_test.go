@@ -193,9 +193,10 @@ func sendPrefetch(s *fakerecycler.Session, digest string, size int64, ticket str
 		Digest: digest, Size: size, Ticket: ticket, TicketTtlMillis: fakerecycler.TicketTTL.Milliseconds()}}})
 }
 
-// TestLeaseWaitsForPrefetchInFlight: a Lease that needs the digest being prefetched waits for that fetch and makes no
-// GetArtifact of its own.
-func TestLeaseWaitsForPrefetchInFlight(t *testing.T) {
+// leaseWaitingForPrefetch starts a wrapper, has it prefetch a binary whose stream the fake holds mid-way, and sends
+// the Lease (generation 1) that needs that binary; it returns once the lease's boot has found the prefetch in flight.
+func leaseWaitingForPrefetch(t *testing.T) (*fakerecycler.Fake, *fakerecycler.Session, fakerecycler.Artifact, *fakerecycler.Hold) {
+	t.Helper()
 	f := fakerecycler.Start(t, "slot-0")
 	h := startWrapper(t, f, t.TempDir())
 	art := workerArtifact(t, testhelper.ModeExit, t.TempDir())
@@ -210,6 +211,13 @@ func TestLeaseWaitsForPrefetchInFlight(t *testing.T) {
 	testhelper.Eventually(t, 10*time.Second, func() bool {
 		return strings.Contains(h.logs.String(), "waiting for the fetch of this artifact already in progress")
 	}, "the lease did not find the prefetch in flight")
+	return f, s, art, hold
+}
+
+// TestLeaseWaitsForPrefetchInFlight: a Lease that needs the digest being prefetched waits for that fetch and makes no
+// GetArtifact of its own.
+func TestLeaseWaitsForPrefetchInFlight(t *testing.T) {
+	f, s, art, hold := leaseWaitingForPrefetch(t)
 	hold.Release()
 
 	// The prefetch's answer and the lease's start race each other; both must come.
@@ -238,20 +246,7 @@ func TestLeaseWaitsForPrefetchInFlight(t *testing.T) {
 // TestExitWhileLeaseWaitsForPrefetch: the wait for a prefetch is part of the boot, so Exit aborts it at once; the
 // prefetch itself goes on and is answered.
 func TestExitWhileLeaseWaitsForPrefetch(t *testing.T) {
-	f := fakerecycler.Start(t, "slot-0")
-	h := startWrapper(t, f, t.TempDir())
-	art := workerArtifact(t, testhelper.ModeExit, t.TempDir())
-	f.Stage(art)
-	s := f.NextSession(t)
-	hold := f.HoldArtifact(t, art.Digest())
-
-	f.Prefetch(s, art)
-	waitFor(t, hold.Reached(), "the prefetch's GetArtifact")
-	info := f.ProvisionInfo(nil)
-	f.LeasePrepared(s, 1, "w", info, f.Prepared(info))
-	testhelper.Eventually(t, 10*time.Second, func() bool {
-		return strings.Contains(h.logs.String(), "waiting for the fetch of this artifact already in progress")
-	}, "the lease did not find the prefetch in flight")
+	f, s, art, hold := leaseWaitingForPrefetch(t)
 	s.Exit(1)
 	if e := s.ExpectEnded(t, 1); e.GetOutcome() != recyclerpb.Outcome_OUTCOME_EXITED_ON_INSTRUCTION {
 		t.Errorf("lease ended %v, want EXITED_ON_INSTRUCTION", e)
@@ -259,6 +254,9 @@ func TestExitWhileLeaseWaitsForPrefetch(t *testing.T) {
 	hold.Release()
 	if p := s.ExpectPrefetched(t, "sha256:"+art.Digest()); !p.GetOk() {
 		t.Errorf("Prefetched = %v, want ok", p)
+	}
+	if n := f.Calls(fakerecycler.MethodGetArtifact); n != 0 {
+		t.Errorf("the aborted lease made %d GetArtifact calls, want 0", n)
 	}
 }
 
