@@ -17,12 +17,21 @@
 // fetched artifact is hashed once more at its next use, and at every use within a second of its fetch. See README.md
 // ("Artifact integrity") for the measured costs and the alternatives.
 //
-// Concurrency: all methods are safe for concurrent use. The mutex guards the in-memory index; file system work on
-// distinct digests runs in parallel and two admissions of the same digest both succeed (the second rename replaces
-// identical content).
+// Admissions while a lease runs: a prefetch (the wrapper fetching a job's binary between leases) can hash and admit
+// content while a worker of the slot is alive, and that worker can write to the cache's files (and to the temp file of
+// an admission) as the wrapper's user. So every hash is tagged with whether a lease could reach the cache meanwhile
+// (from its first Materialize until the wrapper calls EndExposure): such an entry counts as handed out from the moment
+// its hash began, and is hashed again at its next Verify if its ctime falls within racyWindow of that moment, which
+// catches a change made in the same timestamp tick as the recorded fingerprint. An entry hashed while no lease could
+// reach it is trusted on its fingerprint alone at its first use, as before.
+//
+// Concurrency: all methods are safe for concurrent use. The mutex guards the in-memory index, the fetch claims and the
+// exposure state; file system work on distinct digests runs in parallel and two admissions of the same digest both
+// succeed (the second rename replaces identical content). Claim keeps two fetches of one digest from overlapping.
 package artifactcache
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -59,7 +68,12 @@ type Cache struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	entries map[string]*entry // hex digest -> held artifact
+	entries map[string]*entry        // hex digest -> held artifact
+	claims  map[string]chan struct{} // hex digest -> closed when its holder releases the claim
+	// exposing: a lease's processes may reach the cache's files (set by Materialize, cleared by EndExposure);
+	// exposures counts the times it was set, so a hash can tell whether a lease could reach the cache while it ran.
+	exposing  bool
+	exposures uint64
 }
 
 // entry is a held artifact.
@@ -105,7 +119,7 @@ func Open(dir string, log *slog.Logger) (*Cache, error) { return OpenMode(dir, 0
 // OpenMode is Open with dirMode for the cache's directories instead of 0700: 0711 lets workers running as another
 // user reach the (world-readable, read-only) files their lease links to without being able to list or change them.
 func OpenMode(dir string, dirMode os.FileMode, log *slog.Logger) (*Cache, error) {
-	c := &Cache{dir: filepath.Join(dir, "sha256"), log: log, entries: map[string]*entry{}}
+	c := &Cache{dir: filepath.Join(dir, "sha256"), log: log, entries: map[string]*entry{}, claims: map[string]chan struct{}{}}
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create artifact cache directory: %w", err)
 	}
@@ -186,8 +200,9 @@ func (c *Cache) Has(hexDigest string) bool {
 
 // Verify reports whether the artifact hexDigest is held and its file is still exactly the verified content. A file
 // whose fingerprint changed is hashed again: if the content still matches, its read-only mode is restored and true is
-// returned; otherwise the entry is deleted (it is fetched again when needed), and the error wraps ErrTampered. Call it
-// only while no process of a lease runs (before a boot), so nothing can change the file between Verify and use.
+// returned; otherwise the entry is deleted (it is fetched again when needed), and the error wraps ErrTampered. A boot
+// relies on it only while no process of a lease runs, so nothing can change the file between Verify and use; called
+// while a lease runs (a prefetch), its answer holds for that moment, and the next boot's Verify checks again.
 func (c *Cache) Verify(hexDigest string) (bool, error) {
 	c.mu.Lock()
 	e, ok := c.entries[hexDigest]
@@ -201,6 +216,7 @@ func (c *Cache) Verify(hexDigest string) (bool, error) {
 		return false, nil
 	}
 	path := c.Path(hexDigest)
+	hashing := c.beginHash() // before the fingerprint that a re-hash would record
 	got, err := fingerprintOf(path)
 	racy := !exposed.IsZero() && want.ctime >= exposed.Add(-racyWindow).UnixNano()
 	if err == nil && got == want && !racy {
@@ -225,7 +241,7 @@ func (c *Cache) Verify(hexDigest string) (bool, error) {
 	}
 	c.mu.Lock()
 	if e, ok := c.entries[hexDigest]; ok {
-		e.fp, e.exposed = got, time.Time{}
+		e.fp, e.exposed = got, c.exposedSinceLocked(hashing)
 	}
 	c.mu.Unlock()
 	if got != want {
@@ -262,6 +278,7 @@ func (c *Cache) Admit(hexDigest string, size int64, r io.Reader) (err error) {
 	if err := ValidHex(hexDigest); err != nil {
 		return err
 	}
+	hashing := c.beginHash()
 	tmp, err := os.CreateTemp(c.dir, incomingPrefix+"*")
 	if err != nil {
 		return fmt.Errorf("create temp file in artifact cache: %w", err)
@@ -302,9 +319,82 @@ func (c *Cache) Admit(hexDigest string, size int64, r io.Reader) (err error) {
 		return fmt.Errorf("stat admitted artifact: %w", err)
 	}
 	c.mu.Lock()
-	c.entries[hexDigest] = &entry{size: n, lastUse: time.Now(), fp: fp}
+	c.entries[hexDigest] = &entry{size: n, lastUse: time.Now(), fp: fp, exposed: c.exposedSinceLocked(hashing)}
 	c.mu.Unlock()
 	return nil
+}
+
+// hashStart is when a hash (of an admission or a re-verification) began, and the exposure state then.
+type hashStart struct {
+	at        time.Time
+	exposing  bool
+	exposures uint64
+}
+
+func (c *Cache) beginHash() hashStart {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return hashStart{at: time.Now(), exposing: c.exposing, exposures: c.exposures}
+}
+
+// exposedSinceLocked is the exposed time to record for an entry whose hash began at h: zero (not handed out yet) when
+// no lease could reach the cache at any moment since, else h.at, as if the entry had been handed out when its hash
+// began. c.mu must be held.
+func (c *Cache) exposedSinceLocked(h hashStart) time.Time {
+	if h.exposing || c.exposing || c.exposures != h.exposures {
+		return h.at
+	}
+	return time.Time{}
+}
+
+// EndExposure tells the cache that no process of a lease is alive any more, so none can reach the files Materialize
+// linked: later admissions and re-verifications are trusted on their fingerprint at their first use again. Call it
+// once a lease's processes are all gone (also after a boot that failed after Materialize). Idempotent.
+func (c *Cache) EndExposure() {
+	c.mu.Lock()
+	c.exposing = false
+	c.mu.Unlock()
+}
+
+// Claim waits until no one else holds the fetch claim of hexDigest, then takes it and returns the function that
+// releases it (safe to call more than once). A caller that may fetch a digest holds its claim across Verify and the
+// fetch, so two fetches of one digest never overlap: whoever comes second waits, then finds the digest held (or, if
+// the first fetch failed, fetches it itself). waited reports whether another holder had to be waited for. The wait
+// ends with ctx's error when ctx ends first; nothing is claimed then.
+func (c *Cache) Claim(ctx context.Context, hexDigest string) (release func(), waited bool, err error) {
+	for {
+		c.mu.Lock()
+		busy, held := c.claims[hexDigest]
+		if !held {
+			done := make(chan struct{})
+			c.claims[hexDigest] = done
+			c.mu.Unlock()
+			var once sync.Once
+			return func() {
+				once.Do(func() {
+					c.mu.Lock()
+					delete(c.claims, hexDigest)
+					c.mu.Unlock()
+					close(done)
+				})
+			}, waited, nil
+		}
+		c.mu.Unlock()
+		waited = true
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return nil, waited, ctx.Err()
+		}
+	}
+}
+
+// Claimed reports whether someone holds the fetch claim of hexDigest now (for logs and tests; it may change at once).
+func (c *Cache) Claimed(hexDigest string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, held := c.claims[hexDigest]
+	return held
 }
 
 // Materialize places the held artifact hexDigest at dst as a symbolic link to the cache's read-only file. dst must
@@ -318,6 +408,10 @@ func (c *Cache) Admit(hexDigest string, size int64, r io.Reader) (err error) {
 func (c *Cache) Materialize(hexDigest, dst string) error {
 	now := time.Now()
 	c.mu.Lock()
+	if !c.exposing {
+		c.exposing = true
+		c.exposures++
+	}
 	e, ok := c.entries[hexDigest]
 	var want fingerprint
 	if ok {

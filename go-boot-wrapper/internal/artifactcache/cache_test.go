@@ -2,6 +2,7 @@ package artifactcache
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -283,14 +284,8 @@ func TestVerifyRehashesARacyEntry(t *testing.T) {
 	c := open(t, t.TempDir())
 	must(t, c.Admit(d, int64(len(content)), bytes.NewReader(content)))
 	must(t, c.Materialize(d, filepath.Join(t.TempDir(), "w"))) // handed out right after admission: racy
-	// Corrupt the file and put the recorded fingerprint back in line with it, as a same-tick write would leave it.
-	must(t, os.Chmod(c.Path(d), 0o755))
-	must(t, os.WriteFile(c.Path(d), []byte("RACY"), 0o755))
-	must(t, os.Chmod(c.Path(d), 0o555))
-	fp, err := fingerprintOf(c.Path(d))
-	must(t, err)
+	fp := rewriteSameTick(t, c, d, []byte("RACY"))
 	c.mu.Lock()
-	c.entries[d].fp = fp
 	c.entries[d].exposed = time.Unix(0, fp.ctime) // exposed in the same tick as the last change
 	c.mu.Unlock()
 
@@ -348,4 +343,145 @@ func TestReopenRestoresReadOnlyMode(t *testing.T) {
 	if ok, err := c.Verify(d); !ok || err != nil {
 		t.Errorf("Verify after reopen = %v, %v", ok, err)
 	}
+}
+
+// Claim keeps two fetches of one digest from overlapping: the second waits (bounded by its context) until the first
+// releases, and a release only ever releases its own claim.
+func TestClaim(t *testing.T) {
+	c := open(t, t.TempDir())
+	a, b := digest([]byte("a")), digest([]byte("b"))
+	releaseA, waited, err := c.Claim(context.Background(), a)
+	if err != nil || waited || !c.Claimed(a) {
+		t.Fatalf("first Claim = %v, waited %v, claimed %v; want it at once", err, waited, c.Claimed(a))
+	}
+	// Another digest is not held up.
+	releaseB, waited, err := c.Claim(context.Background(), b)
+	if err != nil || waited {
+		t.Fatalf("Claim of another digest = %v, waited %v", err, waited)
+	}
+	releaseB()
+	// The same digest waits; a wait that ends claims nothing.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, waited, err := c.Claim(ctx, a); !errors.Is(err, context.Canceled) || !waited {
+		t.Fatalf("Claim of a claimed digest with an ended context = %v, waited %v; want context.Canceled after waiting", err, waited)
+	}
+	got := make(chan func(), 1)
+	go func() {
+		release, _, err := c.Claim(context.Background(), a)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- release
+	}()
+	releaseA()
+	var releaseA2 func()
+	select {
+	case releaseA2 = <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting Claim did not get the claim after its release")
+	}
+	releaseA() // a second release of the first claim must not release the second
+	if !c.Claimed(a) {
+		t.Fatal("releasing a claim twice released the next holder's claim")
+	}
+	releaseA2()
+	if c.Claimed(a) {
+		t.Fatal("claim still held after its release")
+	}
+}
+
+// While a lease's processes may reach the cache (from Materialize until EndExposure), a hash proves only what the
+// file held at that moment: the entry counts as handed out from the start of the hash, so a change made in the same
+// timestamp tick as its fingerprint is caught by the next Verify. A prefetch admits and verifies while a lease runs.
+func TestHashWhileExposedIsRacy(t *testing.T) {
+	running := []byte("the running lease's binary")
+	next := []byte("#!/bin/sh\nexit 0\n")
+	d := digest(next)
+	tests := []struct {
+		name string
+		// prepare makes d held, with a lease's exposure as the case says.
+		prepare  func(t *testing.T, c *Cache)
+		wantRacy bool
+	}{
+		{name: "admitted while a lease runs", wantRacy: true, prepare: func(t *testing.T, c *Cache) {
+			exposeOther(t, c, running)
+			must(t, c.Admit(d, int64(len(next)), bytes.NewReader(next)))
+		}},
+		{name: "a lease started and ended during the admission", wantRacy: true, prepare: func(t *testing.T, c *Cache) {
+			must(t, c.Admit(d, int64(len(next)), &hookReader{r: bytes.NewReader(next), hook: func() {
+				exposeOther(t, c, running)
+				c.EndExposure()
+			}}))
+		}},
+		{name: "re-verified while a lease runs", wantRacy: true, prepare: func(t *testing.T, c *Cache) {
+			must(t, c.Admit(d, int64(len(next)), bytes.NewReader(next)))
+			exposeOther(t, c, running)
+			must(t, os.Chmod(c.Path(d), 0o777)) // a changed fingerprint: Verify hashes again (and restores the mode)
+			if ok, err := c.Verify(d); !ok || err != nil {
+				t.Fatalf("Verify of an intact entry = %v, %v", ok, err)
+			}
+		}},
+		{name: "admitted after the lease ended", wantRacy: false, prepare: func(t *testing.T, c *Cache) {
+			exposeOther(t, c, running)
+			c.EndExposure()
+			must(t, c.Admit(d, int64(len(next)), bytes.NewReader(next)))
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := open(t, t.TempDir())
+			tt.prepare(t, c)
+			c.mu.Lock()
+			exposed := c.entries[d].exposed
+			c.mu.Unlock()
+			if racy := !exposed.IsZero(); racy != tt.wantRacy {
+				t.Fatalf("entry counts as handed out: %v, want %v", racy, tt.wantRacy)
+			}
+			if !tt.wantRacy {
+				return // trusted on its fingerprint at its first use, as any entry hashed while no lease runs
+			}
+			rewriteSameTick(t, c, d, []byte("#!/bin/sh\nexit 9\n")) // by the running worker
+			if ok, err := c.Verify(d); ok || !errors.Is(err, ErrTampered) {
+				t.Errorf("Verify = %v, %v; want the changed entry dropped with ErrTampered", ok, err)
+			}
+		})
+	}
+}
+
+// rewriteSameTick corrupts d's file with content and puts the recorded fingerprint in line with the result, as a write
+// in the same timestamp tick as the recorded fingerprint would leave it, and returns that fingerprint.
+func rewriteSameTick(t *testing.T, c *Cache, d string, content []byte) fingerprint {
+	t.Helper()
+	must(t, os.Chmod(c.Path(d), 0o755))
+	must(t, os.WriteFile(c.Path(d), content, 0o755))
+	must(t, os.Chmod(c.Path(d), 0o555))
+	fp, err := fingerprintOf(c.Path(d))
+	must(t, err)
+	c.mu.Lock()
+	c.entries[d].fp = fp
+	c.mu.Unlock()
+	return fp
+}
+
+// exposeOther admits content and materializes it, as a running lease has: the cache is exposed from then on.
+func exposeOther(t *testing.T, c *Cache, content []byte) {
+	t.Helper()
+	d := digest(content)
+	if !c.Has(d) {
+		must(t, c.Admit(d, int64(len(content)), bytes.NewReader(content)))
+	}
+	must(t, c.Materialize(d, filepath.Join(t.TempDir(), "worker")))
+}
+
+// hookReader calls hook once, before its first read.
+type hookReader struct {
+	r    io.Reader
+	hook func()
+	once sync.Once
+}
+
+func (h *hookReader) Read(p []byte) (int, error) {
+	h.once.Do(h.hook)
+	return h.r.Read(p)
 }

@@ -12,6 +12,8 @@
 //     never transferred twice; they are hard-linked into the lease directory, never downloaded into a shared one,
 //     and re-verified before every lease (artifactcache.Cache.Verify), so a lease runs exactly the bytes its sha256
 //     names even if an earlier worker rewrote its hard link;
+//   - between leases the recycler may have the wrapper fetch a job's binary ahead of its first lease (Booter.Prefetch);
+//     a boot that needs a digest being fetched waits for that fetch instead of starting a second one;
 //   - every lease gets a fresh directory (semi_persist_dir, cwd, TMPDIR) that the wrapper deletes afterwards, and the
 //     worker gets a clean environment instead of the wrapper's.
 package boot
@@ -51,6 +53,9 @@ const (
 	// HeaderLeaseCredential carries Lease.credential; a secret, never logged.
 	HeaderLeaseCredential = "recycler-lease-credential"
 	HeaderContentLength   = "recycler-content-length"
+	// HeaderPrefetchTicket carries Prefetch.ticket on a prefetch's GetArtifact (instead of the generation and
+	// credential, which a prefetch has none of); a secret, never logged.
+	HeaderPrefetchTicket = "recycler-prefetch-ticket"
 )
 
 // Beam URNs (sdks/go/pkg/beam/artifact).
@@ -373,26 +378,9 @@ func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, prepar
 		return "", fail(stage, err, "%v; stage the Go worker binary with role %s", err, URNGoWorkerBinaryRole)
 	}
 	for _, a := range arts {
-		// Verify, not Has: a previous lease's worker may have rewritten the cached file (it is hard-linked into every
-		// lease directory); a changed entry is dropped and fetched again here.
-		ok, err := b.cache.Verify(a.hex)
-		if err != nil {
-			log.Warn("artifact changed in the local cache since it was verified; fetching it again",
-				"digest", artifactcache.DigestPrefix+a.hex, "error", err)
+		if ferr := b.ensure(ctx, svc, a, log); ferr != nil {
+			return "", ferr
 		}
-		if ok {
-			continue
-		}
-		client, err := svc.client()
-		if err != nil {
-			return "", fail(stage, err, "cannot connect to artifact endpoint %s: %v", svc.endpoint, err)
-		}
-		start := time.Now()
-		n, err := b.fetch(ctx, client, a)
-		if err != nil {
-			return "", fail(stage, err, "fetching artifact %s (%s) from %s failed: %v", artifactcache.DigestPrefix+a.hex, a.staged, svc.endpoint, err)
-		}
-		log.Info("fetched artifact", "digest", artifactcache.DigestPrefix+a.hex, "bytes", n, "took", time.Since(start).Round(time.Millisecond))
 	}
 	for _, a := range arts {
 		if err := b.cache.Materialize(a.hex, filepath.Join(dir, StagedDir, a.staged)); err != nil {
@@ -404,6 +392,47 @@ func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, prepar
 		return "", fail(stage, err, "placing the worker binary in the lease directory failed: %v", err)
 	}
 	return bin, nil
+}
+
+// ensure makes the cache hold a verified copy of a, fetching it if needed. It holds a's fetch claim throughout, so a
+// fetch of the same digest already in progress (a prefetch) is waited for, not repeated: once it ends, Verify finds
+// the digest held, or, if that fetch failed, this one fetches it.
+func (b *Booter) ensure(ctx context.Context, svc *artifactService, a artifact, log *Log) *Failure {
+	stage := recyclerpb.BootStage_BOOT_STAGE_ARTIFACTS
+	digest := artifactcache.DigestPrefix + a.hex
+	if b.cache.Claimed(a.hex) {
+		log.Info("waiting for the fetch of this artifact already in progress", "digest", digest)
+	}
+	start := time.Now()
+	release, waited, err := b.cache.Claim(ctx, a.hex)
+	if err != nil {
+		return fail(stage, err, "timed out after %v waiting for the fetch of artifact %s (%s) already in progress (a prefetch); check that the recycler can serve it",
+			time.Since(start).Round(time.Millisecond), digest, a.staged)
+	}
+	defer release()
+	if waited {
+		log.Info("the fetch in progress ended", "digest", digest, "waited", time.Since(start).Round(time.Millisecond))
+	}
+	// Verify, not Has: a previous lease's worker may have rewritten the cached file (its lease linked it); a changed
+	// entry is dropped and fetched again here.
+	ok, err := b.cache.Verify(a.hex)
+	if err != nil {
+		log.Warn("artifact changed in the local cache since it was verified; fetching it again", "digest", digest, "error", err)
+	}
+	if ok {
+		return nil
+	}
+	client, err := svc.client()
+	if err != nil {
+		return fail(stage, err, "cannot connect to artifact endpoint %s: %v", svc.endpoint, err)
+	}
+	start = time.Now()
+	n, err := b.fetch(ctx, client, a, -1)
+	if err != nil {
+		return fail(stage, err, "fetching artifact %s (%s) from %s failed: %v", digest, a.staged, svc.endpoint, err)
+	}
+	log.Info("fetched artifact", "digest", digest, "bytes", n, "took", time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
 // artifactService is the lease's ArtifactRetrievalService: over the recycler connection, or over a connection of its
@@ -445,8 +474,10 @@ func (s *artifactService) close() {
 	}
 }
 
-// fetch streams one artifact into the cache, verifying the size from the response header and the sha256.
-func (b *Booter) fetch(ctx context.Context, client jobpb.ArtifactRetrievalServiceClient, a artifact) (int64, error) {
+// fetch streams one artifact into the cache, verifying the size from the response header and the sha256. wantSize,
+// when not negative, is the size the caller was told: a header stating another size fails the fetch, and without a
+// header the bytes must have that size.
+func (b *Booter) fetch(ctx context.Context, client jobpb.ArtifactRetrievalServiceClient, a artifact, wantSize int64) (int64, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the stream if we stop reading early
 	stream, err := client.GetArtifact(ctx, &jobpb.GetArtifactRequest{Artifact: a.info})
@@ -463,6 +494,13 @@ func (b *Booter) fetch(ctx context.Context, client jobpb.ArtifactRetrievalServic
 		if err != nil || size < 0 {
 			return 0, fmt.Errorf("bad %s header %q", HeaderContentLength, v[0])
 		}
+	}
+	switch {
+	case wantSize >= 0 && size < 0:
+		size = wantSize
+	case wantSize >= 0 && size != wantSize:
+		return 0, fmt.Errorf("%w: %s%s: the recycler announced %d bytes, its %s header says %d",
+			artifactcache.ErrSizeMismatch, artifactcache.DigestPrefix, a.hex, wantSize, HeaderContentLength, size)
 	}
 	r := &streamReader{recv: stream.Recv}
 	if err := b.cache.Admit(a.hex, size, r); err != nil {

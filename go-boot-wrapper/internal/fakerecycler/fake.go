@@ -1,7 +1,8 @@
 // Package fakerecycler is an in-process recycler for tests: SlotControl, ProvisionService, ArtifactRetrievalService
 // and BeamFnLogging on one 127.0.0.1 port, scripted by the test. It checks the wrapper's side of the protocol (the
-// worker_id, recycler-generation and recycler-lease-credential metadata, the attach secret when RequireAttachSecret
-// was called, Hello first) the way the real recycler does. Imported only by tests.
+// worker_id, recycler-generation and recycler-lease-credential metadata, the prefetch ticket of a prefetch's
+// GetArtifact, the attach secret when RequireAttachSecret was called, Hello first) the way the real recycler does.
+// Imported only by tests.
 package fakerecycler
 
 import (
@@ -81,9 +82,13 @@ type Fake struct {
 	secret     string           // when set, Attach requires it as recycler-attach-secret
 	provErr    error            // when set, GetProvisionInfo fails with it
 	artifacts  []Artifact
-	gate       chan struct{}  // when set, GetArtifact waits for it to close
+	gate       chan struct{} // when set, GetArtifact waits for it to close
+	holds      map[string]*Hold
 	fetches    map[string]int // digest -> GetArtifact calls
-	calls      map[string]int // method name -> calls with valid lease metadata
+	calls      map[string]int // method name -> calls with valid lease metadata (or a prefetch ticket)
+	tickets    map[string]*ticket
+	streaming  int // GetArtifact calls being served now
+	maxStreams int // the most GetArtifact calls served at once
 	hellos     []*recyclerpb.Hello
 	logLines   []string
 	logIDs     []string
@@ -96,6 +101,7 @@ func Start(t testing.TB, slots ...string) *Fake {
 	f := &Fake{
 		t: t, sessions: make(chan *Session, 16), slots: map[string]bool{}, generation: map[string]int64{},
 		info: map[int64]*fnpb.ProvisionInfo{}, credential: map[int64]string{}, fetches: map[string]int{}, calls: map[string]int{},
+		holds: map[string]*Hold{}, tickets: map[string]*ticket{},
 	}
 	for _, s := range slots {
 		f.slots[s] = true
@@ -217,7 +223,77 @@ func (f *Fake) GateArtifacts() (release func()) {
 	}
 }
 
-// Fetches is how many GetArtifact calls asked for digest.
+// Hold is a GetArtifact stream the fake holds open mid-way, see HoldArtifact.
+type Hold struct {
+	reached, release chan struct{}
+	reachedOnce      sync.Once
+	releaseOnce      sync.Once
+}
+
+// Reached is closed once a GetArtifact call of the held digest has sent its header and half the bytes and waits.
+func (h *Hold) Reached() <-chan struct{} { return h.reached }
+
+// Release lets every held call (and every later one) of the digest send the rest. Safe to call more than once.
+func (h *Hold) Release() { h.releaseOnce.Do(func() { close(h.release) }) }
+
+// HoldArtifact makes every GetArtifact call of digest (hex) send the length header and the first half of the bytes,
+// then wait until Release is called or the call is cancelled: a fetch in flight whose timing the test decides. The
+// hold is released when the test ends.
+func (f *Fake) HoldArtifact(t testing.TB, digest string) *Hold {
+	h := &Hold{reached: make(chan struct{}), release: make(chan struct{})}
+	f.mu.Lock()
+	f.holds[digest] = h
+	f.mu.Unlock()
+	t.Cleanup(h.Release)
+	return h
+}
+
+// StreamingNow is how many GetArtifact calls the fake is serving at this moment.
+func (f *Fake) StreamingNow() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.streaming
+}
+
+// MaxStreaming is the most GetArtifact calls the fake served at once so far.
+func (f *Fake) MaxStreaming() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.maxStreams
+}
+
+// ticket is a prefetch ticket the fake issued: good for one GetArtifact of digest by slot, until expires.
+type ticket struct {
+	slot, digest string
+	expires      time.Time
+	used         bool
+}
+
+// TicketTTL is the ticket_ttl_millis of the fake's Prefetch instructions.
+const TicketTTL = time.Minute
+
+// Prefetch issues a ticket for s's slot and art, sends Prefetch{sha256:<digest>, size, ticket, ttl} and returns the
+// ticket. GetArtifact accepts that ticket once, for that slot and digest, within TicketTTL, and refuses any other
+// call without lease metadata with PERMISSION_DENIED, as the real recycler does.
+func (f *Fake) Prefetch(s *Session, art Artifact) string {
+	tk := f.IssueTicket(s.Hello.GetSlotId(), art.Digest())
+	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Prefetch{Prefetch: &recyclerpb.Prefetch{
+		Digest: "sha256:" + art.Digest(), Size: int64(len(art.Content)), Ticket: tk, TicketTtlMillis: TicketTTL.Milliseconds()}}})
+	return tk
+}
+
+// IssueTicket issues a prefetch ticket for slotID and digest (hex), for tests that send a Prefetch of their own.
+func (f *Fake) IssueTicket(slotID, digest string) string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	tk := hex.EncodeToString(b)
+	f.mu.Lock()
+	f.tickets[tk] = &ticket{slot: slotID, digest: digest, expires: time.Now().Add(TicketTTL)}
+	f.mu.Unlock()
+	return tk
+}
+
+// Fetches is how many GetArtifact calls asked for digest (leases' and prefetches').
 func (f *Fake) Fetches(digest string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -229,10 +305,12 @@ const (
 	MethodGetProvisionInfo = "GetProvisionInfo"
 	MethodResolveArtifacts = "ResolveArtifacts"
 	MethodGetArtifact      = "GetArtifact"
+	// MethodPrefetchArtifact counts GetArtifact calls without lease metadata: a prefetch's.
+	MethodPrefetchArtifact = "GetArtifact(prefetch)"
 )
 
 // Calls is how many calls of method (MethodGetProvisionInfo, ...) arrived with lease metadata, for any generation,
-// whether or not they succeeded.
+// whether or not they succeeded; for MethodPrefetchArtifact, how many GetArtifact calls arrived without it.
 func (f *Fake) Calls(method string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -401,17 +479,63 @@ func (f *Fake) ResolveArtifacts(ctx context.Context, _ *jobpb.ResolveArtifactsRe
 	return &jobpb.ResolveArtifactsResponse{Replacements: f.Resolved()}, nil
 }
 
-// GetArtifact implements ArtifactRetrievalService, serving each artifact as its Mode says.
-func (f *Fake) GetArtifact(req *jobpb.GetArtifactRequest, stream jobpb.ArtifactRetrievalService_GetArtifactServer) error {
-	if _, err := f.checkLease(stream.Context(), MethodGetArtifact); err != nil {
-		return err
+// checkPrefetch validates a GetArtifact call without a lease generation as a prefetch's: worker_id, a ticket the
+// fake issued for that slot and digest (unused, unexpired), no lease credential, and a request for the content itself.
+func (f *Fake) checkPrefetch(ctx context.Context, req *jobpb.GetArtifactRequest, fp *pipepb.ArtifactFilePayload) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	slot, tk := first(md.Get("worker_id")), first(md.Get("recycler-prefetch-ticket"))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls[MethodPrefetchArtifact]++
+	bad := func(code codes.Code, msg string) error {
+		f.badCalls = append(f.badCalls, "prefetch GetArtifact: "+msg)
+		return status.Error(code, msg)
 	}
+	switch {
+	case slot == "":
+		return bad(codes.InvalidArgument, "missing worker_id metadata")
+	case len(md.Get("recycler-lease-credential")) > 0 || len(md.Get("recycler-generation")) > 0:
+		return bad(codes.InvalidArgument, "a prefetch carries no lease generation or credential")
+	case tk == "":
+		return bad(codes.PermissionDenied, "neither recycler-generation nor recycler-prefetch-ticket metadata")
+	case req.GetArtifact().GetTypeUrn() != "beam:artifact:type:file:v1" || fp.GetPath() != "sha256/"+fp.GetSha256():
+		return bad(codes.InvalidArgument, fmt.Sprintf("a prefetch asks for a file artifact with path sha256/<hex>, got %v", req.GetArtifact()))
+	}
+	want := f.tickets[tk]
+	if want == nil || want.slot != slot || want.digest != fp.GetSha256() || want.used || time.Now().After(want.expires) {
+		return status.Errorf(codes.PermissionDenied, "prefetch ticket not valid for slot %s and sha256:%s (unknown, used or expired)", slot, fp.GetSha256())
+	}
+	want.used = true
+	return nil
+}
+
+// GetArtifact implements ArtifactRetrievalService, serving each artifact as its Mode says. A call with a prefetch
+// ticket, or without the recycler-generation metadata, is a prefetch's (checkPrefetch).
+func (f *Fake) GetArtifact(req *jobpb.GetArtifactRequest, stream jobpb.ArtifactRetrievalService_GetArtifactServer) error {
 	var fp pipepb.ArtifactFilePayload
 	if err := proto.Unmarshal(req.GetArtifact().GetTypePayload(), &fp); err != nil {
 		return status.Error(codes.InvalidArgument, "bad payload")
 	}
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	if len(md.Get("recycler-generation")) == 0 || len(md.Get("recycler-prefetch-ticket")) > 0 {
+		if err := f.checkPrefetch(stream.Context(), req, &fp); err != nil {
+			return err
+		}
+	} else if _, err := f.checkLease(stream.Context(), MethodGetArtifact); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.streaming++
+	f.maxStreams = max(f.maxStreams, f.streaming)
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.streaming--
+		f.mu.Unlock()
+	}()
 	f.mu.Lock()
 	f.fetches[fp.GetSha256()]++
+	hold := f.holds[fp.GetSha256()]
 	gate := f.gate
 	var art *Artifact
 	for i := range f.artifacts {
@@ -443,11 +567,29 @@ func (f *Fake) GetArtifact(req *jobpb.GetArtifactRequest, stream jobpb.ArtifactR
 	case Truncate, FailStream:
 		data = data[:len(data)/2]
 	}
-	for off := 0; off < len(data); off += 64 << 10 {
-		end := min(off+64<<10, len(data))
-		if err := stream.Send(&jobpb.GetArtifactResponse{Data: data[off:end]}); err != nil {
+	send := func(data []byte) error {
+		for off := 0; off < len(data); off += 64 << 10 {
+			end := min(off+64<<10, len(data))
+			if err := stream.Send(&jobpb.GetArtifactResponse{Data: data[off:end]}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if hold != nil {
+		if err := send(data[:len(data)/2]); err != nil {
 			return err
 		}
+		data = data[len(data)/2:]
+		hold.reachedOnce.Do(func() { close(hold.reached) })
+		select {
+		case <-hold.release:
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		}
+	}
+	if err := send(data); err != nil {
+		return err
 	}
 	if art.Mode == FailStream {
 		return status.Error(codes.Unavailable, "upstream broke")

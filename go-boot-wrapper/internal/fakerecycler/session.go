@@ -157,6 +157,30 @@ func (s *Session) ExpectEnded(t testing.TB, generation int64) *recyclerpb.LeaseE
 	return le
 }
 
+// ExpectPrefetched waits for Prefetched{digest} ("sha256:<hex>" as sent) and returns it.
+func (s *Session) ExpectPrefetched(t testing.TB, digest string) *recyclerpb.Prefetched {
+	t.Helper()
+	m := s.Next(t)
+	p := m.GetPrefetched()
+	if p == nil || p.GetDigest() != digest {
+		t.Fatalf("expected Prefetched{digest=%s}, got %v", digest, describe(m))
+	}
+	return p
+}
+
+// Received returns the wrapper's messages received and not yet taken, without waiting.
+func (s *Session) Received() []*recyclerpb.WrapperMessage {
+	var out []*recyclerpb.WrapperMessage
+	for {
+		select {
+		case m := <-s.in:
+			out = append(out, m)
+		default:
+			return out
+		}
+	}
+}
+
 // ExpectQuiet fails if the wrapper sends anything within d.
 func (s *Session) ExpectQuiet(t testing.TB, d time.Duration) {
 	t.Helper()

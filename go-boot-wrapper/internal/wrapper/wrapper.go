@@ -3,7 +3,10 @@
 //
 // Concurrency: Run's goroutine owns the session and the current lease; every lease runs in its own goroutine and
 // reports through the session. Run never blocks on a lease except to wait for it to finish stopping, so Lease and Exit
-// keep flowing while a worker boots or stops, and Ping is answered by the session's own receive goroutine.
+// keep flowing while a worker boots or stops, and Ping is answered by the session's own receive goroutine. Prefetch
+// instructions go to the session's prefetcher (prefetch.go), which fetches on a goroutine of its own; reports that
+// carry the cache's digests (LeaseEnded, Prefetched) take them and are sent under reportMu, so the recycler receives
+// them in the order they were taken.
 //
 // Failure handling: a broken stream stops the running worker (full exit sequence) before re-attaching, because the
 // recycler has given the slot up and the worker's job can no longer be served correctly; no LeaseEnded is sent for it
@@ -69,6 +72,9 @@ type Wrapper struct {
 	booter   *boot.Booter
 	sup      *supervisor.Supervisor
 	attacher *attach.Attacher
+
+	// reportMu makes taking the cache's digests and sending them one step (see the package comment).
+	reportMu sync.Mutex
 }
 
 // New claims the work directory (see claimWorkDir: a foreign one is refused with ErrForeignWorkDir), removes the lease
@@ -200,6 +206,8 @@ func (w *Wrapper) Run(ctx context.Context) error {
 // serve handles one session until the stream breaks or ctx ends; a lease still running then is stopped (and waited
 // for) before serve returns.
 func (w *Wrapper) serve(ctx context.Context, s *attach.Session) {
+	pf := w.startPrefetcher(s)
+	defer pf.stop()
 	var cur *leaseRun
 	var curDone <-chan struct{}
 	stopCurrent := func() {
@@ -215,6 +223,7 @@ func (w *Wrapper) serve(ctx context.Context, s *attach.Session) {
 	for {
 		select {
 		case <-ctx.Done():
+			pf.cancel() // at once: no prefetch runs or answers while the worker stops
 			stopCurrent()
 			return
 		case <-curDone:
@@ -227,6 +236,7 @@ func (w *Wrapper) serve(ctx context.Context, s *attach.Session) {
 		case m, ok := <-s.Events():
 			if !ok {
 				w.log.Warn("lost the recycler stream; stopping any worker and re-attaching", "error", s.Err())
+				pf.cancel()
 				stopCurrent()
 				return
 			}
@@ -246,6 +256,8 @@ func (w *Wrapper) serve(ctx context.Context, s *attach.Session) {
 				}
 				w.log.Info("exit instruction", "generation", gen, "reason", k.Exit.GetReason().String())
 				cur.exit()
+			case *recyclerpb.RecyclerMessage_Prefetch:
+				pf.offer(k.Prefetch)
 			}
 		}
 	}
@@ -258,11 +270,15 @@ func (w *Wrapper) refuseLease(s *attach.Session, l *recyclerpb.Lease, running in
 	w.log.Error("lease while another lease runs", "generation", l.GetGeneration(), "running_generation", running)
 	w.send(s, &recyclerpb.LeaseEnded{
 		Generation: l.GetGeneration(), Outcome: recyclerpb.Outcome_OUTCOME_BOOT_FAILED,
-		Stage: recyclerpb.BootStage_BOOT_STAGE_START, Message: msg, HeldDigests: w.cache.Digests(),
+		Stage: recyclerpb.BootStage_BOOT_STAGE_START, Message: msg,
 	})
 }
 
+// send sends le with the cache's digests as they are now (a prefetch may have added one since the lease ended).
 func (w *Wrapper) send(s *attach.Session, le *recyclerpb.LeaseEnded) {
+	w.reportMu.Lock()
+	defer w.reportMu.Unlock()
+	le.HeldDigests = w.cache.Digests()
 	err := s.Send(&recyclerpb.WrapperMessage{Kind: &recyclerpb.WrapperMessage_LeaseEnded{LeaseEnded: le}})
 	if err != nil {
 		w.log.Warn("cannot report lease end", "generation", le.GetGeneration(), "error", err)
@@ -306,6 +322,8 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	start := time.Now()
 	bootLog := boot.NewLog(log)
 	defer bootLog.Close()
+	// runLease returns only once no process of the lease is alive: from then on none can reach the cache's files.
+	defer w.cache.EndExposure()
 
 	ended := &recyclerpb.LeaseEnded{Generation: gen}
 	report := func() {
@@ -317,7 +335,6 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 		if evicted := w.cache.Trim(w.cfg.CacheMaxBytes); len(evicted) > 0 {
 			log.Info("evicted artifacts from the local cache", "digests", evicted)
 		}
-		ended.HeldDigests = w.cache.Digests()
 		log.Info("lease ended", "outcome", ended.GetOutcome().String(), "exit_code", ended.GetExitCode(),
 			"signal", ended.GetSignal(), "took", time.Since(start).Round(time.Millisecond))
 		r.result = ended
