@@ -9,9 +9,9 @@
 //     boot then uses them as the answers of GetProvisionInfo and ResolveArtifacts and makes neither call, so a lease
 //     whose artifacts are all cached starts its worker without a single round trip;
 //   - artifacts come through a local content-addressed cache, verified by size and sha256, so an unchanged binary is
-//     never transferred twice; they are hard-linked into the lease directory, never downloaded into a shared one,
-//     and re-verified before every lease (artifactcache.Cache.Verify), so a lease runs exactly the bytes its sha256
-//     names even if an earlier worker rewrote its hard link;
+//     never transferred twice; they are symbolically linked into the lease directory, never downloaded into a shared
+//     one, and re-verified before every lease (artifactcache.Cache.Verify), so a lease runs exactly the bytes its
+//     sha256 names even if an earlier worker rewrote the cached file;
 //   - between leases the recycler may have the wrapper fetch a job's binary ahead of its first lease (Booter.Prefetch);
 //     a boot that needs a digest being fetched waits for that fetch instead of starting a second one;
 //   - every lease gets a fresh directory (semi_persist_dir, cwd, TMPDIR) that the wrapper deletes afterwards, and the
