@@ -35,6 +35,7 @@ import io.micrometer.prometheusmetrics.PrometheusMeterRegistry;
 import java.io.IOException;
 import java.net.BindException;
 import java.net.InetSocketAddress;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.UUID;
@@ -121,8 +122,8 @@ public final class Recycler implements AutoCloseable {
         .maxInboundMessageSize(config.maxInboundMessageBytes())
         .permitKeepAliveTime(5, TimeUnit.SECONDS)
         .permitKeepAliveWithoutCalls(true)
-        .keepAliveTime(20, TimeUnit.SECONDS)
-        .keepAliveTimeout(10, TimeUnit.SECONDS);
+        .keepAliveTime(keepAlive(config.workerStallTimeout(), 20), TimeUnit.MILLISECONDS)
+        .keepAliveTimeout(keepAlive(config.workerStallTimeout(), 10), TimeUnit.MILLISECONDS);
     CallerContext callerContext = new CallerContext();
     Authenticator authenticator = new Authenticator(pool, attachSecret);
     for (BindableService s : services) {
@@ -184,6 +185,17 @@ public final class Recycler implements AutoCloseable {
                 lease.slotId(), lease.generation(), RecyclerException.unwrap(failure).getMessage());
           }
         });
+  }
+
+  /**
+   * HTTP/2 keepalive of the fixed port, in ms: a ping after half the worker stall timeout of silence, and the other
+   * half for its answer (at least 5 s each, at most {@code capSeconds}). A worker that answers nothing (stopped,
+   * wedged) loses its connection, and its lease ends as lost, within about {@code worker-stall-timeout} even when
+   * the runner has no instruction pending for it (the stall timer itself only sees unread instructions).
+   */
+  static long keepAlive(Duration stallTimeout, long capSeconds) {
+    long half = stallTimeout.toMillis() / 2;
+    return Math.max(5_000, Math.min(half, capSeconds * 1000));
   }
 
   /** Starts a recycler with its own Prometheus registry (scraped at the admin endpoint's {@code /metrics}). */
