@@ -46,17 +46,24 @@ class GoHarnessIT {
   private final List<RunnerEnvironment> environments = new ArrayList<>();
   private Path workerBinary;
 
+  private Path wrapperBinary;
+
   @BeforeEach
   void setUp() throws Exception {
-    Path wrapperBinary = Path.of(System.getProperty("recycler.wrapper.binary", "missing"));
+    wrapperBinary = Path.of(System.getProperty("recycler.wrapper.binary", "missing"));
     workerBinary = Path.of(System.getProperty("recycler.worker.binary", "missing"));
     assertThat(wrapperBinary).as("go-boot-wrapper binary (built by .ci/run)").isExecutable();
     assertThat(workerBinary).as("Beam Go worker binary (built by .ci/run)").isExecutable();
+  }
+
+  /** A recycler with two slots and two real wrappers; {@code localDirs} are its local artifact directories. */
+  private void start(List<Path> localDirs) throws Exception {
     // The attach secret is on, as in the shipped manifests: the real wrapper must present it.
     Path secret = Files.writeString(tmp.resolve("attach-secret"), "go-harness-it-attach-secret\n");
     recycler = Recycler.start(RecyclerConfig.builder().slots(2, "slot-").port(0).cacheDirectory(tmp.resolve("cache"))
         .readyTimeout(Duration.ofSeconds(60)).leaseWaitTimeout(Duration.ofSeconds(60))
-        .shutdownTimeout(Duration.ofSeconds(20)).attachSecretFile(secret).build(), new SimpleMeterRegistry());
+        .localArtifactDirectories(localDirs).shutdownTimeout(Duration.ofSeconds(20)).attachSecretFile(secret).build(),
+        new SimpleMeterRegistry());
     channel = NettyChannelBuilder.forTarget(recycler.endpoint()).usePlaintext().build();
     for (int i = 0; i < 2; i++) {
       Path log = tmp.resolve("wrapper-" + i + ".log");
@@ -133,6 +140,7 @@ class GoHarnessIT {
 
   @Test
   void successiveAndConcurrentLeasesRecycleSlotsWithoutRestartingWrappers() throws Exception {
+    start(List.of());
     List<Long> wrapperPids = wrappers.stream().map(Process::pid).toList();
 
     for (int job = 1; job <= 3; job++) {
@@ -183,6 +191,7 @@ class GoHarnessIT {
 
   @Test
   void workerKilledMidLeaseFailsTheRunnersStreamAndTheSlotRecovers() throws Exception {
+    start(List.of());
     RunnerEnvironment env = environment("1-1", "job-kill");
     startWorker(env).get(90, TimeUnit.SECONDS);
     LeaseRecord live = recycler.slotTable().getLeasesList().get(0);
@@ -205,5 +214,36 @@ class GoHarnessIT {
     startWorker(again).get(90, TimeUnit.SECONDS);
     again.closeControl();
     awaitIdle();
+  }
+
+  @Test
+  void aStagedBinaryIsPrefetchedByBothIdleWrappersAndTheJobsLeaseFetchesNothing() throws Exception {
+    Path staging = Files.createDirectories(tmp.resolve("job-server-artifacts"));
+    start(List.of(staging));
+    // The job server stages the job's binary at submission: a plain copy under a fresh job directory.
+    Path staged = Files.createDirectories(staging.resolve("job-prefetch")).resolve("go-worker-binary");
+    Files.copy(workerBinary, staged);
+    long size = Files.size(staged);
+
+    // Both idle wrappers fetch it before any lease (the staging watcher waits for 1 s of quiet first).
+    await().atMost(AWAIT).until(() -> recycler.meterRegistry().get("recycler.artifact.prefetches")
+        .tag("outcome", "FETCHED").counter().count() == 2);
+    assertThat(recycler.meterRegistry().get("recycler.artifact.served").summary().count()).isEqualTo(2);
+    assertThat(recycler.meterRegistry().get("recycler.artifact.served").summary().totalAmount())
+        .isEqualTo(2.0 * size);
+    assertThat(slots()).allSatisfy(s -> assertThat(s.getHeldDigests()).isEqualTo(1));
+
+    // The job's lease (the runner names the staged path) starts from the wrapper's cache: nothing more is served.
+    RunnerEnvironment env = new RunnerEnvironment("1-1", workerBinary, staged.toString());
+    environments.add(env);
+    startWorker(env).get(90, TimeUnit.SECONDS);
+    env.connected().get(10, TimeUnit.SECONDS);
+    env.closeControl();
+    awaitIdle();
+    assertThat(recycler.meterRegistry().get("recycler.artifact.served").summary().count()).isEqualTo(2);
+    assertThat(recycler.slotTable().getLeasesList()).singleElement()
+        .satisfies(r -> assertThat(r.getEndReason()).isEqualTo("RUNNER_CLOSED"));
+    String log = Files.readString(tmp.resolve("wrapper-0.log")) + Files.readString(tmp.resolve("wrapper-1.log"));
+    assertThat(log).contains("msg=prefetch").contains("outcome=fetched").doesNotContain("msg=\"fetched artifact\"");
   }
 }
