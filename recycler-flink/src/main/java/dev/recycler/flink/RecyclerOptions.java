@@ -94,7 +94,9 @@ public final class RecyclerOptions {
               + " slots' wrappers lack, the recycler copies it into its cache and asks up to this many of those"
               + " wrappers to fetch it right away, in the seconds before the job's first StartWorker, so that the"
               + " lease finds it there instead of downloading it. -1: every such idle slot; 0: off. Costs one copy"
-              + " of the binary per asked wrapper (each wrapper's cache stays bounded by its own limit).");
+              + " of the binary per asked wrapper (each wrapper's cache stays bounded by its own limit); every"
+              + " TaskManager that mounts the job server's directory does this for every new binary, also those"
+              + " whose jobs it will not run: on large clusters 1 bounds the cost to one copy per TaskManager.");
 
   public static final ConfigOption<Duration> WORKER_STALL_TIMEOUT =
       ConfigOptions.key("worker-stall-timeout")
