@@ -171,11 +171,20 @@ final class PairedNewJob {
     Arm beamArm = arms.stream().filter(a -> a.subject == beam).findFirst().orElseThrow();
     for (int i = 0; i < n; i++) {
       Subject.Lease[] prepared = new Subject.Lease[arms.size()];
+      // An arm whose subject serves no other arm (the cold recycler) is read from before its staging to the end of
+      // its lease: what its recycler and wrapper do meanwhile (the staging-time copy, a prefetch that may still be
+      // running while other arms' leases run) is all its own. Shared subjects are read around the gap (for the arm
+      // whose files they watch) and around each lease.
+      Map<Arm, long[]> exclusiveStart = new java.util.IdentityHashMap<>();
+      for (Arm a : arms) {
+        if (arms.stream().filter(x -> x.subject == a.subject).count() == 1 && a.subject instanceof RecyclerSubject) {
+          exclusiveStart.put(a, new long[] {LeaseBenchmark.ticks(a.subject), a.subject.secondHopBytes()});
+        }
+      }
       if (gapMillis > 0) {
         // Every arm's copy is staged first, then the gap passes once for all of them: each lease starts at least
         // gapMillis after its staging (plus the round's earlier leases). A recycler's CPU meanwhile (its hash done
-        // ahead) belongs to the arm whose file it watches.
-        // So do the bytes its wrapper prefetched meanwhile (recycler -> wrapper).
+        // ahead) belongs to the arm whose file it watches, and so do the bytes its wrapper prefetched meanwhile.
         Map<Subject, Long> before = new java.util.IdentityHashMap<>();
         Map<Subject, Long> hopBefore = new java.util.IdentityHashMap<>();
         for (int k = 0; k < arms.size(); k++) {
@@ -185,7 +194,7 @@ final class PairedNewJob {
         }
         Thread.sleep(gapMillis);
         for (Arm a : arms) {
-          if (a.hashesAhead) {
+          if (a.hashesAhead && !exclusiveStart.containsKey(a)) {
             a.ticks += LeaseBenchmark.ticks(a.subject) - before.get(a.subject);
             a.secondHop += a.subject.secondHopBytes() - hopBefore.get(a.subject);
           }
@@ -205,9 +214,14 @@ final class PairedNewJob {
         } finally {
           LeaseBenchmark.unstage(l);
         }
-        long t1 = LeaseBenchmark.ticks(a.subject);
-        a.ticks += t1 - t0;
-        a.secondHop += a.subject.secondHopBytes() - hop0;
+        long[] since = exclusiveStart.get(a);
+        if (since != null) {
+          a.ticks += LeaseBenchmark.ticks(a.subject) - since[0];
+          a.secondHop += a.subject.secondHopBytes() - since[1];
+        } else {
+          a.ticks += LeaseBenchmark.ticks(a.subject) - t0;
+          a.secondHop += a.subject.secondHopBytes() - hop0;
+        }
         a.samples.add(s);
         if (!s.ok()) {
           log(a.subject.name() + " / " + a.run + " lease " + i + " failed: " + s.error());
