@@ -14,6 +14,7 @@ import java.nio.file.StandardOpenOption;
 import java.nio.file.attribute.BasicFileAttributes;
 import java.nio.file.attribute.FileTime;
 import java.security.MessageDigest;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HexFormat;
 import java.util.List;
@@ -22,6 +23,7 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.BiConsumer;
@@ -228,7 +230,16 @@ final class LocalArtifacts {
       ahead.remove(id, mine);
       mine.complete(digest);
       if (binary) {
-        binaries.accept(digest, id.size());
+        // copyAhead left the content pinned: a size-bounded cache may evict a newly added entry at once (Caffeine's
+        // admission policy did, for every new binary, in a benchmark whose cache was full), and the wrappers asked
+        // now fetch it within seconds. The pin lasts as long as their tickets.
+        String pinned = digest;
+        try {
+          binaries.accept(digest, id.size());
+        } finally {
+          CompletableFuture.delayedExecutor(PREFETCH_PIN.toMillis(), TimeUnit.MILLISECONDS)
+              .execute(() -> cache.unpin(pinned));
+        }
       }
       return true;
     } catch (IOException | RuntimeException e) {
@@ -238,20 +249,20 @@ final class LocalArtifacts {
     }
   }
 
+  /** How long the staging-time copy of a worker binary stays pinned for the prefetches it starts (their tickets'). */
+  static final Duration PREFETCH_PIN = Duration.ofMinutes(2);
+
   /**
-   * The file's digest, with its content in the cache afterwards: new content is hashed while copied (one read),
+   * The file's digest, with its content in the cache afterwards and pinned once for the caller: new content is hashed while copied (one read),
    * content the cache probably holds is hashed and copied only if it turns out new.
    */
   private String copyAhead(Path file, FileIdentity id) throws IOException {
     if (!probablyCached(file, id.size())) {
-      String digest = copy(file, id, null).sha256();
-      cache.unpin(digest);
-      return digest;
+      return copy(file, id, null).sha256();
     }
     String digest = hash(file, id);
-    if (cache.blob(digest) == null) {
+    if (cache.pinned(digest) == null) {
       copy(file, id, digest);
-      cache.unpin(digest);
     }
     return digest;
   }
