@@ -78,6 +78,8 @@ final class LocalArtifacts {
   private final Consumer<HashedAt> hashedAt;
   private volatile StagingWatcher watcher;
   private volatile BiConsumer<String, Long> stagedBinaries;
+  /** How long the staging-time copy of a worker binary stays pinned for the prefetches it starts (their tickets'). */
+  static final Duration PREFETCH_PIN = Duration.ofMinutes(2);
   private final ThreadLocal<byte[]> buffers = ThreadLocal.withInitial(() -> new byte[BUFFER_BYTES]);
   private final AtomicLong bytesRead = new AtomicLong();
 
@@ -211,8 +213,9 @@ final class LocalArtifacts {
       String how = "hashed";
       if (binary) {
         try {
-          digest = copyAhead(file, id);
-          how = "worker binary, in the cache for prefetch";
+          Cached c = intoCache(file, id);
+          digest = c.blob().sha256();
+          how = "worker binary, " + c.how() + ", pinned for prefetch";
         } catch (IOException e) {
           // The cache cannot take it (full, unwritable) or the file changed: hash only, and prefetch nothing.
           LOG.warn("could not copy staged worker binary {} into the cache for prefetch: {}", file, e.toString());
@@ -230,7 +233,7 @@ final class LocalArtifacts {
       ahead.remove(id, mine);
       mine.complete(digest);
       if (binary) {
-        // copyAhead left the content pinned: a size-bounded cache may evict a newly added entry at once (Caffeine's
+        // intoCache left the content pinned: a size-bounded cache may evict a newly added entry at once (Caffeine's
         // admission policy did, for every new binary, in a benchmark whose cache was full), and the wrappers asked
         // now fetch it within seconds. The pin lasts as long as their tickets.
         String pinned = digest;
@@ -247,24 +250,6 @@ final class LocalArtifacts {
       mine.completeExceptionally(e);
       throw e;
     }
-  }
-
-  /** How long the staging-time copy of a worker binary stays pinned for the prefetches it starts (their tickets'). */
-  static final Duration PREFETCH_PIN = Duration.ofMinutes(2);
-
-  /**
-   * The file's digest, with its content in the cache afterwards and pinned once for the caller: new content is hashed while copied (one read),
-   * content the cache probably holds is hashed and copied only if it turns out new.
-   */
-  private String copyAhead(Path file, FileIdentity id) throws IOException {
-    if (!probablyCached(file, id.size())) {
-      return copy(file, id, null).sha256();
-    }
-    String digest = hash(file, id);
-    if (cache.pinned(digest) == null) {
-      copy(file, id, digest);
-    }
-    return digest;
   }
 
   /**
@@ -367,25 +352,33 @@ final class LocalArtifacts {
       how = "digest known from staging, copied";
     } else {
       hashedAt.accept(HashedAt.LEASE);
-      if (!probablyCached(file, id.size())) {
-        blob = copy(file, id, null);
-        digest = blob.sha256();
-        how = "new content: hashed while copied";
-      } else {
-        digest = hash(file, id);
-        blob = cache.pinned(digest);
-        how = "hashed";
-        if (blob == null) {
-          blob = copy(file, id, digest);
-          how = "hashed, then copied";
-        }
-      }
+      Cached c = intoCache(file, id);
+      blob = c.blob();
+      digest = blob.sha256();
+      how = c.how();
     }
     memo.put(id, new Known(digest, false, System.currentTimeMillis()));
     LOG.info("artifact identified in place sha256={} bytes={} {} staged_at={} digest_ready={} ms={} ({})", digest,
         id.size(), lease, id.modified().toMillis(), knownDigest != null, (System.nanoTime() - started) / 1_000_000,
         how);
     return blob;
+  }
+
+  /** A file's content in the cache, pinned once for the caller, and how it got there (for the log). */
+  private record Cached(Blob blob, String how) {}
+
+  /**
+   * The file's content into the cache, pinned for the caller, in one read where it can: content that is probably new
+   * ({@link #probablyCached}) is hashed while copied; otherwise it is hashed, and copied after that only if the digest
+   * turns out new (the guess was wrong).
+   */
+  private Cached intoCache(Path file, FileIdentity id) throws IOException {
+    if (!probablyCached(file, id.size())) {
+      return new Cached(copy(file, id, null), "new content: hashed while copied");
+    }
+    String digest = hash(file, id);
+    Blob blob = cache.pinned(digest);
+    return blob != null ? new Cached(blob, "hashed") : new Cached(copy(file, id, digest), "hashed, then copied");
   }
 
   /** Bytes compared at each end of a staged file to guess whether the cache holds its content. */

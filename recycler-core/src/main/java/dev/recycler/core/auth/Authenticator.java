@@ -41,8 +41,7 @@ import org.slf4j.LoggerFactory;
 public final class Authenticator {
   private static final Logger LOG = LoggerFactory.getLogger(Authenticator.class);
 
-  private static final String GET_ARTIFACT =
-      io.grpc.MethodDescriptor.generateFullMethodName(ArtifactRetrievalServiceGrpc.SERVICE_NAME, "GetArtifact");
+  private static final String GET_ARTIFACT = ArtifactRetrievalServiceGrpc.getGetArtifactMethod().getFullMethodName();
 
   private final LeaseVerifier verifier;
   private final AttachSecret attachSecret;

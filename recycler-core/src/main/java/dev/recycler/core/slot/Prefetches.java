@@ -94,8 +94,7 @@ final class Prefetches {
       return;
     }
     a.prefetching().remove(p.getDigest());
-    a.heldDigests().clear();
-    a.heldDigests().addAll(p.getHeldDigestsList());
+    a.held(p.getHeldDigestsList());
     forgetTickets(slot.id, p.getDigest());
     if (p.getOk()) {
       metrics.prefetch(RecyclerMetrics.Prefetch.FETCHED);

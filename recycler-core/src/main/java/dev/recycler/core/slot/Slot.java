@@ -88,7 +88,13 @@ final class Slot {
    * was asked to prefetch and has not answered for yet ({@link Prefetches}).
    */
   record Attachment(String incarnation, WrapperLink link, long wrapperPid, String version, Set<String> heldDigests,
-      Set<String> prefetching) {}
+      Set<String> prefetching) {
+    /** What the wrapper reported its cache holds now (LeaseEnded, Prefetched). */
+    void held(java.util.Collection<String> digests) {
+      heldDigests.clear();
+      heldDigests.addAll(digests);
+    }
+  }
 
   /** Another incarnation's claim on an attached slot, pending a liveness probe of the current holder. */
   static final class Claim {

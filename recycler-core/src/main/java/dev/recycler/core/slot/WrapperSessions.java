@@ -215,8 +215,7 @@ final class WrapperSessions {
       return;
     }
     if (slot.attachment != null) {
-      slot.attachment.heldDigests().clear();
-      slot.attachment.heldDigests().addAll(ended.getHeldDigestsList());
+      slot.attachment.held(ended.getHeldDigestsList());
     }
     Lease lease = slot.lease;
     if (lease == null || lease.generation() != ended.getGeneration()) {
