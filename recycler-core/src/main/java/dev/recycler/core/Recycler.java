@@ -93,8 +93,8 @@ public final class Recycler implements AutoCloseable {
         metrics, config.upstreamCallTimeout(), config.artifactFetchTimeout());
     LeaseListener listener = new LeaseListener() {
       @Override
-      public CompletableFuture<PreparedLease> onAssigned(Lease lease) {
-        return prepare(lease);
+      public CompletableFuture<PreparedLease> prepare(Lease lease) {
+        return Recycler.this.prepare(lease);
       }
 
       @Override
@@ -169,7 +169,7 @@ public final class Recycler implements AutoCloseable {
   }
 
   /**
-   * A newly assigned lease's boot inputs, so that its wrapper needs no call before starting the worker: the runner's
+   * A new lease's boot inputs (fetched while it waits for its slot), so that its wrapper needs no call before starting the worker: the runner's
    * provision info (rewritten) and its dependencies resolved into the cache. Meanwhile the channels to the runner's
    * artifact and control endpoints connect, so the artifact call and the worker's control stream find them ready.
    */
@@ -181,8 +181,8 @@ public final class Recycler implements AutoCloseable {
             .thenApply(resolved -> PreparedLease.newBuilder().setProvisionInfo(info).addAllArtifacts(resolved).build()))
         .whenComplete((prepared, failure) -> {
           if (failure != null) {
-            LOG.warn("could not prepare lease slot={} generation={} (the wrapper will ask itself): {}",
-                lease.slotId(), lease.generation(), RecyclerException.unwrap(failure).getMessage());
+            LOG.warn("could not prepare lease runner_worker={} (the wrapper will ask itself): {}",
+                lease.runnerWorkerId(), RecyclerException.unwrap(failure).getMessage());
           }
         });
   }

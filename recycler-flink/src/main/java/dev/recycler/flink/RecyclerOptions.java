@@ -106,6 +106,17 @@ public final class RecyclerOptions {
               + " ready for more) before its lease ends as lost, the worker is stopped and the runner's bundle fails"
               + " instead of waiting.");
 
+  public static final ConfigOption<Duration> STANDBY_TTL =
+      ConfigOptions.key("standby-ttl")
+          .durationType()
+          .defaultValue(Duration.ofMinutes(5))
+          .withDescription("When a lease ends normally, its slot's wrapper starts the same job's worker again at once"
+              + " (a standby), so that the job's next environment on this TaskManager gets a worker that is already"
+              + " running: the runner sees nothing of a standby until a StartWorker whose provision info and"
+              + " artifacts are identical to its lease's adopts it. A standby nobody adopts is stopped after this"
+              + " long (and whenever its slot is needed for another job). Costs one idle worker process per free"
+              + " slot, within the memory a slot has anyway. 0: off.");
+
   public static final ConfigOption<MemorySize> CACHE_MAX_SIZE =
       ConfigOptions.key("cache-max-size")
           .memoryType()

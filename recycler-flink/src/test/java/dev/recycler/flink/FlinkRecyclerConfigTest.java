@@ -205,6 +205,6 @@ class FlinkRecyclerConfigTest {
         assertThat(o.description().getBlocks()).as(o.key()).isNotEmpty();
       }
     }
-    assertThat(keys).hasSize(27).allMatch(k -> k.matches("[a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*"));
+    assertThat(keys).hasSize(28).allMatch(k -> k.matches("[a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*"));
   }
 }

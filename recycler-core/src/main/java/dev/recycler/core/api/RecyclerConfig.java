@@ -37,6 +37,7 @@ public final class RecyclerConfig {
   private final boolean hashAtStaging;
   private final int prefetchSlots;
   private final Duration workerStallTimeout;
+  private final Duration standbyTtl;
   private final Duration leaseWaitTimeout;
   private final Duration readyTimeout;
   private final Duration drainTimeout;
@@ -64,6 +65,7 @@ public final class RecyclerConfig {
     this.hashAtStaging = b.hashAtStaging;
     this.prefetchSlots = b.prefetchSlots;
     this.workerStallTimeout = b.workerStallTimeout;
+    this.standbyTtl = b.standbyTtl;
     this.leaseWaitTimeout = b.leaseWaitTimeout;
     this.readyTimeout = b.readyTimeout;
     this.drainTimeout = b.drainTimeout;
@@ -152,6 +154,14 @@ public final class RecyclerConfig {
     return workerStallTimeout;
   }
 
+  /**
+   * How long a standby worker (the same job's worker, started when its lease ended, for the job's next lease on the
+   * slot) waits to be adopted before it is stopped; {@link Duration#ZERO}: no standbys.
+   */
+  public Duration standbyTtl() {
+    return standbyTtl;
+  }
+
   /** Artifacts up to this size stay in memory; larger ones are spilled to {@link #cacheDirectory()}. */
   public long memoryBlobMaxBytes() {
     return memoryBlobMaxBytes;
@@ -234,6 +244,7 @@ public final class RecyclerConfig {
         + ", cacheDirectory=" + cacheDirectory + ", cacheMaxBytes=" + cacheMaxBytes
         + ", localArtifactDirectories=" + localArtifactDirectories + ", hashAtStaging=" + hashAtStaging
         + ", prefetchSlots=" + prefetchSlots
+        + ", standbyTtl=" + standbyTtl
         + ", leaseWaitTimeout=" + leaseWaitTimeout + ", readyTimeout=" + readyTimeout
         + ", drainTimeout=" + drainTimeout + ", adminPort=" + adminPort + ", attachSecretFile=" + attachSecretFile
         + ", maxInboundMessageBytes=" + maxInboundMessageBytes + ", maxWaitingStarts=" + maxWaitingStarts + "}";
@@ -252,6 +263,7 @@ public final class RecyclerConfig {
     private boolean hashAtStaging = true;
     private int prefetchSlots = -1;
     private Duration workerStallTimeout = Duration.ofSeconds(60);
+    private Duration standbyTtl = Duration.ofMinutes(5);
     private Duration leaseWaitTimeout = Duration.ofSeconds(60);
     private Duration readyTimeout = Duration.ofSeconds(120);
     private Duration drainTimeout = Duration.ofSeconds(60);
@@ -376,6 +388,15 @@ public final class RecyclerConfig {
 
     public Builder workerStallTimeout(Duration d) {
       this.workerStallTimeout = positive("worker stall timeout", d);
+      return this;
+    }
+
+    /** How long an unadopted standby worker lives; zero turns standbys off. */
+    public Builder standbyTtl(Duration d) {
+      if (d == null || d.isNegative()) {
+        throw new IllegalArgumentException("standby ttl must be zero (off) or positive, not " + d);
+      }
+      this.standbyTtl = d;
       return this;
     }
 

@@ -141,7 +141,7 @@ public final class Artifacts {
    */
   private void admit(Lease lease, Blob blob, ArtifactInformation origin) {
     if (scope(lease).putIfAbsent(blob.sha256(), origin) == null) {
-      if (!lease.isLive()) {
+      if (!lease.isOpen()) {
         // The lease ended while this blob was fetched; onEnded may have run already.
         onEnded(lease);
       }
@@ -158,7 +158,7 @@ public final class Artifacts {
   public CompletableFuture<List<ArtifactInformation>> resolve(Lease lease, List<ArtifactInformation> artifacts) {
     Resolution r = resolutions.compute(lease, (l, old) -> old != null && old.request().equals(artifacts)
         && !old.result().isCompletedExceptionally() ? old : new Resolution(artifacts, resolveOnce(l, artifacts)));
-    if (!lease.isLive()) {
+    if (!lease.isOpen()) {
       resolutions.remove(lease); // onEnded may have run already
     }
     return r.result();

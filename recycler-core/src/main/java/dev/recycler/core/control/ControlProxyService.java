@@ -69,17 +69,21 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
   @Override
   public StreamObserver<InstructionResponse> control(StreamObserver<InstructionRequest> toWorker) {
     String workerId = CallerContext.workerId();
-    Lease lease;
+    ServerCallStreamObserver<InstructionRequest> worker = (ServerCallStreamObserver<InstructionRequest>) toWorker;
+    // Manual flow control (HeldStream disables automatic requests): a message is requested from one side only when
+    // the other side can take it. A standby worker's stream waits until a lease adopts it.
     try {
-      lease = pool.leaseForWorker(workerId);
+      return HeldStream.open(pool, workerId, worker, lease -> connect(lease, workerId, worker));
     } catch (RecyclerException e) {
       LOG.warn("refused control connection worker={} peer={}: {}", workerId, CallerContext.peer(), e.getMessage());
       toWorker.onError(e.toStatusException());
       return new Ignoring<>();
     }
-    ServerCallStreamObserver<InstructionRequest> worker = (ServerCallStreamObserver<InstructionRequest>) toWorker;
-    // Manual flow control: a message is requested from one side only when the other side can take it.
-    worker.disableAutoRequest();
+  }
+
+  /** Opens the runner's side of the worker's control stream and makes the lease ready. */
+  private HeldStream.Opened<InstructionResponse> connect(Lease lease, String workerId,
+      ServerCallStreamObserver<InstructionRequest> worker) {
     Proxy proxy = new Proxy(lease, worker,
         new OrphanDataSink(channels, lease.request().getControlEndpoint().getUrl(), lease.runnerWorkerId(),
             upstreamTimeout, "slot=" + lease.slotId() + " generation=" + lease.generation()));
@@ -90,11 +94,12 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       pool.controlConnected(workerId, proxy);
     } catch (RecyclerException e) {
       proxy.abort(e);
-      return new Ignoring<>();
+      return HeldStream.Opened.refused();
     }
     LOG.info("control connected slot={} generation={} worker={}", lease.slotId(), lease.generation(), workerId);
     worker.request(1);
-    return proxy.fromWorker;
+    return new HeldStream.Opened<>(proxy.fromWorker,
+        () -> proxy.fromWorker.onError(Status.CANCELLED.asRuntimeException()), proxy::workerReady);
   }
 
   @Override
@@ -156,8 +161,6 @@ final class ControlProxyService extends BeamFnControlGrpc.BeamFnControlImplBase 
       this.lease = lease;
       this.toWorker = toWorker;
       this.dataSink = dataSink;
-      toWorker.setOnCancelHandler(() -> fromWorker.onError(Status.CANCELLED.asRuntimeException()));
-      toWorker.setOnReadyHandler(this::workerReady);
     }
 
     /** The worker can take instructions again: pass on the request owed to the runner. */

@@ -82,17 +82,21 @@ final class LoggingProxyService extends BeamFnLoggingGrpc.BeamFnLoggingImplBase 
 
   @Override
   public StreamObserver<LogEntry.List> logging(StreamObserver<LogControl> toWorker) {
-    Lease lease;
+    ServerCallStreamObserver<LogControl> worker = (ServerCallStreamObserver<LogControl>) toWorker;
     try {
-      lease = pool.leaseForWorker(CallerContext.workerId());
+      // A standby worker's stream waits until a lease adopts it; nothing is requested from it meanwhile.
+      return HeldStream.open(pool, CallerContext.workerId(), worker, lease -> open(lease, worker));
     } catch (RecyclerException e) {
       toWorker.onError(e.toStatusException());
       return new Ignoring<>();
     }
+  }
+
+  private HeldStream.Opened<LogEntry.List> open(Lease lease, ServerCallStreamObserver<LogControl> toWorker) {
     Activity a = activity.computeIfAbsent(lease, l -> new Activity());
     a.streams.incrementAndGet();
     a.touch(nanoTime.getAsLong());
-    Stream stream = new Stream(lease, a, (ServerCallStreamObserver<LogControl>) toWorker);
+    Stream stream = new Stream(lease, a, toWorker);
     String runnerUrl = lease.request().getLoggingEndpoint().getUrl();
     if (runnerUrl.isEmpty()) {
       stream.runnerGone(Status.OK); // nothing to forward to: everything goes to the local log
@@ -102,7 +106,7 @@ final class LoggingProxyService extends BeamFnLoggingGrpc.BeamFnLoggingImplBase 
       Detached.run(() -> runner.logging(stream.fromRunner));
     }
     stream.toWorker.request(1);
-    return stream.fromWorker;
+    return new HeldStream.Opened<>(stream.fromWorker, () -> stream.workerEnded(false), () -> {});
   }
 
   /**
@@ -176,8 +180,6 @@ final class LoggingProxyService extends BeamFnLoggingGrpc.BeamFnLoggingImplBase 
       this.lease = lease;
       this.activity = activity;
       this.toWorker = toWorker;
-      toWorker.disableAutoRequest();
-      toWorker.setOnCancelHandler(() -> workerEnded(false));
     }
 
     final ClientResponseObserver<LogEntry.List, LogControl> fromRunner = new ClientResponseObserver<>() {

@@ -45,6 +45,7 @@ final class SlotControlService extends SlotControlGrpc.SlotControlImplBase {
           case LEASE_ENDED -> pool.leaseEnded(link, message.getLeaseEnded());
           case PONG -> pool.pong(link, message.getPong().getNonce());
           case PREFETCHED -> pool.prefetched(link, message.getPrefetched());
+          case STANDBY_ENDED -> pool.standbyEnded(link, message.getStandbyEnded());
           case HELLO -> link.close(new RecyclerException(RecyclerException.Kind.BAD_REQUEST,
               "Hello was sent twice on one Attach stream"));
           default -> LOG.warn("ignoring unknown wrapper message kind={} peer={}", message.getKindCase(), link.peer());

@@ -46,7 +46,14 @@ public final class MetricNames {
    * #OUTCOME}: {@code SENT} (asked), {@code FETCHED} (the wrapper holds it now), {@code FAILED} (it does not).
    */
   public static final String PREFETCHES = "recycler.artifact.prefetches";
-  /** Tag of {@link #PREFETCHES}. */
+  /**
+   * Counter: standby workers (the same job's worker started when its lease ended, for the job's next lease on the
+   * slot); tag {@link #OUTCOME}: {@code OFFERED}, {@code ADOPTED} (a lease took it over), {@code DROPPED} (the slot
+   * went to another job, its time to live ran out, or its wrapper detached), {@code ENDED} (the wrapper declined it or
+   * it exited on its own).
+   */
+  public static final String STANDBYS = "recycler.standby.workers";
+  /** Tag of {@link #PREFETCHES} and {@link #STANDBYS}. */
   public static final String OUTCOME = "outcome";
   /** Tag of {@link #LOCAL_HASHES}: when the hash was done. */
   public static final String WHEN = "when";

@@ -36,6 +36,19 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
   private final DistributionSummary servedBytes;
   private final Map<HashedAt, Counter> localHashes = new EnumMap<>(HashedAt.class);
   private final Map<Prefetch, Counter> prefetches = new EnumMap<>(Prefetch.class);
+  private final Map<Standby, Counter> standbys = new EnumMap<>(Standby.class);
+
+  /** What became of a standby worker (tag of {@link MetricNames#STANDBYS}). */
+  public enum Standby {
+    /** Asked of an idle slot's wrapper when its lease ended normally. */
+    OFFERED,
+    /** A lease with identical boot inputs took it over. */
+    ADOPTED,
+    /** Stopped by the recycler: the slot went to another job, its time to live ran out, or the wrapper left. */
+    DROPPED,
+    /** The wrapper declined it, or it exited on its own. */
+    ENDED
+  }
 
   /** What became of a prefetch (tag of {@link MetricNames#PREFETCHES}). */
   public enum Prefetch {
@@ -96,11 +109,20 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
           .description("Staged files hashed in place, at staging time (ahead of the lease) or at lease time")
           .register(registry));
     }
+    for (Standby s : Standby.values()) {
+      standbys.put(s, Counter.builder(MetricNames.STANDBYS).tag(MetricNames.OUTCOME, s.name())
+          .description("Standby workers (the same job's next worker, started when its lease ended), by outcome")
+          .register(registry));
+    }
     for (Prefetch p : Prefetch.values()) {
       prefetches.put(p, Counter.builder(MetricNames.PREFETCHES).tag(MetricNames.OUTCOME, p.name())
           .description("Worker binaries sent to idle slots' wrappers when a job staged them, by outcome")
           .register(registry));
     }
+  }
+
+  public void standby(Standby outcome) {
+    standbys.get(outcome).increment();
   }
 
   public void prefetch(Prefetch outcome) {

@@ -56,6 +56,13 @@ public enum RecyclerOption {
           + " (each wrapper's cache stays bounded by its own limit); every TaskManager that mounts the job server's"
           + " directory does this for every new binary, also those whose jobs it will not run: on large clusters"
           + " `1` bounds the cost to one copy per TaskManager."),
+  STANDBY_TTL("standby-ttl", Type.DURATION, "5 min", Scope.SHARED,
+      "When a lease ends normally, its slot's wrapper starts the same job's worker again at once (a standby), so"
+          + " that the job's next environment on this TaskManager gets a worker that is already running: the runner"
+          + " sees nothing of a standby until a StartWorker whose provision info and artifacts are identical to its"
+          + " lease's adopts it. A standby nobody adopts is stopped after this long (and whenever its slot is"
+          + " needed for another job). Costs one idle worker process per free slot, within the memory a slot has"
+          + " anyway. `0`: off."),
   CACHE_MAX_SIZE("cache-max-size", Type.SIZE, "2 gb", Scope.SHARED,
       "Upper bound of the artifact cache, memory and disk together; least recently used content is evicted beyond"
           + " it.", "cache-max-bytes"),

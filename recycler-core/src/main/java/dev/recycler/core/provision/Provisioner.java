@@ -60,7 +60,7 @@ public final class Provisioner {
   public CompletableFuture<ProvisionInfo> provisionInfo(Lease lease) {
     CompletableFuture<ProvisionInfo> f =
         byLease.compute(lease, (l, old) -> old == null || old.isCompletedExceptionally() ? fetch(l) : old);
-    if (!lease.isLive()) {
+    if (!lease.isOpen()) {
       byLease.remove(lease); // it ended meanwhile; onEnded may have run already
     }
     return f;

@@ -119,6 +119,14 @@ public final class Lease {
   // Guarded by the pool lock.
   /** Whether the Lease message went to the wrapper; until then the lease can end without the wrapper. */
   private boolean announced;
+  /** Whether the preparation finished (with or without inputs): only then is the lease placed on a slot. */
+  private boolean prepared;
+  /** The boot inputs for the wrapper, when the preparation got them; else null (the wrapper asks itself). */
+  private PreparedLease inputs;
+  /** What a standby must have been started with to serve this lease ({@link Standbys#spec}); null without inputs. */
+  private String spec;
+  /** The slot's standby worker this lease took over, if any. */
+  private Standbys.Standby adopted;
   private ControlLink control;
   /** The timeout of the current state, if it has one; cancelled by every transition. */
   private Scheduler.Cancellable timer;
@@ -190,6 +198,15 @@ public final class Lease {
     return s == State.BOOTING || s == State.ACTIVE;
   }
 
+  /**
+   * Whether the lease may still use its boot inputs: live, or WAITING (a lease is prepared while it waits for a
+   * slot, so that it can be placed on the slot whose standby worker matches it).
+   */
+  public boolean isOpen() {
+    State s = state;
+    return s == State.WAITING || isLive();
+  }
+
   public CompletableFuture<Lease> ready() {
     return ready;
   }
@@ -213,13 +230,51 @@ public final class Lease {
     check(State.BOOTING, target);
     long next = target.lastGeneration + 1;
     target.lastGeneration = next;
+    take(target, next, newCredential, nowNanos);
+  }
+
+  /**
+   * Takes {@code target}, an IDLE slot, with the generation, worker id and credential reserved for its standby worker,
+   * which becomes this lease's worker; then BOOTING, as {@link #assign}.
+   */
+  void adopt(Slot target, Standbys.Standby standby, long nowNanos) {
+    check(State.BOOTING, target);
+    adopted = standby;
+    take(target, standby.generation(), standby.credential(), nowNanos);
+  }
+
+  private void take(Slot target, long newGeneration, String newCredential, long nowNanos) {
     target.lease = this;
     slot = target;
-    generation = next;
-    workerId = target.id + ".g" + next;
+    generation = newGeneration;
+    workerId = target.id + ".g" + newGeneration;
     credential = newCredential;
     assignedNanos = nowNanos;
     apply(State.BOOTING, target);
+  }
+
+  /** The preparation finished: {@code inputs} null when it could not get them. */
+  void prepared(PreparedLease bootInputs) {
+    prepared = true;
+    inputs = bootInputs;
+    spec = bootInputs == null ? null : Standbys.spec(bootInputs);
+  }
+
+  boolean isPrepared() {
+    return prepared;
+  }
+
+  PreparedLease inputs() {
+    return inputs;
+  }
+
+  String spec() {
+    return spec;
+  }
+
+  /** The standby this lease took over, or null. */
+  Standbys.Standby adopted() {
+    return adopted;
   }
 
   /**
@@ -316,12 +371,13 @@ public final class Lease {
     return announced;
   }
 
-  /** The Lease message for the wrapper: the only place the credential leaves the recycler. */
-  dev.recycler.proto.v1.Lease message(PreparedLease prepared) {
+  /** The Lease message for the wrapper: with the Standby message, the only place the credential leaves the recycler. */
+  dev.recycler.proto.v1.Lease message() {
     dev.recycler.proto.v1.Lease.Builder m = dev.recycler.proto.v1.Lease.newBuilder().setGeneration(generation)
-        .setJobName(jobName).setWorkerId(LeaseCredentials.workerId(workerId, credential)).setCredential(credential);
-    if (prepared != null) {
-      m.setPrepared(prepared);
+        .setJobName(jobName).setWorkerId(LeaseCredentials.workerId(workerId, credential)).setCredential(credential)
+        .setAdoptStandby(adopted != null);
+    if (inputs != null) {
+      m.setPrepared(inputs);
     }
     return m.build();
   }
@@ -390,6 +446,11 @@ public final class Lease {
 
   long workerPid() {
     return workerPid;
+  }
+
+  /** Whether its worker connected (the lease became ACTIVE at some point). */
+  boolean wasReady() {
+    return readyNanos >= 0;
   }
 
   long assignedNanos() {

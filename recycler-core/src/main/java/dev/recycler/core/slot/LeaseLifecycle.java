@@ -44,6 +44,9 @@ final class LeaseLifecycle {
 
     /** Completes the shutdown once no slot holds a lease. */
     void checkDrained(List<Runnable> after);
+
+    /** Whether the pool is shut down (no new standbys then). */
+    boolean closed();
   }
 
   private final RecyclerConfig config;
@@ -52,19 +55,21 @@ final class LeaseLifecycle {
   private final LeaseListener listener;
   private final PoolLock lock;
   private final LeaseIndex index;
+  private final Standbys standbys;
   private final Pool pool;
   private final SecureRandom random = new SecureRandom();
   /** What an exit instruction waits for before it goes out (the worker's log drain); set once at wiring. */
   private volatile ExitGate exitGate = ExitGate.NONE;
 
   LeaseLifecycle(RecyclerConfig config, Scheduler scheduler, RecyclerMetrics<SlotState, EndReason> metrics,
-      LeaseListener listener, PoolLock lock, LeaseIndex index, Pool pool) {
+      LeaseListener listener, PoolLock lock, LeaseIndex index, Standbys standbys, Pool pool) {
     this.config = config;
     this.scheduler = scheduler;
     this.metrics = metrics;
     this.listener = listener;
     this.lock = lock;
     this.index = index;
+    this.standbys = standbys;
     this.pool = pool;
   }
 
@@ -75,41 +80,65 @@ final class LeaseLifecycle {
   // ---------------------------------------------------------------------------------------------------------------
   // Assignment and readiness
 
-  /** Gives the IDLE {@code slot} to the waiting {@code lease}: next generation, worker id and credential minted. */
-  void assign(Slot slot, Lease lease, List<Runnable> after) {
-    lease.assign(slot, LeaseCredentials.mint(random), scheduler.nanoTime());
-    index.assigned(lease);
-    metrics.leaseWait(Duration.ofNanos(scheduler.nanoTime() - lease.requestedNanos()));
-    lease.arm(scheduler, config.readyTimeout(), () -> readyTimedOut(lease));
-    LOG.info("lease assigned slot={} generation={} worker={} runner_worker={}", slot.id, lease.generation(),
-        lease.workerId(), lease.runnerWorkerId());
-    after.add(() -> prepare(lease));
-  }
-
   /**
-   * Gets the lease's boot inputs from the listener (the runner's provision info and resolved artifacts), then
-   * announces the lease to its wrapper with them; without them if they could not be had, and the wrapper asks itself.
+   * Gets the WAITING lease's boot inputs from the listener (the runner's provision info and resolved artifacts); once
+   * they are in (or could not be had: the wrapper then asks itself), the lease can be placed on a slot. Called outside
+   * the lock.
    */
-  private void prepare(Lease lease) {
+  void prepare(Lease lease) {
+    long started = scheduler.nanoTime();
     CompletableFuture<PreparedLease> inputs;
     try {
-      inputs = listener.onAssigned(lease);
+      inputs = listener.prepare(lease);
     } catch (RuntimeException e) {
       inputs = CompletableFuture.failedFuture(e);
     }
-    inputs.whenComplete((prepared, failure) -> announce(lease, failure == null ? prepared : null));
+    inputs.whenComplete((prepared, failure) -> lock.run(after -> {
+      if (lease.state() != Lease.State.WAITING) {
+        return; // it ended while it was being prepared
+      }
+      lease.prepared(failure == null ? prepared : null);
+      LOG.info("lease prepared runner_worker={} prepared={} prepare_ms={}", lease.runnerWorkerId(),
+          lease.inputs() != null, (scheduler.nanoTime() - started) / 1_000_000);
+      pool.dispatch(after);
+    }));
   }
 
-  private void announce(Lease lease, PreparedLease prepared) {
+  /**
+   * Gives the IDLE {@code slot} to the prepared, waiting {@code lease}: as the adopter of {@code standby} (the slot's
+   * matching standby worker: its reserved generation, worker id and credential), or with the next generation and a
+   * fresh credential, after dropping a standby of another job the slot may hold. Then the Lease message goes out.
+   */
+  void assign(Slot slot, Lease lease, Standbys.Standby standby, List<Runnable> after) {
+    if (standby != null) {
+      lease.adopt(slot, standby, scheduler.nanoTime());
+    } else {
+      standbys.drop(slot, "the slot is needed for another job's lease", false, after);
+      lease.assign(slot, LeaseCredentials.mint(random), scheduler.nanoTime());
+    }
+    index.assigned(lease);
+    metrics.leaseWait(Duration.ofNanos(scheduler.nanoTime() - lease.requestedNanos()));
+    lease.arm(scheduler, config.readyTimeout(), () -> readyTimedOut(lease));
+    LOG.info("lease assigned slot={} generation={} worker={} runner_worker={} standby={}", slot.id,
+        lease.generation(), lease.workerId(), lease.runnerWorkerId(), standby != null);
+    after.add(() -> announce(lease));
+    if (standby != null) {
+      // After the announcement: the held streams make the lease ready, and its wrapper must know the lease by then.
+      standbys.adopted(standby, lease, after);
+    }
+  }
+
+  private void announce(Lease lease) {
     // Sent under the lock, unlike other side effects: an Exit for this lease is queued only after this point, so it
     // can never reach the wrapper before its Lease. Sending does not block (the stream buffers).
     lock.run(after -> {
       if (!lease.announce()) {
         return; // it ended before its wrapper heard of it; end() has freed the slot
       }
-      LOG.info("lease sent slot={} generation={} prepared={} prepare_ms={}", lease.slotId(), lease.generation(),
-          prepared != null, (scheduler.nanoTime() - lease.assignedNanos()) / 1_000_000);
-      lease.slot().attachment.link().send(RecyclerMessage.newBuilder().setLease(lease.message(prepared)).build());
+      LOG.info("lease sent slot={} generation={} prepared={} standby={} prepare_ms={}", lease.slotId(),
+          lease.generation(), lease.inputs() != null, lease.adopted() != null,
+          (scheduler.nanoTime() - lease.assignedNanos()) / 1_000_000);
+      lease.slot().attachment.link().send(RecyclerMessage.newBuilder().setLease(lease.message()).build());
     });
   }
 
@@ -149,7 +178,14 @@ final class LeaseLifecycle {
     failIfBooting(lease, reason, failure, after);
     lease.endReason(reason);
     if (!lease.announced()) {
-      // Its wrapper never got the Lease, so nothing of it runs: the slot is free at once, no exit instruction.
+      // Its wrapper never got the Lease, so nothing of it runs but an adopted standby: the slot is free at once,
+      // the standby is stopped as unused.
+      if (lease.adopted() != null && lease.slot().attachment != null) {
+        WrapperLink link = lease.slot().attachment.link();
+        Exit exit = Exit.newBuilder().setGeneration(lease.generation())
+            .setReason(dev.recycler.proto.v1.ExitReason.EXIT_REASON_STANDBY_UNUSED).build();
+        after.add(() -> link.send(RecyclerMessage.newBuilder().setExit(exit).build()));
+      }
       lease.outcome("NOT_SENT");
       finish(lease, reason, after);
       pool.dispatch(after);
@@ -221,6 +257,9 @@ final class LeaseLifecycle {
     }
     finish(lease, reason, after);
     pool.dispatch(after);
+    if (slot.lease == null) {
+      standbys.offer(slot, lease, pool.closed(), after);
+    }
   }
 
   /** Fails the runner's pending StartWorker call, if the lease is not ready yet; a slot fault counts against it. */
@@ -284,6 +323,7 @@ final class LeaseLifecycle {
     lease.ended(reason, scheduler.now());
     index.ended(lease);
     metrics.leaseEnded(reason);
+    after.add(() -> listener.onEnded(lease)); // it may have been prepared while it waited
   }
 
   private static String stageName(LeaseEnded e) {

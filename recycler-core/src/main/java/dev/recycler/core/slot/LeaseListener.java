@@ -6,19 +6,20 @@ import java.util.concurrent.CompletableFuture;
 /** Per-lease resources (runner channels, provisioning, artifact scope) hook in here. Called outside the pool lock. */
 public interface LeaseListener {
   /**
-   * A slot was assigned: the lease has a generation and worker id. Returns the lease's boot inputs for the wrapper;
-   * the pool sends the Lease message when the future completes, with the inputs if it completed normally with
+   * A StartWorker call arrived: the lease is WAITING, without a slot yet. Returns the lease's boot inputs for the
+   * wrapper; the pool places the lease on a slot when the future completes (on the slot whose standby worker was
+   * started with the same inputs, if any) and sends the Lease message with the inputs if it completed normally with
    * non-null ones, without them (the wrapper then asks itself) if it failed. The future must complete in bounded time.
    */
-  CompletableFuture<PreparedLease> onAssigned(Lease lease);
+  CompletableFuture<PreparedLease> prepare(Lease lease);
 
-  /** The lease ended; release everything it held. Called once per assigned lease. */
+  /** The lease ended; release everything it held. Called once per lease. */
   void onEnded(Lease lease);
 
   /** Prepares nothing: every Lease goes out at once, without boot inputs. */
   LeaseListener NONE = new LeaseListener() {
     @Override
-    public CompletableFuture<PreparedLease> onAssigned(Lease lease) {
+    public CompletableFuture<PreparedLease> prepare(Lease lease) {
       return CompletableFuture.completedFuture(null);
     }
 

@@ -29,6 +29,8 @@ final class Slot {
   int consecutiveFailures;
   long leasesServed;
   Claim pendingClaim;
+  /** The standby worker waiting for this slot's next lease, if any (see {@link Standbys}). */
+  Standbys.Standby standby;
   Scheduler.Cancellable backoffTask;
 
   Slot(String id, Scheduler scheduler, RecyclerMetrics<SlotState, EndReason> metrics) {

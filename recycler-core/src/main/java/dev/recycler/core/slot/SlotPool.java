@@ -16,6 +16,7 @@ import dev.recycler.proto.v1.Hello;
 import dev.recycler.proto.v1.LeaseEnded;
 import dev.recycler.proto.v1.Prefetched;
 import dev.recycler.proto.v1.SlotTable;
+import dev.recycler.proto.v1.StandbyEnded;
 import dev.recycler.proto.v1.WorkerStarted;
 import java.util.ArrayDeque;
 import java.util.LinkedHashMap;
@@ -73,6 +74,7 @@ public final class SlotPool implements LeaseVerifier {
   private final LeaseLifecycle leases;
   private final WrapperSessions wrappers;
   private final Prefetches prefetches;
+  private final Standbys standbys;
 
   @GuardedBy("lock")
   private boolean closed;
@@ -86,8 +88,9 @@ public final class SlotPool implements LeaseVerifier {
     this.metrics = metrics;
     this.index = new LeaseIndex(config.leaseHistorySize());
     Hooks hooks = new Hooks();
-    this.leases = new LeaseLifecycle(config, scheduler, metrics, listener, lock, index, hooks);
-    this.wrappers = new WrapperSessions(config, scheduler, recyclerId, lock, slots, leases, hooks);
+    this.standbys = new Standbys(config, scheduler, metrics, lock);
+    this.leases = new LeaseLifecycle(config, scheduler, metrics, listener, lock, index, standbys, hooks);
+    this.wrappers = new WrapperSessions(config, scheduler, recyclerId, lock, slots, leases, standbys, hooks);
     this.prefetches = new Prefetches(scheduler, metrics);
     for (String id : config.slotIds()) {
       slots.put(id, new Slot(id, scheduler, metrics));
@@ -158,6 +161,16 @@ public final class SlotPool implements LeaseVerifier {
     return asked;
   }
 
+  /** The wrapper reports a standby gone without a lease (declined, or exited); stale reports are ignored. */
+  public void standbyEnded(WrapperLink link, StandbyEnded ended) {
+    lock.run(after -> {
+      Slot slot = wrappers.slotOf(link);
+      if (slot != null) {
+        standbys.ended(slot, ended.getGeneration(), ended.getMessage(), after);
+      }
+    });
+  }
+
   /** The wrapper answered a prefetch; stale answers (a link that no longer holds a slot) are ignored. */
   public void prefetched(WrapperLink link, Prefetched answer) {
     lock.run(after -> {
@@ -216,7 +229,8 @@ public final class SlotPool implements LeaseVerifier {
       Lease lease = new Lease(request, peer, scheduler.nanoTime(), scheduler.now());
       waiting.add(lease);
       lease.arm(scheduler, config.leaseWaitTimeout(), () -> waitTimedOut(lease));
-      dispatch(after);
+      // Placed on a slot once prepared: its boot inputs say which standby worker, if any, can serve it.
+      after.add(() -> leases.prepare(lease));
       return lease;
     });
   }
@@ -276,15 +290,23 @@ public final class SlotPool implements LeaseVerifier {
     });
   }
 
-  /** Gives IDLE slots to waiting calls, first come first served. */
+  /**
+   * Gives IDLE slots to waiting calls whose preparation finished, first come first served; each goes to the slot
+   * {@link Standbys#place} picks (the one whose standby worker matches it, if any).
+   */
   @GuardedBy("lock")
   private void dispatch(List<Runnable> after) {
-    while (!waiting.isEmpty() && !closed) {
-      Slot free = slots.values().stream().filter(s -> s.state() == SlotState.IDLE).findFirst().orElse(null);
-      if (free == null) {
+    for (java.util.Iterator<Lease> it = waiting.iterator(); it.hasNext() && !closed; ) {
+      Lease lease = it.next();
+      if (!lease.isPrepared()) {
+        continue;
+      }
+      Standbys.Placement placement = standbys.place(lease, slots.values());
+      if (placement == null) {
         return;
       }
-      leases.assign(free, waiting.poll(), after);
+      it.remove();
+      leases.assign(placement.slot(), lease, placement.standby(), after);
     }
   }
 
@@ -301,6 +323,29 @@ public final class SlotPool implements LeaseVerifier {
       throw new RecyclerException(BAD_REQUEST, "the worker_id header is missing: start the worker with --id");
     }
     return lock.read(() -> index.live(workerId));
+  }
+
+  /**
+   * The lease whose inner worker uses {@code workerId}: completed at once for a live lease; for a standby worker's id,
+   * completed when a lease adopts it, or exceptionally when it is dropped ({@link Standbys}).
+   *
+   * @throws RecyclerException as {@link #leaseForWorker} when neither a lease nor a standby has the id
+   */
+  public CompletableFuture<Lease> whenLeased(String workerId) throws RecyclerException {
+    if (workerId.isEmpty()) {
+      throw new RecyclerException(BAD_REQUEST, "the worker_id header is missing: start the worker with --id");
+    }
+    return lock.call(after -> {
+      try {
+        return CompletableFuture.completedFuture(index.live(workerId));
+      } catch (RecyclerException e) {
+        CompletableFuture<Lease> held = e.kind() == RecyclerException.Kind.UNKNOWN_ID ? standbys.await(workerId) : null;
+        if (held == null) {
+          throw e;
+        }
+        return held;
+      }
+    });
   }
 
   /**
@@ -341,7 +386,17 @@ public final class SlotPool implements LeaseVerifier {
   public String verifyWorker(String presentedWorkerId) throws RecyclerException {
     LeaseCredentials.Presented presented = LeaseCredentials.split(presentedWorkerId);
     LeaseIndex.requireCredential(presented);
-    return lock.read(() -> index.verifyWorker(presented));
+    return lock.read(() -> {
+      try {
+        return index.verifyWorker(presented);
+      } catch (RecyclerException e) {
+        if (e.kind() != RecyclerException.Kind.UNKNOWN_ID) {
+          throw e;
+        }
+        standbys.verify(presented); // a standby worker's streams are held until a lease adopts it
+        return presented.publicId();
+      }
+    });
   }
 
   @Override
@@ -391,6 +446,7 @@ public final class SlotPool implements LeaseVerifier {
             new RecyclerException(UNAVAILABLE, "the recycler is shutting down"), after);
       }
       for (Slot slot : slots.values()) {
+        standbys.drop(slot, "the recycler is shutting down", true, after);
         if (slot.lease != null) {
           leases.end(slot.lease, EndReason.SHUTDOWN, new RecyclerException(UNAVAILABLE,
               "the recycler is shutting down"), after);
@@ -410,6 +466,7 @@ public final class SlotPool implements LeaseVerifier {
 
   /** What the pool's parts ask of it; called under the lock. */
   private final class Hooks implements LeaseLifecycle.Pool, WrapperSessions.Pool {
+    // closed() serves both interfaces.
     @Override
     public boolean closed() {
       return closed;

@@ -35,6 +35,10 @@ final class SlotViews {
         st.setIncarnationId(s.attachment.incarnation()).setWrapperPid(s.attachment.wrapperPid())
             .setHeldDigests(s.attachment.heldDigests().size());
       }
+      Standbys.Standby standby = s.standby;
+      if (standby != null) {
+        st.setStandbyJobName(standby.jobName()).setStandbyGeneration(standby.generation());
+      }
       Lease l = s.lease;
       if (l != null) {
         st.setWorkerId(l.workerId()).setRunnerWorkerId(l.runnerWorkerId()).setJobName(l.jobName())

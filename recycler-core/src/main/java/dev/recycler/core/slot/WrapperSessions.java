@@ -44,16 +44,18 @@ final class WrapperSessions {
   private final PoolLock lock;
   private final Map<String, Slot> slots;
   private final LeaseLifecycle leases;
+  private final Standbys standbys;
   private final Pool pool;
 
   WrapperSessions(RecyclerConfig config, Scheduler scheduler, String recyclerId, PoolLock lock, Map<String, Slot> slots,
-      LeaseLifecycle leases, Pool pool) {
+      LeaseLifecycle leases, Standbys standbys, Pool pool) {
     this.config = config;
     this.scheduler = scheduler;
     this.recyclerId = recyclerId;
     this.lock = lock;
     this.slots = slots;
     this.leases = leases;
+    this.standbys = standbys;
     this.pool = pool;
   }
 
@@ -185,6 +187,7 @@ final class WrapperSessions {
   /** Lets go of the slot's wrapper; its lease, if any, ends with it and takes the slot to DETACHED. */
   private void detach(Slot slot, List<Runnable> after) {
     Lease lease = slot.lease;
+    standbys.drop(slot, "its wrapper detached (the wrapper stops it)", false, after);
     slot.attachment = null;
     if (slot.backoffTask != null) {
       slot.backoffTask.cancel();

@@ -44,8 +44,8 @@ class PrefetchTest {
         .leaseWaitTimeout(Duration.ofSeconds(10)).readyTimeout(Duration.ofSeconds(20)).build();
     LeaseListener listener = new LeaseListener() {
       @Override
-      public CompletableFuture<PreparedLease> onAssigned(Lease lease) {
-        return new CompletableFuture<>(); // stays BOOTING
+      public CompletableFuture<PreparedLease> prepare(Lease lease) {
+        return CompletableFuture.completedFuture(null); // takes a slot at once, then stays BOOTING
       }
 
       @Override

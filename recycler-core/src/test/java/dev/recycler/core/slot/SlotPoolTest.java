@@ -65,15 +65,15 @@ class SlotPoolTest {
         .failureBackoff(Duration.ofSeconds(5), Duration.ofSeconds(40)).maxWaitingStarts(maxWaitingStarts).build();
     LeaseListener listener = new LeaseListener() {
       @Override
-      public CompletableFuture<PreparedLease> onAssigned(Lease lease) {
-        events.add("assigned " + lease.workerId());
-        return preparing.computeIfAbsent(lease.workerId(), id -> autoPrepare
+      public CompletableFuture<PreparedLease> prepare(Lease lease) {
+        events.add("prepared " + lease.runnerWorkerId());
+        return preparing.computeIfAbsent(lease.runnerWorkerId(), id -> autoPrepare
             ? CompletableFuture.completedFuture(PreparedLease.getDefaultInstance()) : new CompletableFuture<>());
       }
 
       @Override
       public void onEnded(Lease lease) {
-        events.add("ended " + lease.workerId());
+        events.add("ended " + lease.runnerWorkerId() + " " + lease.workerId());
       }
     };
     return new SlotPool(config, time, new RecyclerMetrics<>(registry, SlotState.class, EndReason.class), listener,
@@ -237,7 +237,7 @@ class SlotPoolTest {
 
     pool.leaseEnded(link, ended(1, Outcome.OUTCOME_EXITED_ON_INSTRUCTION));
     assertThat(state("slot-0")).isEqualTo(SlotState.IDLE);
-    assertThat(events).containsExactly("assigned slot-0.g1", "ended slot-0.g1");
+    assertThat(events).containsExactly("prepared 1-1", "ended 1-1 slot-0.g1");
     assertThat(pool.slotTable(0).getLeasesList()).singleElement().satisfies(r -> {
       assertThat(r.getEndReason()).isEqualTo("RUNNER_CLOSED");
       assertThat(r.getReadyLatencyMillis()).isZero();
@@ -311,17 +311,18 @@ class SlotPoolTest {
   }
 
   @Test
-  void theLeaseGoesOutOnlyOncePreparedAndCarriesItsBootInputs() throws Exception {
+  void aLeaseTakesItsSlotOnlyOncePreparedAndCarriesItsBootInputs() throws Exception {
     autoPrepare = false;
     TestingWrapperLink link = attach("slot-0", "a");
     pool.startWorker(request("1-1"), "p");
     assertThat(link.sent(KindCase.LEASE)).isEmpty();
-    assertThat(state("slot-0")).isEqualTo(SlotState.BOOTING);
+    assertThat(state("slot-0")).isEqualTo(SlotState.IDLE);
 
     PreparedLease inputs = PreparedLease.newBuilder().setProvisionInfo(ProvisionInfo.newBuilder()
         .setControlEndpoint(ApiServiceDescriptor.newBuilder().setUrl("recycler:1"))).build();
-    preparing.get("slot-0.g1").complete(inputs);
+    preparing.get("1-1").complete(inputs);
 
+    assertThat(state("slot-0")).isEqualTo(SlotState.BOOTING);
     dev.recycler.proto.v1.Lease sent = leaseMessage(link);
     assertThat(sent.getGeneration()).isEqualTo(1);
     assertThat(sent.getWorkerId()).isEqualTo("slot-0.g1." + sent.getCredential());
@@ -334,14 +335,14 @@ class SlotPoolTest {
     TestingWrapperLink link = attach("slot-0", "a");
     pool.startWorker(request("1-1"), "p");
 
-    preparing.get("slot-0.g1").completeExceptionally(new RecyclerException(Kind.UNAVAILABLE, "runner gone"));
+    preparing.get("1-1").completeExceptionally(new RecyclerException(Kind.UNAVAILABLE, "runner gone"));
 
     assertThat(leaseMessage(link).hasPrepared()).isFalse();
     assertThat(state("slot-0")).isEqualTo(SlotState.BOOTING);
   }
 
   @Test
-  void aLeaseEndedBeforeItWasSentFreesTheSlotAtOnceWithoutAnExit() throws Exception {
+  void aLeaseStoppedWhileBeingPreparedNeverTakesASlotAndItsResourcesAreReleased() throws Exception {
     autoPrepare = false;
     TestingWrapperLink link = attach("slot-0", "a");
     Lease first = pool.startWorker(request("1-1"), "p1");
@@ -351,16 +352,16 @@ class SlotPoolTest {
 
     assertThat(failure(first.ready()).kind()).isEqualTo(Kind.CANCELLED);
     assertThat(first.state()).isEqualTo(Lease.State.ENDED);
+    assertThat(first.generation()).isZero();
     assertThat(link.sent(KindCase.EXIT)).isEmpty();
-    assertThat(events).contains("ended slot-0.g1");
-    // The waiting lease takes the slot at once; the first one's late inputs are dropped.
-    assertThat(second.generation()).isEqualTo(2);
-    preparing.get("slot-0.g1").complete(PreparedLease.getDefaultInstance());
+    assertThat(events).contains("ended 1-1 ");
+    // Its late inputs are dropped; the other lease takes the slot once its own are in.
+    preparing.get("1-1").complete(PreparedLease.getDefaultInstance());
     assertThat(link.sent(KindCase.LEASE)).isEmpty();
-    preparing.get("slot-0.g2").complete(PreparedLease.getDefaultInstance());
-    assertThat(leaseMessage(link).getGeneration()).isEqualTo(2);
-    assertThat(pool.slotTable(0).getLeasesList()).filteredOn(r -> r.getGeneration() == 1).singleElement()
-        .satisfies(r -> assertThat(r.getOutcome()).isEqualTo("NOT_SENT"));
+    assertThat(state("slot-0")).isEqualTo(SlotState.IDLE);
+    preparing.get("2-1").complete(PreparedLease.getDefaultInstance());
+    assertThat(leaseMessage(link).getGeneration()).isEqualTo(1);
+    assertThat(second.generation()).isEqualTo(1);
   }
 
   @Test

@@ -1,0 +1,302 @@
+package dev.recycler.core.slot;
+
+import static dev.recycler.core.api.RecyclerException.Kind.FORBIDDEN;
+import static dev.recycler.core.api.RecyclerException.Kind.UNAVAILABLE;
+import static dev.recycler.core.api.RecyclerException.Kind.UNKNOWN_ID;
+
+import com.google.protobuf.CodedOutputStream;
+import com.google.protobuf.InvalidProtocolBufferException;
+import dev.recycler.core.api.RecyclerConfig;
+import dev.recycler.core.api.RecyclerException;
+import dev.recycler.core.auth.LeaseCredentials;
+import dev.recycler.core.metrics.RecyclerMetrics;
+import dev.recycler.proto.v1.Exit;
+import dev.recycler.proto.v1.ExitReason;
+import dev.recycler.proto.v1.PreparedLease;
+import dev.recycler.proto.v1.RecyclerMessage;
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.security.SecureRandom;
+import java.util.ArrayList;
+import java.util.Collection;
+import java.util.HashMap;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactFilePayload;
+import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactInformation;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * Standby workers: the next lease's worker, started before the lease exists. A Go worker needs about 20 ms to start
+ * (runtime, {@code beam.Init}, the control connection), the whole of what Beam's boot would cost a warm environment; a
+ * job's next environment on this TaskManager (a later stage, a restarted task, {@code sdk_worker_parallelism}) would
+ * pay it again. So when a lease ends normally, its slot's wrapper is asked at once ({@code Standby}) to start the same
+ * job's worker again, with the generation and credential reserved for the slot's next lease.
+ *
+ * <p><b>Identity.</b> A standby serves only a lease whose boot inputs ({@link PreparedLease}: the rewritten provision
+ * info, pipeline options included, and the resolved artifacts with their digests) are byte-for-byte those it was
+ * started with ({@link #spec}): the same job's environments share them; two jobs never do (Beam's job server names
+ * each job and stages it under its own token). So a worker never serves a lease it was not started for, and the
+ * runner cannot tell an adopted standby from a worker started for it.
+ *
+ * <p><b>Trust.</b> Until a lease adopts it, the standby's control and logging streams are held at the recycler
+ * ({@link #await}): it receives no instruction and reaches nothing of the runner, whose endpoints it does not know.
+ * Its credential is the reserved lease's, sent only to the slot's wrapper, as a Lease's is.
+ *
+ * <p><b>Placement.</b> A lease is placed once its inputs are known ({@link #place}): on the idle slot whose standby
+ * matches it, else on an idle slot without a standby, else on the slot whose standby was adopted least often (then
+ * the oldest), which is dropped: a one-off job's standby goes before that of a job whose environments recur.
+ *
+ * <p><b>Concurrency.</b> Everything runs under the pool lock; messages and futures complete in the caller's {@code
+ * after} list.
+ */
+final class Standbys {
+  private static final Logger LOG = LoggerFactory.getLogger(Standbys.class);
+
+  /**
+   * A slot's standby: reserved generation and credential, what it was started for, and the control or logging
+   * streams its worker opened, which wait for the adopting lease.
+   */
+  static final class Standby {
+    private final Slot slot;
+    private final long generation;
+    private final String credential;
+    private final String spec;
+    private final String jobName;
+    private final int adoptions;
+    private final long createdNanos;
+    private final List<CompletableFuture<Lease>> waiters = new ArrayList<>();
+    private Scheduler.Cancellable expiry;
+
+    private Standby(Slot slot, long generation, String credential, String spec, String jobName, int adoptions,
+        long createdNanos) {
+      this.slot = slot;
+      this.generation = generation;
+      this.credential = credential;
+      this.spec = spec;
+      this.jobName = jobName;
+      this.adoptions = adoptions;
+      this.createdNanos = createdNanos;
+    }
+
+    long generation() {
+      return generation;
+    }
+
+    String credential() {
+      return credential;
+    }
+
+    String jobName() {
+      return jobName;
+    }
+
+    /** The public worker id, {@code <slot>.g<generation>}: the adopting lease's. */
+    String workerId() {
+      return slot.id + ".g" + generation;
+    }
+  }
+
+  /** Where a lease goes: the slot, and the standby it adopts there (null: boot as usual). */
+  record Placement(Slot slot, Standby standby) {}
+
+  private final RecyclerConfig config;
+  private final Scheduler scheduler;
+  private final RecyclerMetrics<SlotState, EndReason> metrics;
+  private final PoolLock lock;
+  private final SecureRandom random = new SecureRandom();
+  private final Map<String, Standby> byWorkerId = new HashMap<>();
+
+  Standbys(RecyclerConfig config, Scheduler scheduler, RecyclerMetrics<SlotState, EndReason> metrics, PoolLock lock) {
+    this.config = config;
+    this.scheduler = scheduler;
+    this.metrics = metrics;
+    this.lock = lock;
+  }
+
+  /**
+   * What a worker is started with, as one value: SHA-256 over the deterministic encoding of the boot inputs. Equal
+   * values mean the wrapper would start the same binary with the same options, environment and endpoints.
+   */
+  static String spec(PreparedLease inputs) {
+    try {
+      ByteArrayOutputStream bytes = new ByteArrayOutputStream(inputs.getSerializedSize());
+      CodedOutputStream out = CodedOutputStream.newInstance(bytes);
+      out.useDeterministicSerialization();
+      inputs.writeTo(out);
+      out.flush();
+      return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(bytes.toByteArray()));
+    } catch (IOException e) {
+      throw new UncheckedIOException(e);
+    } catch (NoSuchAlgorithmException e) {
+      throw new IllegalStateException("SHA-256 is required of every JVM", e);
+    }
+  }
+
+  /**
+   * The lease that just ended on {@code slot}, now IDLE, asks for a standby of its job if it ended normally (its
+   * worker was ready and stopped on the exit instruction, after the runner closed or stopped it), had its inputs, and
+   * its wrapper still holds every artifact (a standby never fetches).
+   */
+  void offer(Slot slot, Lease ended, boolean closed, List<Runnable> after) {
+    Slot.Attachment a = slot.attachment;
+    if (config.standbyTtl().isZero() || closed || a == null || slot.state() != SlotState.IDLE
+        || slot.standby != null || slot.pendingClaim != null || ended.spec() == null || !ended.wasReady()
+        || !"EXITED_ON_INSTRUCTION".equals(ended.outcome())
+        || (ended.endReason() != EndReason.RUNNER_CLOSED && ended.endReason() != EndReason.STOP_WORKER)
+        || !a.heldDigests().containsAll(digests(ended.inputs()))) {
+      return;
+    }
+    long generation = ++slot.lastGeneration;
+    Standby s = new Standby(slot, generation, LeaseCredentials.mint(random), ended.spec(), ended.jobName(),
+        ended.adopted() == null ? 0 : ended.adopted().adoptions + 1, scheduler.nanoTime());
+    slot.standby = s;
+    byWorkerId.put(s.workerId(), s);
+    s.expiry = scheduler.schedule(config.standbyTtl(), () -> expired(s));
+    metrics.standby(RecyclerMetrics.Standby.OFFERED);
+    LOG.info("standby offered slot={} generation={} job={}", slot.id, generation, s.jobName);
+    RecyclerMessage m = RecyclerMessage.newBuilder().setStandby(dev.recycler.proto.v1.Standby.newBuilder()
+        .setGeneration(generation).setWorkerId(LeaseCredentials.workerId(s.workerId(), s.credential))
+        .setCredential(s.credential).setJobName(s.jobName).setPrepared(ended.inputs())).build();
+    after.add(() -> a.link().send(m));
+  }
+
+  /** The file artifacts' digests, {@code sha256:<hex>}; an artifact without one makes the inputs ineligible. */
+  private static List<String> digests(PreparedLease inputs) {
+    List<String> out = new ArrayList<>();
+    for (ArtifactInformation info : inputs.getArtifactsList()) {
+      try {
+        String sha = ArtifactFilePayload.parseFrom(info.getTypePayload()).getSha256();
+        out.add(sha.isEmpty() ? "sha256:?" : "sha256:" + sha);
+      } catch (InvalidProtocolBufferException e) {
+        out.add("sha256:?");
+      }
+    }
+    return out;
+  }
+
+  /** Where the prepared {@code lease} goes among {@code slots}, or null when none is IDLE. */
+  Placement place(Lease lease, Collection<Slot> slots) {
+    Slot free = null;
+    Slot victim = null;
+    for (Slot slot : slots) {
+      if (slot.state() != SlotState.IDLE) {
+        continue;
+      }
+      Standby s = slot.standby;
+      if (s == null) {
+        free = free == null ? slot : free;
+      } else if (lease.spec() != null && s.spec.equals(lease.spec())) {
+        return new Placement(slot, s);
+      } else if (victim == null || s.adoptions < victim.standby.adoptions
+          || (s.adoptions == victim.standby.adoptions && s.createdNanos < victim.standby.createdNanos)) {
+        victim = slot;
+      }
+    }
+    Slot chosen = free != null ? free : victim;
+    return chosen == null ? null : new Placement(chosen, null);
+  }
+
+  /** {@code lease} took over its slot's standby: the streams its worker holds open go to the lease. */
+  void adopted(Standby s, Lease lease, List<Runnable> after) {
+    forget(s);
+    metrics.standby(RecyclerMetrics.Standby.ADOPTED);
+    LOG.info("standby adopted slot={} generation={} runner_worker={} held_streams={}", s.slot.id, s.generation,
+        lease.runnerWorkerId(), s.waiters.size());
+    List<CompletableFuture<Lease>> waiters = List.copyOf(s.waiters);
+    after.add(() -> waiters.forEach(w -> w.complete(lease)));
+  }
+
+  /**
+   * Lets go of the slot's standby, if it has one: its held streams fail. {@code tellWrapper}: also send the wrapper
+   * an exit instruction for it (not needed when a Lease of a later generation is about to stop it, or the wrapper is
+   * gone).
+   */
+  void drop(Slot slot, String why, boolean tellWrapper, List<Runnable> after) {
+    Standby s = slot.standby;
+    if (s == null) {
+      return;
+    }
+    forget(s);
+    metrics.standby(RecyclerMetrics.Standby.DROPPED);
+    LOG.info("standby dropped slot={} generation={} job={}: {}", slot.id, s.generation, s.jobName, why);
+    fail(s, why, after);
+    Slot.Attachment a = slot.attachment;
+    if (tellWrapper && a != null) {
+      RecyclerMessage exit = RecyclerMessage.newBuilder().setExit(Exit.newBuilder().setGeneration(s.generation)
+          .setReason(ExitReason.EXIT_REASON_STANDBY_UNUSED)).build();
+      after.add(() -> a.link().send(exit));
+    }
+  }
+
+  /** The wrapper reports the standby of {@code generation} gone (declined, or exited on its own). */
+  void ended(Slot slot, long generation, String message, List<Runnable> after) {
+    Standby s = slot.standby;
+    if (s == null || s.generation != generation) {
+      return; // already dropped or adopted
+    }
+    forget(s);
+    metrics.standby(RecyclerMetrics.Standby.ENDED);
+    LOG.info("standby ended slot={} generation={}: {}", slot.id, generation, message);
+    fail(s, "the standby worker ended: " + message, after);
+  }
+
+  private void expired(Standby s) {
+    lock.run(after -> {
+      if (s.slot.standby == s) {
+        drop(s.slot, "not adopted within standby-ttl=" + config.standbyTtl().toSeconds() + "s", true, after);
+      }
+    });
+  }
+
+  private void forget(Standby s) {
+    s.slot.standby = null;
+    byWorkerId.remove(s.workerId());
+    if (s.expiry != null) {
+      s.expiry.cancel();
+    }
+  }
+
+  private static void fail(Standby s, String why, List<Runnable> after) {
+    List<CompletableFuture<Lease>> waiters = List.copyOf(s.waiters);
+    RecyclerException e = new RecyclerException(UNAVAILABLE, "standby worker " + s.workerId() + " will not be"
+        + " used: " + why);
+    after.add(() -> waiters.forEach(w -> w.completeExceptionally(e)));
+  }
+
+  /**
+   * A held stream of the standby worker {@code workerId}: completes with the lease that adopts it, or exceptionally
+   * when it is dropped. Null when no standby has that id.
+   */
+  CompletableFuture<Lease> await(String workerId) {
+    Standby s = byWorkerId.get(workerId);
+    if (s == null) {
+      return null;
+    }
+    CompletableFuture<Lease> f = new CompletableFuture<>();
+    s.waiters.add(f);
+    return f;
+  }
+
+  /**
+   * Whether {@code presented} is a standby worker's id with its credential.
+   *
+   * @throws RecyclerException UNKNOWN_ID for no such standby, FORBIDDEN for a wrong credential
+   */
+  void verify(LeaseCredentials.Presented presented) throws RecyclerException {
+    Standby s = byWorkerId.get(presented.publicId());
+    if (s == null) {
+      throw new RecyclerException(UNKNOWN_ID, "no lease has worker id "
+          + LeaseCredentials.describe(presented.publicId()));
+    }
+    if (!LeaseCredentials.matches(s.credential, presented.credential())) {
+      throw new RecyclerException(FORBIDDEN, "wrong lease credential for worker '" + presented.publicId() + "'");
+    }
+  }
+}
