@@ -133,6 +133,21 @@ class GoHarnessIT {
     return pids;
   }
 
+  /** Waits until every slot's standby worker runs (the slot table names it, and its process exists). */
+  private void awaitStandbys() {
+    await().atMost(AWAIT).alias("standby workers running").untilAsserted(() -> assertThat(slots())
+        .allSatisfy(s -> assertThat(processesOf(s.getSlotId() + ".g" + s.getStandbyGeneration())).isNotEmpty()));
+  }
+
+  private List<String> standbyDirs() {
+    return slots().stream().filter(s -> s.getStandbyGeneration() > 0)
+        .map(s -> s.getSlotId() + "-g" + s.getStandbyGeneration()).toList();
+  }
+
+  private double standbys(String outcome) {
+    return recycler.meterRegistry().get("recycler.standby.workers").tag("outcome", outcome).counter().count();
+  }
+
   private void awaitIdle() {
     await().atMost(AWAIT).alias("all slots IDLE").untilAsserted(() -> assertThat(slots())
         .as("slot table %s", recycler.slotTable()).allMatch(s -> s.getState().equals("IDLE")));
@@ -178,8 +193,14 @@ class GoHarnessIT {
     assertThat(leases).extracting(LeaseRecord::getWorkerPid).doesNotHaveDuplicates();
     // The binary reached each wrapper once: the second and later leases of a slot found it in its local cache.
     assertThat(recycler.meterRegistry().get("recycler.artifact.served").summary().count()).isEqualTo(2);
+    // Every job was new, so no standby was adopted; each lease's directory is gone, and what is left is the slots'
+    // standby workers' (the last job of each slot), which the slot table names.
+    assertThat(recycler.meterRegistry().get("recycler.standby.workers").tag("outcome", "ADOPTED").counter().count())
+        .isZero();
+    awaitStandbys();
     try (Stream<Path> left = Files.list(tmp.resolve("work").resolve("leases"))) {
-      assertThat(left).as("per-lease directories").isEmpty();
+      assertThat(left.map(p -> p.getFileName().toString())).as("per-lease directories")
+          .containsExactlyInAnyOrderElementsOf(standbyDirs());
     }
     // The wrappers' logs (with the workers' own output) name leases by public id, never with the credential.
     for (int i = 0; i < 2; i++) {
@@ -245,5 +266,72 @@ class GoHarnessIT {
         .satisfies(r -> assertThat(r.getEndReason()).isEqualTo("RUNNER_CLOSED"));
     String log = Files.readString(tmp.resolve("wrapper-0.log")) + Files.readString(tmp.resolve("wrapper-1.log"));
     assertThat(log).contains("msg=prefetch").contains("outcome=fetched").doesNotContain("msg=\"fetched artifact\"");
+  }
+
+  @Test
+  void aJobsNextEnvironmentAdoptsTheStandbyStartedWhenItsLeaseEndedAndOtherJobsNeverGetIt() throws Exception {
+    start(List.of());
+    RunnerEnvironment first = environment("1-1", "job-s");
+    startWorker(first).get(90, TimeUnit.SECONDS);
+    first.closeControl();
+    awaitIdle();
+    // slot-0 served the lease; the job's next worker now runs there already, held by the recycler.
+    await().atMost(AWAIT).until(() -> slots().get(0).getStandbyGeneration() == 2);
+    await().atMost(AWAIT).until(() -> processesOf("slot-0.g2").size() == 1);
+    long standbyPid = processesOf("slot-0.g2").get(0);
+
+    // The same job's next environment (fresh endpoints, same options and binary) gets that worker.
+    RunnerEnvironment second = environment("2-1", "job-s");
+    startWorker(second).get(90, TimeUnit.SECONDS);
+    second.connected().get(10, TimeUnit.SECONDS);
+    assertThat(second.firstAnswer("first").get(10, TimeUnit.SECONDS)).isPositive();
+    LeaseRecord adopted = recycler.slotTable().getLeasesList().stream().filter(r -> r.getGeneration() == 2)
+        .findFirst().orElseThrow();
+    assertThat(adopted.getSlotId()).isEqualTo("slot-0");
+    assertThat(adopted.getWorkerPid()).isEqualTo(standbyPid);
+    assertThat(standbys("ADOPTED")).isEqualTo(1);
+
+    // Another job goes to the free slot; the standby the second lease leaves behind stays for its job.
+    second.closeControl();
+    awaitIdle();
+    await().atMost(AWAIT).until(() -> slots().get(0).getStandbyGeneration() == 3);
+    RunnerEnvironment other = environment("1-1", "job-t");
+    startWorker(other).get(90, TimeUnit.SECONDS);
+    assertThat(recycler.slotTable().getLeasesList().get(2).getSlotId()).isEqualTo("slot-1");
+    other.closeControl();
+    awaitIdle();
+    awaitStandbys();
+
+    // A third job finds both slots holding other jobs' standbys: the one never adopted (job-t's) goes.
+    await().atMost(AWAIT).until(() -> slots().get(1).getStandbyGeneration() == 2);
+    long dropped = processesOf("slot-1.g2").get(0);
+    RunnerEnvironment third = environment("1-1", "job-u");
+    startWorker(third).get(90, TimeUnit.SECONDS);
+    LeaseRecord thirdLease = recycler.slotTable().getLeasesList().get(3);
+    assertThat(thirdLease.getSlotId()).isEqualTo("slot-1");
+    assertThat(thirdLease.getGeneration()).isEqualTo(3);
+    assertThat(processesOf("slot-1.g2")).as("the dropped standby %d is stopped", dropped).isEmpty();
+    assertThat(third.firstAnswer("third").get(10, TimeUnit.SECONDS)).isPositive();
+    assertThat(processesOf("slot-0.g3")).as("job-s's standby is untouched").hasSize(1);
+    third.closeControl();
+    awaitIdle();
+    assertThat(recycler.slotTable().getLeasesList()).hasSize(4).allSatisfy(r -> {
+      assertThat(r.getEndReason()).isEqualTo("RUNNER_CLOSED");
+      assertThat(r.getOutcome()).isEqualTo("EXITED_ON_INSTRUCTION");
+    });
+
+    // Shutting the recycler down stops the standbys: no worker of this recycler is left, nor a lease directory.
+    awaitStandbys();
+    List<String> standbyIds = slots().stream().map(s -> s.getSlotId() + ".g" + s.getStandbyGeneration()).toList();
+    assertThat(standbyIds).containsExactly("slot-0.g3", "slot-1.g4");
+    recycler.close();
+    await().atMost(AWAIT).untilAsserted(() -> {
+      for (String id : standbyIds) {
+        assertThat(processesOf(id)).as("standby %s", id).isEmpty();
+      }
+      try (Stream<Path> left = Files.list(tmp.resolve("work").resolve("leases"))) {
+        assertThat(left).as("per-lease directories").isEmpty();
+      }
+    });
   }
 }

@@ -27,6 +27,7 @@ final class Breakdown {
       "lease assigned slot=(\\S+) generation=(\\d+) worker=\\S+ runner_worker=(\\S+)");
   private static final Pattern CONNECTED = Pattern.compile("control connected slot=(\\S+) generation=(\\d+) ");
   private static final Pattern SENT = Pattern.compile("lease sent slot=(\\S+) generation=(\\d+) ");
+  private static final Pattern PREPARED = Pattern.compile("lease prepared runner_worker=(\\S+) ");
   private static final Pattern FETCHED = Pattern.compile(
       "artifact fetched from runner slot=(\\S+) generation=(\\d+) .* ms=(\\d+)");
   /** No slot on this line: matched to the lease whose assignment and Lease message enclose it (sequential runs). */
@@ -36,9 +37,9 @@ final class Breakdown {
       "\"time\":\"([^\"]+)\".*\"msg\":\"([^\"]+)\",\"slot\":\"([^\"]+)\",\"generation\":(\\d+)");
 
   static final List<String> SEGMENTS = List.of(
-      "StartWorker call -> slot assigned (recycler)",
-      "slot assigned -> Lease sent: provision info, resolve artifacts at the runner (recycler)",
+      "StartWorker call -> lease prepared: provision info, resolve artifacts at the runner (recycler)",
       "  of which: binary hashed in place from disk, or fetched from the runner (recycler's own ms figure)",
+      "lease prepared -> slot assigned -> Lease sent (recycler)",
       "Lease message -> wrapper",
       "wrapper GetProvisionInfo (none when the lease came prepared)",
       "resolve artifacts, link binary, options file, fork/exec",
@@ -71,6 +72,7 @@ final class Breakdown {
     // key slot/generation -> event -> epoch ms
     Map<String, Map<String, Double>> ev = new HashMap<>();
     Map<String, String> genOfRunner = new HashMap<>();
+    Map<String, Double> preparedAt = new HashMap<>();
     List<double[]> inPlace = new ArrayList<>();
     for (String line : Files.readAllLines(s.recyclerLog())) {
       Matcher m = RECYCLER_LINE.matcher(line);
@@ -78,6 +80,10 @@ final class Breakdown {
         continue;
       }
       double t = epochMs(m.group(1));
+      Matcher p = PREPARED.matcher(m.group(2));
+      if (p.find()) {
+        preparedAt.put(p.group(1), t);
+      }
       Matcher a = ASSIGNED.matcher(m.group(2));
       if (a.find()) {
         String key = a.group(1) + "/" + a.group(2);
@@ -126,21 +132,25 @@ final class Breakdown {
       }
       String key = genOfRunner.get(x.runnerWorkerId());
       Map<String, Double> e = key == null ? null : ev.get(key);
-      if (e == null || !e.keySet().containsAll(List.of("assigned", "sent", "lease", "provisioned", "worker started",
-          "connected"))) {
+      Double prepared = preparedAt.get(x.runnerWorkerId());
+      if (e == null || prepared == null || !e.keySet().containsAll(List.of("assigned", "sent", "lease",
+          "worker started", "connected"))) {
         continue;
       }
       n++;
       double artifactMs = e.getOrDefault("artifact ms", 0.0);
       for (double[] l : inPlace) {
-        if (l[0] >= e.get("assigned") && l[0] <= e.get("sent")) {
+        if (l[0] >= x.startEpochMs() && l[0] <= prepared) {
           artifactMs += l[1];
         }
       }
+      // A lease that adopted a standby worker has no wrapper boot ("provisioned" is missing) and its worker was
+      // connected before the Lease reached the wrapper: those segments count 0 (NaN: left out).
+      double provisioned = e.getOrDefault("provisioned", e.get("lease"));
       double ready = x.startEpochMs() + x.readyMs();
-      double[] v = {e.get("assigned") - x.startEpochMs(), e.get("sent") - e.get("assigned"), artifactMs,
+      double[] v = {prepared - x.startEpochMs(), artifactMs, e.get("sent") - prepared,
           e.get("lease") - e.get("sent"),
-          e.get("provisioned") - e.get("lease"), e.get("worker started") - e.get("provisioned"),
+          provisioned - e.get("lease"), e.get("worker started") - provisioned,
           e.getOrDefault("wrapper fetch ms", 0.0),
           e.get("connected") - e.get("worker started"), ready - e.get("connected"), x.readyMs(),
           x.firstAnswerMs() - x.readyMs(), x.firstAnswerMs()};

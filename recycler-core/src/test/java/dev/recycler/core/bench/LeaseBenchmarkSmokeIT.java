@@ -80,21 +80,22 @@ class LeaseBenchmarkSmokeIT {
     LeaseBenchmark.Results results = LeaseBenchmark.run(config);
     System.out.println(Report.markdown(results));
 
-    // Each gap (staging to StartWorker) is its own set of the six arms.
+    // Each gap (staging to StartWorker) is its own set of the seven arms.
     List<String> arms = List.of(
         "floor / paired new job (alternating)", "recycler / paired warm (alternating)",
+        "recycler / paired warm, standby (alternating)",
         "recycler / paired new job, in place (alternating)", "recycler / paired new job, streamed (alternating)",
         "recycler / paired cold, in place (alternating)", "beam-pool / paired new job (alternating)");
     assertThat(results.runs()).extracting(r -> r.subject() + " / " + r.run())
         .containsExactlyElementsOf(java.util.stream.Stream.concat(arms.stream(), arms.stream()).toList());
-    assertThat(results.runs().get(6).binary()).endsWith("gap 1500 ms");
+    assertThat(results.runs().get(7).binary()).endsWith("gap 1500 ms");
     assertEveryLeaseAnswered(results, 3);
     long size = java.nio.file.Files.size(config.workerBinary());
-    for (int g = 0; g < 12; g += 6) {
-      assertBytes(results.runs().get(g + 2), 0, 0);
-      assertBytes(results.runs().get(g + 3), 3 * size, 0);
-      assertBytes(results.runs().get(g + 4), 0, 3 * (size + 16));
-      assertThat(results.runs().get(g + 5).runnerBytes()).as("Beam's boot fetches every job's binary")
+    for (int g = 0; g < 14; g += 7) {
+      assertBytes(results.runs().get(g + 3), 0, 0);
+      assertBytes(results.runs().get(g + 4), 3 * size, 0);
+      assertBytes(results.runs().get(g + 5), 0, 3 * (size + 16));
+      assertThat(results.runs().get(g + 6).runnerBytes()).as("Beam's boot fetches every job's binary")
           .isEqualTo(3 * size);
     }
     // Every staged copy was deleted after its lease, as the job server's --clean-artifacts-per-job does.

@@ -309,6 +309,14 @@ final class RecyclerSubject implements Subject {
     // Also anything that escaped the tree but still runs from a lease directory.
     all.stream().filter(p -> p.cmdline().contains(work) && !roots.contains(p.pid())
         && family.stream().noneMatch(f -> f.pid() == p.pid())).forEach(family::add);
+    // A slot's standby worker (and its lease directory) is there by design, not left over: the slot table names it.
+    List<String> standbyDirs = new ArrayList<>();
+    for (dev.recycler.proto.v1.SlotStatus st : table(1).getSlotsList()) {
+      if (st.getStandbyGeneration() > 0) {
+        standbyDirs.add(st.getSlotId().replaceAll("[^A-Za-z0-9._-]", "_") + "-g" + st.getStandbyGeneration());
+      }
+    }
+    family.removeIf(p -> standbyDirs.stream().anyMatch(d -> p.cmdline().contains("/" + d)));
     int procs = (int) family.stream().filter(p -> !p.zombie()).count();
     int zombies = (int) family.stream().filter(ProcFs.Proc::zombie).count();
     List<String> details = new ArrayList<>();
@@ -317,11 +325,14 @@ final class RecyclerSubject implements Subject {
     Path leases = dir.resolve("work").resolve("leases");
     if (Files.isDirectory(leases)) {
       try (Stream<Path> s = Files.list(leases)) {
-        files = (int) s.count();
+        files = (int) s.filter(l -> !standbyDirs.contains(l.getFileName().toString())).count();
       }
     }
     if (files > 0) {
       details.add(files + " lease directories under " + leases);
+    }
+    if (!standbyDirs.isEmpty()) {
+      details.add(standbyDirs.size() + " standby worker(s), not counted: " + String.join(", ", standbyDirs));
     }
     return new Leftovers(procs, zombies, files, 0, details);
   }

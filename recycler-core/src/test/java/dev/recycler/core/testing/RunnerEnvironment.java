@@ -252,10 +252,12 @@ public final class RunnerEnvironment implements AutoCloseable {
         out.onError(Status.INVALID_ARGUMENT.withDescription("missing worker_id").asException());
         return;
       }
-      Struct options = Struct.newBuilder().putFields("options", Value.newBuilder().setStructValue(Struct.newBuilder()
-          .putFields("job_name", Value.newBuilder().setStringValue("env-" + workerId).build())).build()).build();
-      // Beam's job server gives each job a fresh staging directory and its staging token as the retrieval token.
+      // Beam's job server gives each job a fresh staging directory and its staging token as the retrieval token;
+      // every environment of a job gets the job's options (here: its name, after its staging directory).
       String job = stagingPath.contains("/") ? stagingPath.substring(0, stagingPath.lastIndexOf('/')) : stagingPath;
+      Struct options = Struct.newBuilder().putFields("options", Value.newBuilder().setStructValue(Struct.newBuilder()
+          .putFields("job_name", Value.newBuilder().setStringValue("job-" + Integer.toHexString(job.hashCode()))
+              .build())).build()).build();
       ProvisionInfo info = ProvisionInfo.newBuilder().setPipelineOptions(options).setRetrievalToken("staged:" + job)
           .setLoggingEndpoint(url(logging)).setControlEndpoint(url(control)).setArtifactEndpoint(url(artifacts))
           .addDependencies(ArtifactInformation.newBuilder().setTypeUrn("beam:artifact:type:file:v1")
