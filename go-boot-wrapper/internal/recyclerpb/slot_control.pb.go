@@ -1682,9 +1682,11 @@ type LeaseRecord struct {
 	// Only when the inner worker ran and exited (outcome EXITED_ON_INSTRUCTION or WORKER_EXITED): its exit code, or -1
 	// when a signal ended it. Absent when no worker process ran or none was reported (BOOT_FAILED, WRAPPER_LOST,
 	// NOT_SENT), so that a missing code is never read as a clean 0.
-	ExitCode      *int32 `protobuf:"varint,12,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
-	Signal        string `protobuf:"bytes,13,opt,name=signal,proto3" json:"signal,omitempty"`
-	Message       string `protobuf:"bytes,14,opt,name=message,proto3" json:"message,omitempty"`
+	ExitCode *int32 `protobuf:"varint,12,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
+	Signal   string `protobuf:"bytes,13,opt,name=signal,proto3" json:"signal,omitempty"`
+	Message  string `protobuf:"bytes,14,opt,name=message,proto3" json:"message,omitempty"`
+	// Whether the lease adopted its slot's standby worker (started when the same job's previous lease there ended).
+	Standby       bool `protobuf:"varint,15,opt,name=standby,proto3" json:"standby,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1817,6 +1819,13 @@ func (x *LeaseRecord) GetMessage() string {
 	return ""
 }
 
+func (x *LeaseRecord) GetStandby() bool {
+	if x != nil {
+		return x.Standby
+	}
+	return false
+}
+
 var File_recycler_v1_slot_control_proto protoreflect.FileDescriptor
 
 const file_recycler_v1_slot_control_proto_rawDesc = "" +
@@ -1944,7 +1953,7 @@ const file_recycler_v1_slot_control_proto_rawDesc = "" +
 	"\n" +
 	"worker_pid\x18\r \x01(\x03R\tworkerPid\x12(\n" +
 	"\x10standby_job_name\x18\x0e \x01(\tR\x0estandbyJobName\x12-\n" +
-	"\x12standby_generation\x18\x0f \x01(\x03R\x11standbyGeneration\"\xe8\x03\n" +
+	"\x12standby_generation\x18\x0f \x01(\x03R\x11standbyGeneration\"\x82\x04\n" +
 	"\vLeaseRecord\x12\x17\n" +
 	"\aslot_id\x18\x01 \x01(\tR\x06slotId\x12\x1e\n" +
 	"\n" +
@@ -1964,7 +1973,8 @@ const file_recycler_v1_slot_control_proto_rawDesc = "" +
 	"\aoutcome\x18\v \x01(\tR\aoutcome\x12 \n" +
 	"\texit_code\x18\f \x01(\x05H\x00R\bexitCode\x88\x01\x01\x12\x16\n" +
 	"\x06signal\x18\r \x01(\tR\x06signal\x12\x18\n" +
-	"\amessage\x18\x0e \x01(\tR\amessageB\f\n" +
+	"\amessage\x18\x0e \x01(\tR\amessage\x12\x18\n" +
+	"\astandby\x18\x0f \x01(\bR\astandbyB\f\n" +
 	"\n" +
 	"_exit_code*\xf6\x01\n" +
 	"\n" +

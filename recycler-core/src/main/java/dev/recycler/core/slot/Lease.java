@@ -481,7 +481,7 @@ public final class Lease {
         .setRunnerWorkerId(runnerWorkerId()).setWorkerId(workerId).setJobName(jobName).setWorkerPid(workerPid)
         .setStartUnixMillis(requestedAt.toEpochMilli())
         .setReadyLatencyMillis(readyNanos < 0 ? -1 : (readyNanos - requestedNanos) / 1_000_000)
-        .setOutcome(outcome).setSignal(signal).setMessage(message);
+        .setOutcome(outcome).setSignal(signal).setMessage(message).setStandby(adopted != null);
     Integer code = exitCode;
     if (code != null) {
       r.setExitCode(code);
