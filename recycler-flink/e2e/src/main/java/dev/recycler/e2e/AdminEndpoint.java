@@ -21,9 +21,16 @@ final class AdminEndpoint {
   private static final Duration CALL_TIMEOUT = Duration.ofSeconds(5);
   private static final ObjectMapper JSON = new ObjectMapper();
 
-  /** One slot's current state ({@code recycler.v1.SlotStatus}). */
+  /**
+   * One slot's current state ({@code recycler.v1.SlotStatus}); {@code standbyGeneration} 0 without a standby worker.
+   */
   record Slot(String slot, String state, long wrapperPid, long generation, String workerId, String jobName,
-      long leasesServed) {}
+      long leasesServed, long standbyGeneration) {
+    /** The standby worker's public id, {@code <slot>.g<generation>}, or "" without one. */
+    String standbyWorkerId() {
+      return standbyGeneration > 0 ? slot + ".g" + standbyGeneration : "";
+    }
+  }
 
   /** The slot table: slots, and the kept lease records, oldest first. */
   record Table(List<Slot> slots, List<LeaseRecord> leases) {
@@ -51,7 +58,7 @@ final class AdminEndpoint {
     for (JsonNode s : t.path("slots")) {
       slots.add(new Slot(s.path("slotId").asText(), s.path("state").asText(), s.path("wrapperPid").asLong(),
           s.path("generation").asLong(), s.path("workerId").asText(), s.path("jobName").asText(),
-          s.path("leasesServed").asLong()));
+          s.path("leasesServed").asLong(), s.path("standbyGeneration").asLong()));
     }
     List<LeaseRecord> leases = new ArrayList<>();
     for (JsonNode l : t.path("leases")) {
@@ -61,7 +68,7 @@ final class AdminEndpoint {
           l.has("readyLatencyMillis") ? l.path("readyLatencyMillis").asLong() : 0,
           l.path("endUnixMillis").asLong(), l.path("endReason").asText(), l.path("outcome").asText(),
           l.has("exitCode") ? Integer.valueOf(l.path("exitCode").asInt()) : null, l.path("signal").asText(),
-          l.path("message").asText()));
+          l.path("message").asText(), l.path("standby").asBoolean()));
     }
     return new Table(List.copyOf(slots), List.copyOf(leases));
   }

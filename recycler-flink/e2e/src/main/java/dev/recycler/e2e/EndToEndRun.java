@@ -103,6 +103,7 @@ public final class EndToEndRun {
       // Issue 10: each job's real staging -> first StartWorker gap, and whether its digest was ready (a figure).
       progress.accept(StagingGaps.format(StagingGaps.of(cluster.taskManagerLog(), jobs),
           (int) jobs.stream().filter(j -> j.lease().isPresent()).count()));
+      progress.accept(StagingGaps.laterLeases(jobs));
     } catch (IOException | InterruptedException | RuntimeException | Error e) {
       progress.accept("run aborted: " + e);
       if (rig != null) {

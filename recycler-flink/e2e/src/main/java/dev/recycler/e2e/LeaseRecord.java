@@ -14,10 +14,12 @@ import java.util.Locale;
  *     the lease runs
  * @param outcome what the wrapper reported (OUTCOME_EXITED_ON_INSTRUCTION, OUTCOME_WORKER_EXITED, ...)
  * @param exitCode the worker's exit code (-1: ended by a signal); null when no worker process ran or exited
+ * @param standby whether the lease adopted its slot's standby worker (started when the job's previous lease there
+ *     ended)
  */
 public record LeaseRecord(String slot, long generation, String runnerWorkerId, String workerId, String jobName,
     long workerPid, long startMillis, long readyLatencyMillis, long endMillis, String endReason, String outcome,
-    Integer exitCode, String signal, String message) {
+    Integer exitCode, String signal, String message, boolean standby) {
 
   public boolean ended() {
     return endMillis > 0;

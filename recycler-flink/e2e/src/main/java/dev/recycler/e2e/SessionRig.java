@@ -354,21 +354,58 @@ final class SessionRig implements AutoCloseable {
    * whose command line has {@code --id=<worker id of any lease seen>} below this run's wrapper directories, or any
    * process or zombie below a wrapper. Leaks: a per-lease directory under a wrapper's {@code leases/}.
    */
-  Leftovers leftovers() throws IOException {
+  Leftovers leftovers() throws IOException, InterruptedException {
+    Leftovers found = scanLeftovers();
+    // A standby worker the recycler dropped a moment ago (its slot went to another job, or its time ran out) is
+    // stopped by its wrapper within milliseconds: look again, briefly, before calling anything left over.
+    for (int i = 0; i < 8 && !found.none(); i++) {
+      Thread.sleep(250);
+      found = scanLeftovers();
+    }
+    return found;
+  }
+
+  private Leftovers scanLeftovers() throws IOException, InterruptedException {
+    // The slots' standby workers, and their lease directories, are there by design: the slot table names them.
+    AdminEndpoint.Table table = tableOrNull();
+    Set<String> standbys = new java.util.HashSet<>();
+    Set<String> standbyDirs = new java.util.HashSet<>();
+    if (table != null) {
+      table.slots().stream().filter(s -> s.standbyGeneration() > 0).forEach(s -> {
+        standbys.add(s.standbyWorkerId());
+        standbyDirs.add(s.slot().replaceAll("[^A-Za-z0-9._-]", "_") + "-g" + s.standbyGeneration());
+      });
+    }
     List<String> orphans = new ArrayList<>();
     ProcessTable procs = ProcessTable.snapshot();
     for (String id : knownWorkerIds) {
-      procs.withWorkerId(id, wrappersRoot()).forEach(p -> orphans.add("process of lease " + id + " alive: " + p));
+      if (!standbys.contains(id)) {
+        procs.withWorkerId(id, wrappersRoot()).forEach(p -> orphans.add("process of lease " + id + " alive: " + p));
+      }
     }
+    Set<Long> standbyPids = new java.util.HashSet<>();
+    standbys.forEach(id -> procs.withWorkerId(id, wrappersRoot()).forEach(p -> standbyPids.add(p.pid())));
     List<Long> wrapperPids = List.copyOf(wrappers.pids().values());
-    procs.descendantsOf(wrapperPids).forEach(p -> {
+    List<ProcessTable.Proc> underWrappers = procs.descendantsOf(wrapperPids);
+    underWrappers.forEach(p -> {
       String d = (p.isZombie() ? "zombie" : "process") + " under a wrapper: " + p;
-      if (orphans.stream().noneMatch(x -> x.endsWith(p.toString()))) {
+      if (!standbyPids.contains(p.pid()) && orphans.stream().noneMatch(x -> x.endsWith(p.toString()))) {
         orphans.add(d);
       }
     });
+    // Any inner worker of this run's wrappers that no live wrapper owns (a standby, say, whose wrapper was killed),
+    // even if no lease ever named its id.
+    Set<Long> owned = new java.util.HashSet<>();
+    underWrappers.forEach(p -> owned.add(p.pid()));
+    procs.all().stream().filter(p -> p.cmdline().contains("--worker=true") && p.cmdline().contains(wrappersRoot())
+        && !owned.contains(p.pid())).forEach(p -> {
+          if (orphans.stream().noneMatch(x -> x.endsWith(p.toString()))) {
+            orphans.add("worker process no wrapper owns: " + p);
+          }
+        });
     List<String> leaks = new ArrayList<>();
-    wrappers.leaseDirectories().forEach(d -> leaks.add("lease directory left: " + d));
+    wrappers.leaseDirectories().stream().filter(d -> !standbyDirs.contains(d.getFileName().toString()))
+        .forEach(d -> leaks.add("lease directory left: " + d));
     return new Leftovers(List.copyOf(orphans), List.copyOf(leaks));
   }
 

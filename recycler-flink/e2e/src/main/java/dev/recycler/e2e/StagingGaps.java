@@ -56,6 +56,34 @@ final class StagingGaps {
     return gaps;
   }
 
+  /**
+   * A job's leases after its first (its later environments on this TaskManager): how many adopted a standby worker,
+   * and lease-to-ready p50 of those that did and those that did not, beside the first leases'. A figure.
+   */
+  static String laterLeases(List<JobRun> jobs) {
+    List<Long> first = new ArrayList<>();
+    List<Long> adopted = new ArrayList<>();
+    List<Long> booted = new ArrayList<>();
+    for (JobRun j : jobs) {
+      List<LeaseRecord> leases = j.leases().stream().filter(l -> l.readyLatencyMillis() >= 0)
+          .sorted(java.util.Comparator.comparingLong(LeaseRecord::startMillis)).toList();
+      for (int i = 0; i < leases.size(); i++) {
+        (i == 0 ? first : leases.get(i).standby() ? adopted : booted).add(leases.get(i).readyLatencyMillis());
+      }
+    }
+    return String.format("leases after each job's first: %d, of which %d adopted the job's standby worker;"
+        + " lease-to-ready p50: adopted %s ms, booted %s ms (first leases: %s ms, %d)", adopted.size() + booted.size(),
+        adopted.size(), p50(adopted), p50(booted), p50(first), first.size());
+  }
+
+  private static String p50(List<Long> xs) {
+    if (xs.isEmpty()) {
+      return "-";
+    }
+    long[] sorted = xs.stream().mapToLong(Long::longValue).sorted().toArray();
+    return Long.toString(sorted[(sorted.length - 1) / 2]);
+  }
+
   /** Per job and the summary: gap min / p50 / max, digests ready, first lease lease-to-ready p50. */
   static String format(List<Gap> gaps, int jobsWithLeases) {
     if (gaps.isEmpty()) {

@@ -65,6 +65,6 @@ class SlotTimelineTest {
   private static LeaseRecord lease(String slot, long gen, String job, long ready, long startOffset, long endOffset,
       String reason, String outcome, int exit, String signal) {
     return new LeaseRecord(slot, gen, "1-1", slot + ".g" + gen, job, 4000 + gen, T0 + startOffset, ready,
-        endOffset == 0 ? 0 : T0 + endOffset, reason, outcome, exit, signal, "");
+        endOffset == 0 ? 0 : T0 + endOffset, reason, outcome, exit, signal, "", false);
   }
 }
