@@ -152,11 +152,12 @@ final class SlotsCommand {
         .append(now.truncatedTo(ChronoUnit.MILLIS)).append('\n');
     List<String[]> rows = new ArrayList<>();
     rows.add(new String[] {"slot", "state", "gen", "job", "worker id", "worker pid", "wrapper pid", "since",
-        "failures", "leases"});
+        "failures", "leases", "standby"});
     for (SlotStatus s : table.getSlotsList()) {
       rows.add(new String[] {s.getSlotId(), s.getState(), Long.toString(s.getGeneration()), dash(s.getJobName()),
           dash(s.getWorkerId()), pid(s.getWorkerPid()), pid(s.getWrapperPid()), since(s.getStateSinceUnixMillis(), now),
-          Integer.toString(s.getConsecutiveFailures()), Long.toString(s.getLeasesServed())});
+          Integer.toString(s.getConsecutiveFailures()), Long.toString(s.getLeasesServed()),
+          s.getStandbyGeneration() == 0 ? "-" : "g" + s.getStandbyGeneration() + " " + dash(s.getStandbyJobName())});
     }
     table(b, rows, 2, 5, 6, 8, 9);
     b.append('\n').append("recent leases (").append(table.getLeasesCount()).append(", newest last)\n");
@@ -173,7 +174,7 @@ final class SlotsCommand {
       rows.add(new String[] {r.getSlotId(), Long.toString(r.getGeneration()), dash(r.getJobName()),
           r.getWorkerId(), dash(r.getRunnerWorkerId()), pid(r.getWorkerPid()),
           CLOCK.format(Instant.ofEpochMilli(r.getStartUnixMillis())),
-          r.getReadyLatencyMillis() < 0 ? "-" : r.getReadyLatencyMillis() + "ms",
+          r.getReadyLatencyMillis() < 0 ? "-" : r.getReadyLatencyMillis() + "ms" + (r.getStandby() ? " (standby)" : ""),
           seconds(heldMillis) + (ended ? "" : " (running)"), ended ? r.getEndReason() : "-", outcome(r)});
     }
     table(b, rows, 1, 5, 7, 8);

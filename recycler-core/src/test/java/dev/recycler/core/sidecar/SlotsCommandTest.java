@@ -156,6 +156,9 @@ class SlotsCommandTest {
             .setStateSinceUnixMillis(now - 42_000).setLeasesServed(7))
         .addSlots(SlotStatus.newBuilder().setSlotId("slot-1").setState("BACKOFF").setGeneration(3)
             .setWrapperPid(18).setConsecutiveFailures(2).setStateSinceUnixMillis(now - 1_500).setLeasesServed(3))
+        .addSlots(SlotStatus.newBuilder().setSlotId("slot-2").setState("IDLE").setGeneration(5).setWrapperPid(19)
+            .setStateSinceUnixMillis(now - 3_000).setLeasesServed(4).setStandbyGeneration(5)
+            .setStandbyJobName("wordcount"))
         .addLeases(LeaseRecord.newBuilder().setSlotId("slot-1").setGeneration(3).setWorkerId("slot-1.g3")
             .setRunnerWorkerId("1-1").setStartUnixMillis(now - 10_000).setEndUnixMillis(now - 8_000)
             .setReadyLatencyMillis(-1).setEndReason("BOOT_FAILED").setOutcome("BOOT_FAILED")
@@ -163,20 +166,26 @@ class SlotsCommandTest {
         .addLeases(LeaseRecord.newBuilder().setSlotId("slot-0").setGeneration(7).setWorkerId("slot-0.g7")
             .setRunnerWorkerId("1-1").setJobName("wordcount").setWorkerPid(4242).setStartUnixMillis(now - 42_500)
             .setReadyLatencyMillis(480))
+        .addLeases(LeaseRecord.newBuilder().setSlotId("slot-2").setGeneration(4).setWorkerId("slot-2.g4")
+            .setRunnerWorkerId("2-1").setJobName("wordcount").setWorkerPid(4300).setStartUnixMillis(now - 6_000)
+            .setEndUnixMillis(now - 3_000).setReadyLatencyMillis(12).setStandby(true).setEndReason("RUNNER_CLOSED")
+            .setOutcome("EXITED_ON_INSTRUCTION").setExitCode(0))
         .build();
 
     String text = SlotsCommand.render(table, NOW);
 
     assertThat(text).isEqualTo("""
-        slots (2) at 2026-12-07T10:00:00Z
-        slot    state    gen  job        worker id  worker pid  wrapper pid  since                     failures  leases
-        slot-0  ACTIVE     7  wordcount  slot-0.g7        4242           17  09:59:18.000 (42.0s ago)         0       7
-        slot-1  BACKOFF    3  -          -                   -           18  09:59:58.500 (1.5s ago)          2       3
+        slots (3) at 2026-12-07T10:00:00Z
+        slot    state    gen  job        worker id  worker pid  wrapper pid  since                     failures  leases  standby
+        slot-0  ACTIVE     7  wordcount  slot-0.g7        4242           17  09:59:18.000 (42.0s ago)         0       7  -
+        slot-1  BACKOFF    3  -          -                   -           18  09:59:58.500 (1.5s ago)          2       3  -
+        slot-2  IDLE       5  -          -                   -           19  09:59:57.000 (3.0s ago)          0       4  g5 wordcount
 
-        recent leases (2, newest last)
-        slot    gen  job        worker id  runner   pid  start (UTC)   ready             held  end reason   outcome
-        slot-1    3  -          slot-1.g3  1-1        -  09:59:50.000      -             2.0s  BOOT_FAILED  BOOT_FAILED: no worker binary
-        slot-0    7  wordcount  slot-0.g7  1-1     4242  09:59:17.500  480ms  42.5s (running)  -            -
+        recent leases (3, newest last)
+        slot    gen  job        worker id  runner   pid  start (UTC)            ready             held  end reason     outcome
+        slot-1    3  -          slot-1.g3  1-1        -  09:59:50.000               -             2.0s  BOOT_FAILED    BOOT_FAILED: no worker binary
+        slot-0    7  wordcount  slot-0.g7  1-1     4242  09:59:17.500           480ms  42.5s (running)  -              -
+        slot-2    4  wordcount  slot-2.g4  2-1     4300  09:59:54.000  12ms (standby)             3.0s  RUNNER_CLOSED  EXITED_ON_INSTRUCTION
         """);
   }
 
