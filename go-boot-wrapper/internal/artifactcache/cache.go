@@ -363,23 +363,10 @@ func (c *Cache) EndExposure() {
 // ends with ctx's error when ctx ends first; nothing is claimed then.
 func (c *Cache) Claim(ctx context.Context, hexDigest string) (release func(), waited bool, err error) {
 	for {
-		c.mu.Lock()
-		busy, held := c.claims[hexDigest]
-		if !held {
-			done := make(chan struct{})
-			c.claims[hexDigest] = done
-			c.mu.Unlock()
-			var once sync.Once
-			return func() {
-				once.Do(func() {
-					c.mu.Lock()
-					delete(c.claims, hexDigest)
-					c.mu.Unlock()
-					close(done)
-				})
-			}, waited, nil
+		release, busy := c.TryClaim(hexDigest)
+		if release != nil {
+			return release, waited, nil
 		}
-		c.mu.Unlock()
 		waited = true
 		select {
 		case <-busy:
@@ -387,6 +374,28 @@ func (c *Cache) Claim(ctx context.Context, hexDigest string) (release func(), wa
 			return nil, waited, ctx.Err()
 		}
 	}
+}
+
+// TryClaim is Claim without the wait: it takes the fetch claim of hexDigest and returns the function that releases it
+// when no one holds the claim, and otherwise returns a nil release and a channel closed when the holder releases it.
+// A standby, which waits for no fetch, uses it to tell "held now" from "being fetched".
+func (c *Cache) TryClaim(hexDigest string) (release func(), busy <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if held, ok := c.claims[hexDigest]; ok {
+		return nil, held
+	}
+	done := make(chan struct{})
+	c.claims[hexDigest] = done
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			delete(c.claims, hexDigest)
+			c.mu.Unlock()
+			close(done)
+		})
+	}, nil
 }
 
 // Claimed reports whether someone holds the fetch claim of hexDigest now (for logs and tests; it may change at once).

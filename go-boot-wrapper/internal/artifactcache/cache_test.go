@@ -360,6 +360,15 @@ func TestClaim(t *testing.T) {
 		t.Fatalf("Claim of another digest = %v, waited %v", err, waited)
 	}
 	releaseB()
+	// TryClaim does not wait: a held claim is refused (with the channel its release closes), a free one is taken.
+	if release, busy := c.TryClaim(a); release != nil || busy == nil {
+		t.Fatalf("TryClaim of a claimed digest = release %v, busy %v; want no claim and the holder's channel", release != nil, busy)
+	}
+	if release, busy := c.TryClaim(b); release == nil || busy != nil || !c.Claimed(b) {
+		t.Fatalf("TryClaim of a free digest = release %v, busy %v; want the claim", release != nil, busy)
+	} else {
+		release()
+	}
 	// The same digest waits; a wait that ends claims nothing.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -14,6 +14,8 @@
 //     sha256 names even if an earlier worker rewrote the cached file;
 //   - between leases the recycler may have the wrapper fetch a job's binary ahead of its first lease (Booter.Prefetch);
 //     a boot that needs a digest being fetched waits for that fetch instead of starting a second one;
+//   - after a lease the recycler may have the wrapper start the same job's next worker ahead of its lease, a standby
+//     (Booter.BootStandby): the same boot from Lease.prepared and the local cache alone, without a single call;
 //   - every lease gets a fresh directory (semi_persist_dir, cwd, TMPDIR) that the wrapper deletes afterwards, and the
 //     worker gets a clean environment instead of the wrapper's.
 package boot
@@ -187,10 +189,34 @@ func (b *Booter) LeaseDir(generation int64) string {
 	return filepath.Join(b.cfg.LeasesDir, LeaseDirPrefix(b.cfg.SlotID)+strconv.FormatInt(generation, 10))
 }
 
+// ErrNotHeld means a standby's artifact is not in the local cache now (or is being fetched): a standby fetches nothing.
+var ErrNotHeld = errors.New("artifact not held in the local cache")
+
+// ErrNotPrepared means a standby came without its prepared inputs: a standby makes no call to get them.
+var ErrNotPrepared = errors.New("standby without prepared inputs")
+
 // Boot runs the boot steps for lease. On failure it removes what it created and returns a *Failure (or ctx's error
 // when ctx ended, e.g. because an Exit aborted the boot). On success the caller owns Prepared.Dir.
 func (b *Booter) Boot(ctx context.Context, lease Lease, log *Log) (*Prepared, error) {
-	p, err := b.boot(ctx, lease, log)
+	return b.run(ctx, lease, log, false)
+}
+
+// BootStandby boots a standby (recyclerpb.Standby, described as a Lease of the standby's generation) exactly as Boot
+// would boot that Lease (same lease directory, options file, command line and environment), but makes no call at all:
+// the recycler refuses every call for a generation that is not a lease yet. So lease.Prepared is required (else a
+// *Failure wrapping ErrNotPrepared), every artifact must be in the local cache now and verify (else a *Failure
+// wrapping ErrNotHeld; one that a prefetch is fetching at this moment counts as missing: a standby waits for nothing),
+// and log is not forwarded to Beam's logging service. Failures and ownership of Prepared.Dir are as for Boot.
+func (b *Booter) BootStandby(ctx context.Context, lease Lease, log *Log) (*Prepared, error) {
+	return b.run(ctx, lease, log, true)
+}
+
+func (b *Booter) run(ctx context.Context, lease Lease, log *Log, standby bool) (*Prepared, error) {
+	if standby && lease.Prepared == nil {
+		return nil, fail(recyclerpb.BootStage_BOOT_STAGE_PROVISION, ErrNotPrepared,
+			"the standby carries no prepared inputs; the recycler must send Standby.prepared (a standby makes no call to get them)")
+	}
+	p, err := b.boot(ctx, lease, log, standby)
 	if err != nil {
 		_ = os.RemoveAll(b.LeaseDir(lease.Generation))
 		if ctx.Err() != nil {
@@ -201,7 +227,7 @@ func (b *Booter) Boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 	return p, nil
 }
 
-func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, error) {
+func (b *Booter) boot(ctx context.Context, lease Lease, log *Log, standby bool) (*Prepared, error) {
 	ctx = metadata.AppendToOutgoingContext(ctx, HeaderWorkerID, b.cfg.SlotID, HeaderGeneration, strconv.FormatInt(lease.Generation, 10),
 		HeaderLeaseCredential, lease.Credential)
 
@@ -211,8 +237,11 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 		return nil, ferr
 	}
 	// The logging endpoint is the recycler's logging proxy, which checks the credential in the worker id (as for the
-	// worker's own log stream) and forwards under the runner's id, so the credential never reaches the runner.
-	log.ConnectBeam(info.GetLoggingEndpoint().GetUrl(), lease.WorkerID)
+	// worker's own log stream) and forwards under the runner's id, so the credential never reaches the runner. Not for
+	// a standby: its generation is no lease yet, and the runner has nobody to show its boot to.
+	if !standby {
+		log.ConnectBeam(info.GetLoggingEndpoint().GetUrl(), lease.WorkerID)
+	}
 	log.Info("provisioned", "control_endpoint", info.GetControlEndpoint().GetUrl(), "artifacts", len(info.GetDependencies()),
 		"prepared", lease.Prepared != nil)
 
@@ -234,7 +263,7 @@ func (b *Booter) boot(ctx context.Context, lease Lease, log *Log) (*Prepared, er
 	// (3) Artifacts into the cache, then into the lease directory.
 	actx, cancel := context.WithTimeout(ctx, b.cfg.ArtifactTimeout)
 	defer cancel()
-	worker, ferr := b.artifacts(actx, info, lease.Prepared, dir, log)
+	worker, ferr := b.artifacts(actx, info, lease.Prepared, dir, log, standby)
 	if ferr != nil {
 		return nil, ferr
 	}
@@ -333,8 +362,9 @@ type artifact struct {
 
 // artifacts resolves, fetches and links the lease's artifacts and returns the path of the worker binary. The resolved
 // artifacts are prepared's when the Lease carried them, else ResolveArtifacts' answer; either way each must be a file
-// artifact with a valid sha256, and only the digests the local cache lacks are fetched.
-func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, prepared *recyclerpb.PreparedLease, dir string, log *Log) (string, *Failure) {
+// artifact with a valid sha256, and only the digests the local cache lacks are fetched (for a standby: none, see held).
+func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, prepared *recyclerpb.PreparedLease, dir string, log *Log,
+	standby bool) (string, *Failure) {
 	stage := recyclerpb.BootStage_BOOT_STAGE_ARTIFACTS
 	if len(info.GetDependencies()) == 0 {
 		return "", fail(stage, nil, "the job staged no artifacts (no Go worker binary); submit the pipeline with the Go SDK so it stages its binary")
@@ -378,7 +408,11 @@ func (b *Booter) artifacts(ctx context.Context, info *fnpb.ProvisionInfo, prepar
 		return "", fail(stage, err, "%v; stage the Go worker binary with role %s", err, URNGoWorkerBinaryRole)
 	}
 	for _, a := range arts {
-		if ferr := b.ensure(ctx, svc, a, log); ferr != nil {
+		ensure := b.ensure
+		if standby {
+			ensure = b.held
+		}
+		if ferr := ensure(ctx, svc, a, log); ferr != nil {
 			return "", ferr
 		}
 	}
@@ -432,6 +466,29 @@ func (b *Booter) ensure(ctx context.Context, svc *artifactService, a artifact, l
 		return fail(stage, err, "fetching artifact %s (%s) from %s failed: %v", digest, a.staged, svc.endpoint, err)
 	}
 	log.Info("fetched artifact", "digest", digest, "bytes", n, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// held is ensure for a standby: it makes the cache verify its copy of a, and fails (wrapping ErrNotHeld) when there is
+// none, without fetching and without waiting for a fetch in progress. It takes a's fetch claim for the Verify, as
+// ensure does, so it never verifies an entry that a fetch is replacing.
+func (b *Booter) held(_ context.Context, _ *artifactService, a artifact, log *Log) *Failure {
+	stage := recyclerpb.BootStage_BOOT_STAGE_ARTIFACTS
+	digest := artifactcache.DigestPrefix + a.hex
+	release, _ := b.cache.TryClaim(a.hex)
+	if release == nil {
+		return fail(stage, ErrNotHeld, "artifact %s (%s) is being fetched right now (a prefetch); a standby waits for no fetch: offer it once the prefetch is answered",
+			digest, a.staged)
+	}
+	defer release()
+	ok, err := b.cache.Verify(a.hex)
+	if err != nil {
+		log.Warn("artifact changed in the local cache since it was verified; a standby cannot fetch it again", "digest", digest, "error", err)
+	}
+	if !ok {
+		return fail(stage, ErrNotHeld, "artifact %s (%s) is not in the local cache; a standby fetches nothing: offer it only with artifacts the wrapper holds (Hello and the last LeaseEnded or Prefetched list them)",
+			digest, a.staged)
+	}
 	return nil
 }
 

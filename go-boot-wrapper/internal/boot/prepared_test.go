@@ -302,3 +302,86 @@ func BenchmarkBoot(b *testing.B) {
 		})
 	}
 }
+
+// TestBootStandby: a standby boots exactly as its Lease would from the prepared inputs and a warm cache, and makes no
+// call at all; whatever it would need a call or a wait for fails it at once, leaving no directory.
+func TestBootStandby(t *testing.T) {
+	tests := []struct {
+		name     string
+		warm     bool
+		prepared bool
+		setup    func(t *testing.T, e *bootEnv) // after warming
+		wantErr  error                          // nil: the boot succeeds
+		wantMsg  string
+	}{
+		{name: "prepared, warm cache", warm: true, prepared: true},
+		{name: "binary not held", prepared: true, wantErr: ErrNotHeld, wantMsg: "is not in the local cache; a standby fetches nothing"},
+		{name: "binary being fetched", warm: true, prepared: true, wantErr: ErrNotHeld, wantMsg: "is being fetched right now",
+			setup: func(t *testing.T, e *bootEnv) {
+				release, _ := e.cache.TryClaim(e.bin.Digest()) // as a prefetch in flight holds it
+				t.Cleanup(release)
+			}},
+		{name: "binary changed in the cache", warm: true, prepared: true, wantErr: ErrNotHeld, wantMsg: "is not in the local cache",
+			setup: func(t *testing.T, e *bootEnv) {
+				path := e.cache.Path(e.bin.Digest())
+				if err := os.Chmod(path, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, []byte("#!/bin/sh\nexit 42\n"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "no prepared inputs", warm: true, wantErr: ErrNotPrepared, wantMsg: "the standby carries no prepared inputs"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newBootEnv(t)
+			if tt.warm {
+				e.warm(t)
+			}
+			if tt.setup != nil {
+				tt.setup(t, e)
+			}
+			info := e.info()
+			var prepared *recyclerpb.PreparedLease
+			if tt.prepared {
+				prepared = e.f.Prepared(info)
+			}
+			const cred = "0123456789abcdef0123456789abcdef" // the fake knows no lease of this generation: any call fails
+			log := NewLog(slog.New(slog.NewTextHandler(e.logs, nil)))
+			defer log.Close()
+			p, err := e.b.BootStandby(context.Background(), Lease{Generation: 2, WorkerID: "slot-0.g2." + cred, Credential: cred,
+				Prepared: prepared}, log)
+			for _, m := range []string{fakerecycler.MethodGetProvisionInfo, fakerecycler.MethodResolveArtifacts,
+				fakerecycler.MethodGetArtifact, fakerecycler.MethodPrefetchArtifact} {
+				if n := e.f.Calls(m); n != 0 {
+					t.Errorf("%s calls = %d, want none for a standby", m, n)
+				}
+			}
+			dir := filepath.Join(e.leases, "slot-0-g2")
+			if tt.wantErr != nil {
+				var f *Failure
+				if !errors.Is(err, tt.wantErr) || !errors.As(err, &f) || !strings.Contains(f.Message, tt.wantMsg) {
+					t.Fatalf("BootStandby error = %v, want a *Failure wrapping %v with %q", err, tt.wantErr, tt.wantMsg)
+				}
+				if _, err := os.Stat(dir); !os.IsNotExist(err) {
+					t.Errorf("the failed standby's directory exists (%v)", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("BootStandby: %v", err)
+			}
+			t.Cleanup(func() { _ = os.RemoveAll(p.Dir) })
+			wantArgs := []string{"--worker=true", "--id=slot-0.g2." + cred, "--logging_endpoint=" + e.f.Addr(),
+				"--control_endpoint=localhost:1", "--semi_persist_dir=" + dir}
+			if p.Dir != dir || p.Spec.Path != filepath.Join(dir, WorkerFile) || !slices.Equal(p.Spec.Args, wantArgs) ||
+				!slices.Contains(p.Spec.Env, "PIPELINE_OPTIONS_FILE="+filepath.Join(dir, OptionsFile)) {
+				t.Errorf("prepared = dir %q path %q args %q env %q; want the Lease's boot in %q", p.Dir, p.Spec.Path, p.Spec.Args, p.Spec.Env, dir)
+			}
+			if got, err := os.ReadFile(p.Spec.Path); err != nil || !bytes.Equal(got, e.bin.Content) {
+				t.Errorf("worker binary %s = %q (%v), want the cached content", p.Spec.Path, got, err)
+			}
+		})
+	}
+}
