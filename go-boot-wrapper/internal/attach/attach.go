@@ -1,6 +1,6 @@
 // Package attach holds a slot's SlotControl/Attach stream to the recycler: it attaches (retrying forever with capped
-// exponential backoff and jitter), answers Ping at once from its own receive goroutine, and hands Lease, Exit and
-// Prefetch instructions to the wrapper.
+// exponential backoff and jitter), answers Ping at once from its own receive goroutine, and hands Lease, Exit, Prefetch
+// and Standby instructions to the wrapper.
 package attach
 
 import (
@@ -245,8 +245,8 @@ func recvWithin(ctx context.Context, stream grpc.BidiStreamingClient[recyclerpb.
 	return msg, err
 }
 
-// Session is one attached stream. Events delivers Lease, Exit and Prefetch messages in order and is closed when the
-// stream ends; Err then says why.
+// Session is one attached stream. Events delivers Lease, Exit, Prefetch and Standby messages in order and is closed
+// when the stream ends; Err then says why.
 type Session struct {
 	// Attached is the recycler's answer to Hello.
 	Attached *recyclerpb.Attached
@@ -263,7 +263,7 @@ type Session struct {
 	closeOnce sync.Once
 }
 
-// Events delivers Lease, Exit and Prefetch instructions; it is closed when the stream ends.
+// Events delivers Lease, Exit, Prefetch and Standby instructions; it is closed when the stream ends.
 func (s *Session) Events() <-chan *recyclerpb.RecyclerMessage { return s.events }
 
 // Done is closed when the stream has ended.
@@ -308,7 +308,8 @@ func (s *Session) recvLoop(ctx context.Context) {
 			if err := s.Send(pong); err != nil {
 				s.log.Debug("cannot send pong", "error", err)
 			}
-		case *recyclerpb.RecyclerMessage_Lease, *recyclerpb.RecyclerMessage_Exit, *recyclerpb.RecyclerMessage_Prefetch:
+		case *recyclerpb.RecyclerMessage_Lease, *recyclerpb.RecyclerMessage_Exit, *recyclerpb.RecyclerMessage_Prefetch,
+			*recyclerpb.RecyclerMessage_Standby:
 			select {
 			case s.events <- m:
 			case <-ctx.Done():

@@ -284,9 +284,7 @@ func (f *Fake) Prefetch(s *Session, art Artifact) string {
 
 // IssueTicket issues a prefetch ticket for slotID and digest (hex), for tests that send a Prefetch of their own.
 func (f *Fake) IssueTicket(slotID, digest string) string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	tk := hex.EncodeToString(b)
+	tk := newCredential()
 	f.mu.Lock()
 	f.tickets[tk] = &ticket{slot: slotID, digest: digest, expires: time.Now().Add(TicketTTL)}
 	f.mu.Unlock()
@@ -392,9 +390,7 @@ func (f *Fake) Prepared(info *fnpb.ProvisionInfo) *recyclerpb.PreparedLease {
 // credential, which it returns, without sending anything: for tests that drive a boot.Booter directly. Lease and
 // LeasePrepared do it before sending the Lease.
 func (f *Fake) Assign(slotID string, generation int64, info *fnpb.ProvisionInfo) string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	cred := hex.EncodeToString(b)
+	cred := newCredential()
 	f.mu.Lock()
 	f.generation[slotID] = generation
 	f.info[generation] = info
@@ -416,6 +412,38 @@ func (f *Fake) LeasePrepared(s *Session, generation int64, workerID string, info
 	cred := f.Assign(s.Hello.GetSlotId(), generation, info)
 	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Lease{Lease: &recyclerpb.Lease{
 		Generation: generation, WorkerId: workerID + "." + cred, Credential: cred, JobName: "test-job", Prepared: prepared}}})
+}
+
+// Standby reserves generation for s's slot's next lease with info and a fresh lease credential, which it returns, and
+// sends Standby{generation, workerID + "." + credential, credential, "test-job", prepared}. The generation does not
+// become the slot's current lease (as for the real recycler, every provision and artifact call for it fails with
+// FAILED_PRECONDITION, and Calls counts it) until AdoptLease.
+func (f *Fake) Standby(s *Session, generation int64, workerID string, info *fnpb.ProvisionInfo, prepared *recyclerpb.PreparedLease) string {
+	cred := newCredential()
+	f.mu.Lock()
+	f.info[generation] = info
+	f.credential[generation] = cred
+	f.mu.Unlock()
+	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Standby{Standby: &recyclerpb.Standby{
+		Generation: generation, WorkerId: workerID + "." + cred, Credential: cred, JobName: "test-job", Prepared: prepared}}})
+	return cred
+}
+
+// AdoptLease makes generation, reserved by Standby, the slot's current lease and sends the Lease that adopts the
+// standby: the standby's worker id and credential, prepared (which may be nil) and adopt_standby set.
+func (f *Fake) AdoptLease(s *Session, generation int64, workerID string, prepared *recyclerpb.PreparedLease) {
+	f.mu.Lock()
+	cred, ok := f.credential[generation]
+	if ok {
+		f.generation[s.Hello.GetSlotId()] = generation
+	}
+	f.mu.Unlock()
+	if !ok {
+		f.t.Fatalf("AdoptLease of generation %d, which no Standby reserved", generation)
+	}
+	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Lease{Lease: &recyclerpb.Lease{
+		Generation: generation, WorkerId: workerID + "." + cred, Credential: cred, JobName: "test-job", Prepared: prepared,
+		AdoptStandby: true}}})
 }
 
 // NextSession waits for the next accepted Attach.
@@ -614,6 +642,13 @@ func (f *Fake) Logging(stream fnpb.BeamFnLogging_LoggingServer) error {
 		}
 		f.mu.Unlock()
 	}
+}
+
+// newCredential is 128 random bits in lowercase hex, as the recycler's lease credentials and prefetch tickets are.
+func newCredential() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 func first(v []string) string {

@@ -106,6 +106,12 @@ func (s *Session) Exit(generation int64) {
 		Generation: generation, Reason: recyclerpb.ExitReason_EXIT_REASON_RUNNER_CLOSED}}})
 }
 
+// ExitFor sends Exit{generation, reason}.
+func (s *Session) ExitFor(generation int64, reason recyclerpb.ExitReason) {
+	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Exit{Exit: &recyclerpb.Exit{
+		Generation: generation, Reason: reason}}})
+}
+
 // Ping sends Ping{nonce}.
 func (s *Session) Ping(nonce int64) {
 	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Ping{Ping: &recyclerpb.Ping{Nonce: nonce}}})
@@ -155,6 +161,28 @@ func (s *Session) ExpectEnded(t testing.TB, generation int64) *recyclerpb.LeaseE
 		t.Fatalf("expected LeaseEnded{generation=%d}, got %v", generation, describe(m))
 	}
 	return le
+}
+
+// ExpectStandbyEnded waits for StandbyEnded{generation} and returns it.
+func (s *Session) ExpectStandbyEnded(t testing.TB, generation int64) *recyclerpb.StandbyEnded {
+	t.Helper()
+	m := s.Next(t)
+	se := m.GetStandbyEnded()
+	if se == nil || se.GetGeneration() != generation {
+		t.Fatalf("expected StandbyEnded{generation=%d}, got %v", generation, describe(m))
+	}
+	return se
+}
+
+// ExpectPong sends Ping{nonce} and fails unless the wrapper's next message is its Pong: a check that the wrapper sent
+// nothing else before it answered the Ping (its receive goroutine answers Pings, so a message another goroutine of the
+// wrapper sends later is not caught).
+func (s *Session) ExpectPong(t testing.TB, nonce int64) {
+	t.Helper()
+	s.Ping(nonce)
+	if m := s.Next(t); m.GetPong().GetNonce() != nonce {
+		t.Fatalf("expected Pong{%d}, got %v", nonce, describe(m))
+	}
 }
 
 // ExpectPrefetched waits for Prefetched{digest} ("sha256:<hex>" as sent) and returns it.

@@ -282,6 +282,17 @@ func Alive(pid int) bool {
 	return syscall.Kill(pid, 0) == nil
 }
 
+// Gone reports whether pid no longer runs: it does not exist, or it is a zombie (dead, and its parent, perhaps not
+// this process, has not reaped it yet).
+func Gone(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && strings.HasPrefix(string(b[i:]), ") Z")
+}
+
 // blockForever parks the helper until a signal ends it. A bare select{} would be reported by the Go runtime as a
 // deadlock (exit 2) once no other goroutine exists.
 func blockForever() {

@@ -3,6 +3,7 @@ package wrapper
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -53,7 +54,7 @@ func (s *syncBuffer) String() string {
 
 // harness is a wrapper running against a fake recycler.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	f       *fakerecycler.Fake
 	w       *Wrapper
 	workDir string
@@ -71,8 +72,16 @@ func withSlot(id string) option { return func(c *Config) { c.SlotID = id } }
 
 func withAttachSecret(s string) option { return func(c *Config) { c.AttachSecret = s } }
 
-// startWrapper runs a wrapper (for slot-0 unless an option says otherwise) against f until the test ends.
-func startWrapper(t *testing.T, f *fakerecycler.Fake, workDir string, opts ...option) *harness {
+// startWrapper runs a wrapper (for slot-0 unless an option says otherwise) against f until the test ends, logging text.
+func startWrapper(t testing.TB, f *fakerecycler.Fake, workDir string, opts ...option) *harness {
+	t.Helper()
+	return startWrapperLogging(t, f, workDir, func(w io.Writer, o *slog.HandlerOptions) slog.Handler { return slog.NewTextHandler(w, o) }, opts...)
+}
+
+// startWrapperLogging is startWrapper with the log handler that handler makes (for example slog.NewJSONHandler, as
+// --log_format=json).
+func startWrapperLogging(t testing.TB, f *fakerecycler.Fake, workDir string, handler func(io.Writer, *slog.HandlerOptions) slog.Handler,
+	opts ...option) *harness {
 	t.Helper()
 	logs := &syncBuffer{}
 	cfg := Config{
@@ -91,7 +100,7 @@ func startWrapper(t *testing.T, f *fakerecycler.Fake, workDir string, opts ...op
 	for _, o := range opts {
 		o(&cfg)
 	}
-	w, err := New(cfg, sup, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	w, err := New(cfg, sup, slog.New(handler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +141,7 @@ func (h *harness) leaseDir(gen int64) string {
 }
 
 // workerArtifact is a worker binary (a script running the helper in mode) with the Go worker role.
-func workerArtifact(t *testing.T, mode, dir string, env ...string) fakerecycler.Artifact {
+func workerArtifact(t testing.TB, mode, dir string, env ...string) fakerecycler.Artifact {
 	return fakerecycler.Artifact{Role: boot.URNGoWorkerBinaryRole, Path: "/staged/worker-" + mode,
 		Content: testhelper.Script(t, mode, dir, env...)}
 }

@@ -56,6 +56,42 @@ func TestTamperedBinaryDoesNotReachTheNextLease(t *testing.T) {
 	}
 }
 
+// A standby's worker can reach the cache as a lease's can: what it changes there must not reach the next lease either
+// (the standby is booted from a verified entry, and the next boot verifies again).
+func TestStandbyTamperingDoesNotReachTheNextLease(t *testing.T) {
+	tests := []struct {
+		how         string
+		wantFetches int // the prefetch, and for a rewritten entry the lease's fetch
+	}{
+		{how: "chmod", wantFetches: 1},
+		{how: "rewrite", wantFetches: 2},
+		{how: "replace", wantFetches: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.how, func(t *testing.T) {
+			e := newStandbyEnv(t, testhelper.ModeTamper, "GBW_HELPER_TAMPER="+tt.how)
+			e.standby(2)
+			if se := e.s.ExpectStandbyEnded(t, 2); se.GetMessage() != "exited with code 0" {
+				t.Fatalf("StandbyEnded = %v; want the original worker's exit code 0 (it tampers, then exits)", se)
+			}
+			testhelper.ReadReport(t, e.helperDir)
+			_ = os.Remove(filepath.Join(e.helperDir, "report.json"))
+
+			info := e.f.ProvisionInfo(nil)
+			e.f.LeasePrepared(e.s, 3, "slot-0.g3", info, e.f.Prepared(info))
+			e.s.ExpectStarted(t, 3)
+			// The tampered binary would exit 42 without a report; the original reports and exits 0.
+			if le := e.s.ExpectEnded(t, 3); le.GetOutcome() != recyclerpb.Outcome_OUTCOME_WORKER_EXITED || le.GetExitCode() != 0 {
+				t.Fatalf("lease ended %v; want the original worker's exit code 0 (tampered: %d)", le, testhelper.TamperedExitCode)
+			}
+			testhelper.ReadReport(t, e.helperDir)
+			if n := e.f.Fetches(e.art.Digest()); n != tt.wantFetches {
+				t.Errorf("worker binary fetched %d times, want %d", n, tt.wantFetches)
+			}
+		})
+	}
+}
+
 // Lease directories hold the pipeline options: 0700 directories and 0600 files, whatever the wrapper's umask.
 func TestLeaseFilesArePrivateWhateverTheUmask(t *testing.T) {
 	for _, umask := range []int{0o000, 0o022, 0o077, 0o777} {

@@ -1,16 +1,20 @@
 // Package wrapper is the per-slot loop: attach, serve leases one at a time (boot, start, supervise, stop, report),
-// and re-attach whenever the stream breaks.
+// start standby workers between leases, and re-attach whenever the stream breaks.
 //
-// Concurrency: Run's goroutine owns the session and the current lease; every lease runs in its own goroutine and
-// reports through the session. Run never blocks on a lease except to wait for it to finish stopping, so Lease and Exit
-// keep flowing while a worker boots or stops, and Ping is answered by the session's own receive goroutine. Prefetch
-// instructions go to the session's prefetcher (prefetch.go), which fetches on a goroutine of its own; reports that
-// carry the cache's digests (LeaseEnded, Prefetched) take them and are sent under reportMu, so the recycler receives
-// them in the order they were taken.
+// Concurrency: Run's goroutine owns the session and the slot's current run: one lease, or one standby (a worker
+// started ahead of its lease, standby.go), never both. Every run has its own goroutine and leaves its report (LeaseEnded
+// or StandbyEnded) for serve to send once it is done. Run never blocks on a run except to wait for it to finish
+// stopping, so Lease and Exit keep flowing while a worker boots or stops, and Ping is answered by the session's own
+// receive goroutine. A Lease that adopts the standby turns the standby's run into the lease's; a Lease that does not
+// (or one that finds the standby dead) waits in the standby's run (leaseRun.next) until it is gone and reported, and
+// then boots. Prefetch instructions go to the session's prefetcher (prefetch.go), which fetches on a goroutine of its
+// own; reports that carry the cache's digests (LeaseEnded, Prefetched) take them and are sent under reportMu, so the
+// recycler receives them in the order they were taken.
 //
-// Failure handling: a broken stream stops the running worker (full exit sequence) before re-attaching, because the
-// recycler has given the slot up and the worker's job can no longer be served correctly; no LeaseEnded is sent for it
-// (the recycler ended that lease when it lost us). The wrapper never exits because of the recycler.
+// Failure handling: a broken stream stops the running worker (a lease's with the full exit sequence, a standby's with
+// SIGKILL) before re-attaching, because the recycler has given the slot up and the worker's job can no longer be served correctly; no
+// LeaseEnded or StandbyEnded is sent for it (the recycler ended it when it lost us). The wrapper never exits because of
+// the recycler.
 package wrapper
 
 import (
@@ -203,24 +207,25 @@ func (w *Wrapper) Run(ctx context.Context) error {
 	}
 }
 
-// serve handles one session until the stream breaks or ctx ends; a lease still running then is stopped (and waited
-// for) before serve returns.
+// serve handles one session until the stream breaks or ctx ends; a lease or standby still running then is stopped
+// (and waited for) before serve returns.
 func (w *Wrapper) serve(ctx context.Context, s *attach.Session) {
 	pf := w.startPrefetcher(s)
 	defer pf.stop()
-	var cur *leaseRun
-	var curDone <-chan struct{}
+	var cur *leaseRun // the slot's one lease or standby, from its start until serve has reported its end
 	stopCurrent := func() {
 		if cur != nil {
 			cur.abort()
 			<-cur.done
-			if cur.result != nil { // it ended on its own before the abort: still worth reporting if the stream lives
-				w.send(s, cur.result)
-			}
-			cur, curDone = nil, nil
+			w.report(s, cur) // it ended on its own before the abort: still worth reporting if the stream lives
+			cur = nil        // a Lease waiting for cur (cur.next) dies with the stream: the recycler ended it
 		}
 	}
 	for {
+		var curDone <-chan struct{}
+		if cur != nil {
+			curDone = cur.done
+		}
 		select {
 		case <-ctx.Done():
 			pf.cancel() // at once: no prefetch runs or answers while the worker stops
@@ -229,10 +234,17 @@ func (w *Wrapper) serve(ctx context.Context, s *attach.Session) {
 		case <-curDone:
 			// This goroutine sends LeaseEnded, not the lease's: the recycler may answer it with the next Lease at
 			// once, and that Lease must find cur already cleared.
-			if cur.result != nil {
-				w.send(s, cur.result)
+			done := cur
+			cur = nil
+			w.report(s, done)
+			// A standby that a Lease replaced, or that died before the Lease adopting it got to it: that Lease boots
+			// now, after the StandbyEnded just sent.
+			if done.next != nil && !done.adopted {
+				cur = w.startLease(s, done.next)
+				if done.nextExit {
+					cur.exit()
+				}
 			}
-			cur, curDone = nil, nil
 		case m, ok := <-s.Events():
 			if !ok {
 				w.log.Warn("lost the recycler stream; stopping any worker and re-attaching", "error", s.Err())
@@ -242,24 +254,82 @@ func (w *Wrapper) serve(ctx context.Context, s *attach.Session) {
 			}
 			switch k := m.GetKind().(type) {
 			case *recyclerpb.RecyclerMessage_Lease:
-				if cur != nil {
-					w.refuseLease(s, k.Lease, cur.lease.Generation)
-					continue
-				}
-				cur = w.startLease(s, k.Lease)
-				curDone = cur.done
+				cur = w.onLease(s, cur, k.Lease, time.Now())
 			case *recyclerpb.RecyclerMessage_Exit:
-				gen := k.Exit.GetGeneration()
-				if cur == nil || cur.lease.Generation != gen {
-					w.log.Info("ignoring exit for a generation that is not running", "generation", gen, "reason", k.Exit.GetReason().String())
-					continue
-				}
-				w.log.Info("exit instruction", "generation", gen, "reason", k.Exit.GetReason().String())
-				cur.exit()
+				w.onExit(cur, k.Exit)
 			case *recyclerpb.RecyclerMessage_Prefetch:
 				pf.offer(k.Prefetch)
+			case *recyclerpb.RecyclerMessage_Standby:
+				if cur != nil {
+					w.declineStandby(s, k.Standby, cur)
+					continue
+				}
+				cur = w.startStandby(s, k.Standby)
 			}
 		}
+	}
+}
+
+// onLease handles a Lease that arrived at received and returns the slot's run afterwards. An idle slot boots it; a
+// standby of its generation with its worker_id, when the Lease says adopt_standby, becomes its worker; any other
+// standby is stopped first (and the Lease boots once it is gone, see serve). A Lease while a lease runs is refused.
+func (w *Wrapper) onLease(s *attach.Session, cur *leaseRun, l *recyclerpb.Lease, received time.Time) *leaseRun {
+	gen := l.GetGeneration()
+	switch {
+	case cur == nil:
+		if l.GetAdoptStandby() {
+			w.log.Info("no standby to adopt (it ended); booting the lease", "generation", gen)
+		}
+		return w.startLease(s, l)
+	case cur.waiting:
+		cur.waiting, cur.next = false, l
+		switch {
+		case l.GetAdoptStandby() && gen == cur.lease.Generation && l.GetWorkerId() == cur.lease.WorkerID:
+			cur.adopt(l, received)
+		case l.GetAdoptStandby() && gen == cur.lease.Generation:
+			// The standby's worker connected with its own worker_id: it cannot serve another.
+			w.log.Warn("lease asks to adopt the standby with another worker id; replacing the standby", "generation", gen)
+			cur.stop(fmt.Sprintf("replaced by lease %d (its worker_id is not the standby's)", gen))
+		default:
+			cur.stop(fmt.Sprintf("replaced by lease %d", gen))
+		}
+		return cur
+	case cur.standby && cur.next == nil:
+		// A standby being stopped (an Exit): the Lease boots once it is gone.
+		cur.next = l
+		return cur
+	default:
+		running := cur.lease.Generation
+		if cur.next != nil {
+			running = cur.next.GetGeneration()
+		}
+		w.refuseLease(s, l, running)
+		return cur
+	}
+}
+
+// onExit handles an Exit: for the running lease (also one that adopted a standby, or one waiting for a standby to
+// stop), the lease's exit; for a standby no Lease claimed, the standby's stop. Any other generation is ignored.
+func (w *Wrapper) onExit(cur *leaseRun, e *recyclerpb.Exit) {
+	gen, reason := e.GetGeneration(), e.GetReason().String()
+	switch {
+	case cur != nil && cur.next != nil && cur.next.GetGeneration() == gen:
+		w.log.Info("exit instruction", "generation", gen, "reason", reason)
+		// If the run adopts (or adopted) its standby for next, the exit reaches it as a lease's; if not, next is
+		// exited the moment it starts.
+		cur.nextExit = true
+		if cur.adopting {
+			cur.exit()
+		}
+	case cur != nil && cur.waiting && cur.lease.Generation == gen:
+		w.log.Info("exit instruction for the standby", "generation", gen, "reason", reason)
+		cur.waiting = false
+		cur.stop("stopped by exit instruction (" + reason + ")")
+	case cur != nil && !cur.standby && cur.lease.Generation == gen:
+		w.log.Info("exit instruction", "generation", gen, "reason", reason)
+		cur.exit()
+	default:
+		w.log.Info("ignoring exit for a generation that is not running", "generation", gen, "reason", reason)
 	}
 }
 
@@ -274,6 +344,16 @@ func (w *Wrapper) refuseLease(s *attach.Session, l *recyclerpb.Lease, running in
 	})
 }
 
+// report sends what r left to report: its LeaseEnded or its StandbyEnded (nothing when it ended after an abort).
+func (w *Wrapper) report(s *attach.Session, r *leaseRun) {
+	switch {
+	case r.result != nil:
+		w.send(s, r.result)
+	case r.standbyEnded != nil:
+		w.sendStandbyEnded(s, r.standbyEnded)
+	}
+}
+
 // send sends le with the cache's digests as they are now (a prefetch may have added one since the lease ended).
 func (w *Wrapper) send(s *attach.Session, le *recyclerpb.LeaseEnded) {
 	w.reportMu.Lock()
@@ -285,27 +365,64 @@ func (w *Wrapper) send(s *attach.Session, le *recyclerpb.LeaseEnded) {
 	}
 }
 
-// leaseRun is one lease's goroutine and the two ways to end it from outside.
+// leaseRun is one lease's or one standby's goroutine and the ways to steer it from outside. A standby's run that a
+// Lease adopts goes on as that lease's run.
 type leaseRun struct {
-	lease               boot.Lease
-	done                chan struct{}
-	result              *recyclerpb.LeaseEnded // set before done is closed; nil when there is nobody to report to
-	exitReq             chan struct{}          // Exit instruction: stop and report
-	abortReq            chan struct{}          // stream lost or wrapper stopping: stop, no report possible
-	exitOnce, abortOnce sync.Once
+	lease   boot.Lease
+	standby bool // started by a Standby instruction
+	done    chan struct{}
+	// Set by the goroutine before done is closed: at most one of result and standbyEnded (none when there is nobody to
+	// report to), and whether a Lease adopted the standby (result is then that lease's).
+	result       *recyclerpb.LeaseEnded
+	standbyEnded *recyclerpb.StandbyEnded
+	adopted      bool
+
+	exitReq  chan struct{} // Exit instruction for the lease: stop and report
+	abortReq chan struct{} // stream lost or wrapper stopping: stop, no report possible
+	// A standby's: stop it (no Lease will adopt it) and report StandbyEnded{stopReason}; or let adoptLease, received
+	// at adoptAt, adopt it. The values are written once, before their channel is closed.
+	stopReq    chan struct{}
+	stopReason string
+	adoptReq   chan struct{}
+	adoptLease *recyclerpb.Lease
+	adoptAt    time.Time
+
+	exitOnce, abortOnce, stopOnce, adoptOnce sync.Once
+
+	// Owned by serve's goroutine, never read by the run's: waiting is set while the run is a standby that no Lease or
+	// Exit has claimed yet, the only state in which either applies to it as a standby; next is the Lease that claimed
+	// it, to boot once the run is done unless the run adopted it (adopting: next asked to), and nextExit says an Exit
+	// for next's generation came meanwhile.
+	waiting, adopting, nextExit bool
+	next                        *recyclerpb.Lease
+}
+
+func newRun(l boot.Lease, standby bool) *leaseRun {
+	return &leaseRun{lease: l, standby: standby, waiting: standby, done: make(chan struct{}), exitReq: make(chan struct{}),
+		abortReq: make(chan struct{}), stopReq: make(chan struct{}), adoptReq: make(chan struct{})}
 }
 
 func (r *leaseRun) exit()  { r.exitOnce.Do(func() { close(r.exitReq) }) }
 func (r *leaseRun) abort() { r.abortOnce.Do(func() { close(r.abortReq) }) }
 
+func (r *leaseRun) stop(reason string) {
+	r.stopOnce.Do(func() {
+		r.stopReason = reason
+		close(r.stopReq)
+	})
+}
+
+func (r *leaseRun) adopt(l *recyclerpb.Lease, received time.Time) {
+	r.adopting = true
+	r.adoptOnce.Do(func() {
+		r.adoptLease, r.adoptAt = l, received
+		close(r.adoptReq)
+	})
+}
+
 func (w *Wrapper) startLease(s *attach.Session, l *recyclerpb.Lease) *leaseRun {
-	r := &leaseRun{
-		lease: boot.Lease{Generation: l.GetGeneration(), WorkerID: l.GetWorkerId(), Credential: l.GetCredential(),
-			JobName: l.GetJobName(), Prepared: l.GetPrepared()},
-		done:     make(chan struct{}),
-		exitReq:  make(chan struct{}),
-		abortReq: make(chan struct{}),
-	}
+	r := newRun(boot.Lease{Generation: l.GetGeneration(), WorkerID: l.GetWorkerId(), Credential: l.GetCredential(),
+		JobName: l.GetJobName(), Prepared: l.GetPrepared()}, false)
 	go func() {
 		defer close(r.done)
 		w.runLease(s, r)
@@ -313,11 +430,17 @@ func (w *Wrapper) startLease(s *attach.Session, l *recyclerpb.Lease) *leaseRun {
 	return r
 }
 
+// leaseLog is the logger of a lease's lines: the benchmark's Breakdown (recycler-core's bench) reads a lease's "lease",
+// "provisioned", "worker started" and "fetched artifact" lines by their msg, slot and generation keys, in that order.
+func (w *Wrapper) leaseLog(l boot.Lease) *slog.Logger {
+	return w.log.With("generation", l.Generation, "worker_id", l.PublicID())
+}
+
 // runLease boots, starts and supervises one lease and leaves exactly one LeaseEnded in r.result for serve to send
 // (none when the stream is gone), only once no process of the lease is alive and its directory is deleted.
 func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	gen := r.lease.Generation
-	log := w.log.With("generation", gen, "worker_id", r.lease.PublicID())
+	log := w.leaseLog(r.lease)
 	log.Info("lease", "job_name", r.lease.JobName)
 	start := time.Now()
 	bootLog := boot.NewLog(log)
@@ -326,28 +449,15 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 	defer w.cache.EndExposure()
 
 	ended := &recyclerpb.LeaseEnded{Generation: gen}
-	report := func() {
-		select {
-		case <-r.abortReq:
-			return // the stream is gone or the wrapper is stopping: nobody to report to
-		default:
-		}
-		if evicted := w.cache.Trim(w.cfg.CacheMaxBytes); len(evicted) > 0 {
-			log.Info("evicted artifacts from the local cache", "digests", evicted)
-		}
-		log.Info("lease ended", "outcome", ended.GetOutcome().String(), "exit_code", ended.GetExitCode(),
-			"signal", ended.GetSignal(), "took", time.Since(start).Round(time.Millisecond))
-		r.result = ended
-	}
 	bootFailed := func(stage recyclerpb.BootStage, msg string) {
 		bootLog.Error("boot failed", "stage", stage.String(), "error", msg)
 		ended.Outcome, ended.Stage, ended.Message = recyclerpb.Outcome_OUTCOME_BOOT_FAILED, stage, msg
-		report()
+		w.leaseEnded(r, ended, log, start)
 	}
 	exitedDuringBoot := func() {
 		ended.Outcome = recyclerpb.Outcome_OUTCOME_EXITED_ON_INSTRUCTION
 		ended.Message = "exit instruction arrived during boot; no worker was started"
-		report()
+		w.leaseEnded(r, ended, log, start)
 	}
 
 	// (1) Boot, abortable by Exit or by losing the stream.
@@ -396,8 +506,7 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 		if !w.removeLeaseDir(prepared.Dir, r.abortReq, log) {
 			return
 		}
-		bootFailed(recyclerpb.BootStage_BOOT_STAGE_START, fmt.Sprintf(
-			"cannot execute the staged worker binary (%v); it must be a linux/%s executable built with the Beam Go SDK", err, goarch()))
+		bootFailed(recyclerpb.BootStage_BOOT_STAGE_START, cannotExecute(err))
 		return
 	}
 	bootLog.Info("worker started", "pid", proc.Pid())
@@ -407,7 +516,18 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 		log.Warn("cannot report worker start", "error", err)
 	}
 
-	// (3) Supervise until the worker exits or we are told to stop it.
+	// (3) and (4)
+	w.supervise(r, proc, prepared.Dir, ended, log, start)
+}
+
+func cannotExecute(err error) string {
+	return fmt.Sprintf("cannot execute the staged worker binary (%v); it must be a linux/%s executable built with the Beam Go SDK", err, goarch())
+}
+
+// supervise is the rest of a lease once its worker runs: (3) wait until the worker exits or an Exit or abort stops it,
+// (4) wipe the lease directory, then leave ended in r.result (see runLease).
+func (w *Wrapper) supervise(r *leaseRun, proc *supervisor.Process, dir string, ended *recyclerpb.LeaseEnded, log *slog.Logger,
+	start time.Time) {
 	var st supervisor.ExitStatus
 	select {
 	case <-proc.Done():
@@ -421,11 +541,26 @@ func (w *Wrapper) runLease(s *attach.Session, r *leaseRun) {
 		st = proc.Stop(w.cfg.GracePeriod)
 	}
 	ended.ExitCode, ended.Signal = int32(st.Code), st.SignalName()
-
-	// (4) Wipe the lease directory, then report.
-	if w.removeLeaseDir(prepared.Dir, r.abortReq, log) {
-		report()
+	if w.removeLeaseDir(dir, r.abortReq, log) {
+		w.leaseEnded(r, ended, log, start)
 	}
+}
+
+// leaseEnded leaves ended in r.result for serve to send, unless the stream is gone or the wrapper is stopping (nobody
+// to report to). No process of the lease is alive any more, so it trims the cache first: Trim runs only here, when
+// the slot has no worker (a lease's or a standby's) that could be using an entry.
+func (w *Wrapper) leaseEnded(r *leaseRun, ended *recyclerpb.LeaseEnded, log *slog.Logger, start time.Time) {
+	select {
+	case <-r.abortReq:
+		return
+	default:
+	}
+	if evicted := w.cache.Trim(w.cfg.CacheMaxBytes); len(evicted) > 0 {
+		log.Info("evicted artifacts from the local cache", "digests", evicted)
+	}
+	log.Info("lease ended", "outcome", ended.GetOutcome().String(), "exit_code", ended.GetExitCode(),
+		"signal", ended.GetSignal(), "took", time.Since(start).Round(time.Millisecond))
+	r.result = ended
 }
 
 // removeLeaseDir deletes a lease directory and returns true once it is gone. LeaseEnded promises that the directory
