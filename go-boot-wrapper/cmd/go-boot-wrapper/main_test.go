@@ -46,6 +46,25 @@ func wrapperCmd(t *testing.T, args []string, env ...string) (*exec.Cmd, *bytes.B
 	return cmd, &stderr
 }
 
+// startWrapper starts cmd (from wrapperCmd) and returns the channel its Wait result arrives on (a test that takes it
+// puts it back). The test's cleanup kills the wrapper, waits for it, and prints its stderr if the test failed.
+func startWrapper(t *testing.T, cmd *exec.Cmd, stderr *bytes.Buffer) chan error {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("wrapper stderr:\n%s", stderr)
+		}
+	})
+	return done
+}
+
 func exitCode(err error) int {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -111,18 +130,7 @@ func TestSigtermStopsWorkerAndExitsZero(t *testing.T) {
 		"RECYCLER_SLOT=slot-env", "RECYCLER_ENDPOINT="+f.Addr(), "RECYCLER_WORK_DIR="+workDir,
 		"RECYCLER_GRACE_PERIOD=1h", // the explicit flag wins over the variable
 		"RECYCLER_ATTACH_SECRET_FILE="+secretFile)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-		if t.Failed() {
-			t.Logf("wrapper stderr:\n%s", stderr)
-		}
-	})
+	done := startWrapper(t, cmd, stderr)
 
 	s := f.NextSession(t)
 	if s.Hello.GetSlotId() != "slot-env" || s.Hello.GetWrapperPid() != int64(cmd.Process.Pid) {
@@ -162,6 +170,49 @@ func TestSigtermStopsWorkerAndExitsZero(t *testing.T) {
 	}
 }
 
+// TestKilledWrapperTakesItsWorkerAlong: a wrapper killed outright (SIGKILL: no shutdown sequence) must not leave a
+// worker serving nobody, neither a lease's nor a standby's (the standby belongs to the wrapper's session with the
+// recycler); both get the parent-death signal from the supervisor.
+func TestKilledWrapperTakesItsWorkerAlong(t *testing.T) {
+	for _, standby := range []bool{false, true} {
+		name := "lease worker"
+		if standby {
+			name = "standby worker"
+		}
+		t.Run(name, func(t *testing.T) {
+			f := fakerecycler.Start(t, "slot-kill")
+			helperDir := t.TempDir()
+			art := fakerecycler.Artifact{Role: boot.URNGoWorkerBinaryRole, Path: "/w", Content: testhelper.Script(t, testhelper.ModeHang, helperDir)}
+			f.Stage(art)
+			cmd, stderr := wrapperCmd(t, []string{"--slot=slot-kill", "--recycler=" + f.Addr(), "--work_dir=" + t.TempDir()})
+			startWrapper(t, cmd, stderr)
+
+			s := f.NextSession(t)
+			info := f.ProvisionInfo(nil)
+			if standby {
+				f.Prefetch(s, art)
+				if p := s.ExpectPrefetched(t, "sha256:"+art.Digest()); !p.GetOk() {
+					t.Fatalf("prefetch: %v", p)
+				}
+				f.Standby(s, 1, "slot-kill.g1", info, f.Prepared(info))
+			} else {
+				f.LeasePrepared(s, 1, "slot-kill.g1", info, f.Prepared(info))
+				s.ExpectStarted(t, 1)
+			}
+			pid := testhelper.ReadReport(t, helperDir).Pid
+			// Only matters if the test fails: a survivor holds the wrapper's stderr pipe, which cmd.Wait waits for.
+			t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+			testhelper.WaitReady(t, helperDir)
+
+			if err := cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			testhelper.Eventually(t, fakerecycler.Wait, func() bool { return testhelper.Gone(pid) },
+				"worker %d outlived the SIGKILLed wrapper", pid)
+		})
+	}
+}
+
 // TestAsPID1 runs the wrapper as PID 1 of a new PID namespace, as in a container, and checks that a grandchild that
 // escaped the worker's process group is killed and reaped by the wrapper: after LeaseEnded the wrapper has no child
 // left, not even a zombie.
@@ -177,18 +228,7 @@ func TestAsPID1(t *testing.T) {
 	inner, stderr := wrapperCmd(t, []string{"--slot=pid1", "--recycler=" + f.Addr(), "--work_dir=" + t.TempDir()})
 	cmd := exec.Command(unshare, append([]string{"--pid", "--fork", "--mount-proc"}, inner.Path)...)
 	cmd.Env, cmd.Stderr = inner.Env, inner.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-		if t.Failed() {
-			t.Logf("wrapper stderr:\n%s", stderr)
-		}
-	})
+	done := startWrapper(t, cmd, stderr)
 
 	s := f.NextSession(t)
 	if s.Hello.GetWrapperPid() != 1 {
