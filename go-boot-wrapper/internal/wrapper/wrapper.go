@@ -431,7 +431,8 @@ func (w *Wrapper) startLease(s *attach.Session, l *recyclerpb.Lease) *leaseRun {
 }
 
 // leaseLog is the logger of a lease's lines: the benchmark's Breakdown (recycler-core's bench) reads a lease's "lease",
-// "provisioned", "worker started" and "fetched artifact" lines by their msg, slot and generation keys, in that order.
+// "provisioned", "worker started" and "fetched artifact" lines by their msg, slot and generation keys, in that order
+// (a lease that adopted a standby has no "provisioned").
 func (w *Wrapper) leaseLog(l boot.Lease) *slog.Logger {
 	return w.log.With("generation", l.Generation, "worker_id", l.PublicID())
 }
