@@ -289,6 +289,7 @@ class GoHarnessIT {
         .findFirst().orElseThrow();
     assertThat(adopted.getSlotId()).isEqualTo("slot-0");
     assertThat(adopted.getWorkerPid()).isEqualTo(standbyPid);
+    assertThat(adopted.getStandby()).isTrue();
     assertThat(standbys("ADOPTED")).isEqualTo(1);
 
     // Another job goes to the free slot; the standby the second lease leaves behind stays for its job.
