@@ -255,10 +255,12 @@ public final class Artifacts {
     }
     java.nio.file.Path local = locals.localPath(artifact);
     if (local != null) {
-      return locals.blob(local, "slot=" + lease.slotId() + " generation=" + lease.generation())
+      // Identified while the lease waits for its slot: named by its sequence number, which "lease assigned" logs.
+      return locals.blob(local, "lease=" + lease.sequence() + " runner_worker=" + lease.runnerWorkerId())
           .exceptionallyCompose(failure -> {
-        LOG.warn("could not read artifact {} in place, streaming it from the runner slot={} generation={}: {}",
-            describe(artifact), lease.slotId(), lease.generation(), RecyclerException.unwrap(failure).getMessage());
+        LOG.warn("could not read artifact {} in place, streaming it from the runner lease={} runner_worker={}: {}",
+            describe(artifact), lease.sequence(), lease.runnerWorkerId(),
+            RecyclerException.unwrap(failure).getMessage());
         return streamed(lease, artifact);
       });
     }
@@ -314,8 +316,8 @@ public final class Artifacts {
               }
               Blob blob = writer.commit(expected);
               metrics.upstreamFetched(blob.size());
-              LOG.info("artifact fetched from runner slot={} generation={} sha256={} bytes={} ms={}",
-                  lease.slotId(), lease.generation(), blob.sha256(), blob.size(),
+              LOG.info("artifact fetched from runner lease={} runner_worker={} sha256={} bytes={} ms={}",
+                  lease.sequence(), lease.runnerWorkerId(), blob.sha256(), blob.size(),
                   (System.nanoTime() - started) / 1_000_000);
               result.complete(blob);
             } catch (IOException e) {

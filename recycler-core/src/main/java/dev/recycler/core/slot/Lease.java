@@ -146,6 +146,11 @@ public final class Lease {
     return request;
   }
 
+  /** Unique among the leases of this process: names a lease in logs before it has a slot. */
+  public long sequence() {
+    return sequence;
+  }
+
   /** The runner's worker id (not unique across jobs). */
   public String runnerWorkerId() {
     return request.getWorkerId();

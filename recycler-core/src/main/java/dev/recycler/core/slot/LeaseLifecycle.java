@@ -98,8 +98,8 @@ final class LeaseLifecycle {
         return; // it ended while it was being prepared
       }
       lease.prepared(failure == null ? prepared : null);
-      LOG.info("lease prepared runner_worker={} prepared={} prepare_ms={}", lease.runnerWorkerId(),
-          lease.inputs() != null, (scheduler.nanoTime() - started) / 1_000_000);
+      LOG.info("lease prepared runner_worker={} prepared={} prepare_ms={} lease={}", lease.runnerWorkerId(),
+          lease.inputs() != null, (scheduler.nanoTime() - started) / 1_000_000, lease.sequence());
       pool.dispatch(after);
     }));
   }
@@ -119,8 +119,8 @@ final class LeaseLifecycle {
     index.assigned(lease);
     metrics.leaseWait(Duration.ofNanos(scheduler.nanoTime() - lease.requestedNanos()));
     lease.arm(scheduler, config.readyTimeout(), () -> readyTimedOut(lease));
-    LOG.info("lease assigned slot={} generation={} worker={} runner_worker={} standby={}", slot.id,
-        lease.generation(), lease.workerId(), lease.runnerWorkerId(), standby != null);
+    LOG.info("lease assigned slot={} generation={} worker={} runner_worker={} standby={} lease={}", slot.id,
+        lease.generation(), lease.workerId(), lease.runnerWorkerId(), standby != null, lease.sequence());
     after.add(() -> announce(lease));
     if (standby != null) {
       // After the announcement: the held streams make the lease ready, and its wrapper must know the lease by then.

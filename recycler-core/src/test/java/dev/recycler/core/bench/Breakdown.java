@@ -29,7 +29,7 @@ final class Breakdown {
   private static final Pattern SENT = Pattern.compile("lease sent slot=(\\S+) generation=(\\d+) ");
   private static final Pattern PREPARED = Pattern.compile("lease prepared runner_worker=(\\S+) ");
   private static final Pattern FETCHED = Pattern.compile(
-      "artifact fetched from runner slot=(\\S+) generation=(\\d+) .* ms=(\\d+)");
+      "artifact fetched from runner lease=\\d+ runner_worker=(\\S+) .* ms=(\\d+)");
   /** No slot on this line: matched to the lease whose assignment and Lease message enclose it (sequential runs). */
   private static final Pattern IN_PLACE = Pattern.compile("artifact identified in place .* ms=(\\d+)");
   private static final Pattern WRAPPER_FETCHED = Pattern.compile("\"msg\":\"fetched artifact\".*\"took\":(\\d+)");
@@ -73,6 +73,7 @@ final class Breakdown {
     Map<String, Map<String, Double>> ev = new HashMap<>();
     Map<String, String> genOfRunner = new HashMap<>();
     Map<String, Double> preparedAt = new HashMap<>();
+    Map<String, Double> fetchedMs = new HashMap<>(); // by runner worker id: the fetch happens before the slot
     List<double[]> inPlace = new ArrayList<>();
     for (String line : Files.readAllLines(s.recyclerLog())) {
       Matcher m = RECYCLER_LINE.matcher(line);
@@ -96,8 +97,7 @@ final class Breakdown {
       }
       Matcher fetched = FETCHED.matcher(m.group(2));
       if (fetched.find()) {
-        ev.computeIfAbsent(fetched.group(1) + "/" + fetched.group(2), k -> new HashMap<>())
-            .merge("artifact ms", Double.parseDouble(fetched.group(3)), Double::sum);
+        fetchedMs.merge(fetched.group(1), Double.parseDouble(fetched.group(2)), Double::sum);
       }
       Matcher local = IN_PLACE.matcher(m.group(2));
       if (local.find()) {
@@ -138,7 +138,7 @@ final class Breakdown {
         continue;
       }
       n++;
-      double artifactMs = e.getOrDefault("artifact ms", 0.0);
+      double artifactMs = fetchedMs.getOrDefault(x.runnerWorkerId(), 0.0);
       for (double[] l : inPlace) {
         if (l[0] >= x.startEpochMs() && l[0] <= prepared) {
           artifactMs += l[1];

@@ -383,10 +383,13 @@ final class SessionRig implements AutoCloseable {
         procs.withWorkerId(id, wrappersRoot()).forEach(p -> orphans.add("process of lease " + id + " alive: " + p));
       }
     }
-    Set<Long> standbyPids = new java.util.HashSet<>();
-    standbys.forEach(id -> procs.withWorkerId(id, wrappersRoot()).forEach(p -> standbyPids.add(p.pid())));
     List<Long> wrapperPids = List.copyOf(wrappers.pids().values());
     List<ProcessTable.Proc> underWrappers = procs.descendantsOf(wrapperPids);
+    // Standby workers among the wrappers' own processes (whatever directory the wrapper works in: some faults move
+    // it to a volume outside the run's wrapper directories).
+    Set<Long> standbyPids = new java.util.HashSet<>();
+    underWrappers.stream().filter(p -> standbys.stream().anyMatch(id -> java.util.Arrays.stream(p.cmdline().split(" "))
+        .anyMatch(a -> a.startsWith("--id=" + id + ".")))).forEach(p -> standbyPids.add(p.pid()));
     underWrappers.forEach(p -> {
       String d = (p.isZombie() ? "zombie" : "process") + " under a wrapper: " + p;
       if (!standbyPids.contains(p.pid()) && orphans.stream().noneMatch(x -> x.endsWith(p.toString()))) {

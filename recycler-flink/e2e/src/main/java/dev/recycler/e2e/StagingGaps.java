@@ -22,7 +22,10 @@ import java.util.stream.Stream;
  */
 final class StagingGaps {
   private static final Pattern LINE = Pattern.compile(
-      "slot=(\\S+) generation=(\\d+) staged_at=(\\d+) digest_ready=(true|false)(?: waited_ms=(\\d+))?");
+      "lease=(\\d+) runner_worker=\\S+ staged_at=(\\d+) digest_ready=(true|false)(?: waited_ms=(\\d+))?");
+  /** A lease is identified while it waits for its slot, so its log lines name it by sequence number until then. */
+  private static final Pattern ASSIGNED =
+      Pattern.compile("lease assigned slot=(\\S+) generation=(\\d+) .* lease=(\\d+)");
 
   /** One job's first lease: gap in ms (staged to StartWorker), digest ready, ms waited for a running staging hash. */
   record Gap(String job, long gapMillis, boolean digestReady, long waitedMillis, long readyLatencyMillis) {}
@@ -30,12 +33,17 @@ final class StagingGaps {
   private StagingGaps() {}
 
   static List<Gap> of(Path taskManagerLog, List<JobRun> jobs) throws IOException {
+    Map<String, Matcher> bySequence = new HashMap<>();
     Map<String, Matcher> bySlotGeneration = new HashMap<>();
     try (Stream<String> lines = Files.lines(taskManagerLog)) {
       lines.forEach(line -> {
         Matcher m = LINE.matcher(line);
         if (m.find()) {
-          bySlotGeneration.putIfAbsent(m.group(1) + "/" + m.group(2), m); // the lease's first line says it
+          bySequence.putIfAbsent(m.group(1), m); // the lease's first line says it
+        }
+        Matcher a = ASSIGNED.matcher(line);
+        if (a.find() && bySequence.containsKey(a.group(3))) {
+          bySlotGeneration.putIfAbsent(a.group(1) + "/" + a.group(2), bySequence.get(a.group(3)));
         }
       });
     }
@@ -49,8 +57,8 @@ final class StagingGaps {
       if (m == null) {
         continue; // no in-place identification logged for it (streamed, or the log rolled)
       }
-      gaps.add(new Gap(j.name(), first.get().startMillis() - Long.parseLong(m.group(3)),
-          Boolean.parseBoolean(m.group(4)), m.group(5) == null ? 0 : Long.parseLong(m.group(5)),
+      gaps.add(new Gap(j.name(), first.get().startMillis() - Long.parseLong(m.group(2)),
+          Boolean.parseBoolean(m.group(3)), m.group(4) == null ? 0 : Long.parseLong(m.group(4)),
           first.get().readyLatencyMillis()));
     }
     return gaps;
