@@ -50,8 +50,9 @@ import org.slf4j.LoggerFactory;
  * Its credential is the reserved lease's, sent only to the slot's wrapper, as a Lease's is.
  *
  * <p><b>Placement.</b> A lease is placed once its inputs are known ({@link #place}): on the idle slot whose standby
- * matches it, else on an idle slot without a standby, else on the slot whose standby was adopted least often (then
- * the oldest), which is dropped: a one-off job's standby goes before that of a job whose environments recur.
+ * matches it, else on an idle slot without a standby (one whose wrapper holds the lease's artifacts first, then the
+ * one freed last), else on the slot whose standby was adopted least often (then the oldest), which is dropped: a
+ * one-off job's standby goes before that of a job whose environments recur.
  *
  * <p><b>Concurrency.</b> Everything runs under the pool lock; messages and futures complete in the caller's {@code
  * after} list.
@@ -183,6 +184,7 @@ final class Standbys {
 
   /** Where the prepared {@code lease} goes among {@code slots}, or null when none is IDLE. */
   Placement place(Lease lease, Collection<Slot> slots) {
+    List<String> needs = lease.inputs() == null ? List.of() : digests(lease.inputs());
     Slot free = null;
     Slot victim = null;
     for (Slot slot : slots) {
@@ -191,7 +193,7 @@ final class Standbys {
       }
       Standby s = slot.standby;
       if (s == null) {
-        free = free == null ? slot : free;
+        free = free == null || better(slot, free, needs) ? slot : free;
       } else if (lease.spec() != null && s.spec.equals(lease.spec())) {
         return new Placement(slot, s);
       } else if (victim == null || s.adoptions < victim.standby.adoptions
@@ -201,6 +203,16 @@ final class Standbys {
     }
     Slot chosen = free != null ? free : victim;
     return chosen == null ? null : new Placement(chosen, null);
+  }
+
+  /** Of two free slots: the one whose wrapper holds what the lease needs (no fetch), then the one freed last. */
+  private static boolean better(Slot a, Slot b, List<String> needs) {
+    boolean aHolds = a.attachment != null && a.attachment.heldDigests().containsAll(needs);
+    boolean bHolds = b.attachment != null && b.attachment.heldDigests().containsAll(needs);
+    if (aHolds != bHolds) {
+      return aHolds;
+    }
+    return a.stateSinceNanos() > b.stateSinceNanos();
   }
 
   /** {@code lease} took over its slot's standby: the streams its worker holds open go to the lease. */

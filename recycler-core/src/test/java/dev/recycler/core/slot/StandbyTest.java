@@ -300,4 +300,21 @@ class StandbyTest {
     assertThat(link.sent(KindCase.EXIT)).extracting(m -> m.getExit().getReason())
         .contains(ExitReason.EXIT_REASON_STANDBY_UNUSED);
   }
+
+  @Test
+  void aFreeSlotWhoseWrapperHoldsTheBinaryComesFirstThenTheOneFreedLast() throws Exception {
+    pool = pool(3, TTL);
+    TestingWrapperLink lacks = new TestingWrapperLink("wrapper-slot-0");
+    pool.attach(Hello.newBuilder().setSlotId("slot-0").setIncarnationId("inc-slot-0").build(), lacks);
+    time.advance(Duration.ofSeconds(1));
+    TestingWrapperLink holds = attach("slot-1");
+    time.advance(Duration.ofSeconds(1));
+    TestingWrapperLink holdsToo = attach("slot-2");
+
+    pool.startWorker(request("A-1"), "runner");
+
+    assertThat(lacks.sent(KindCase.LEASE)).isEmpty();
+    assertThat(holds.sent(KindCase.LEASE)).isEmpty();
+    assertThat(lastLease(holdsToo).getGeneration()).isEqualTo(1); // holds the binary and was freed last
+  }
 }

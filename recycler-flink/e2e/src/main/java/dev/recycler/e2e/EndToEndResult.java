@@ -25,6 +25,18 @@ public record EndToEndResult(
     long originMillis,
     String workDirectory) {
 
+  /** The first lease on {@code after}'s slot that started after it, among {@code leases}. */
+  public static Optional<LeaseRecord> nextOnSlot(List<LeaseRecord> leases, LeaseRecord after) {
+    return leases.stream().filter(l -> l.slot().equals(after.slot()) && l.startMillis() > after.startMillis())
+        .min(java.util.Comparator.comparingLong(LeaseRecord::startMillis));
+  }
+
+  /** Whether a lease's worker became ready and stopped on the exit instruction after the runner closed or stopped it. */
+  public static boolean endedNormally(LeaseRecord l) {
+    return l.readyLatencyMillis() >= 0 && (l.endReason().equals("RUNNER_CLOSED") || l.endReason().equals("STOP_WORKER"))
+        && l.outcome().contains("EXITED_ON_INSTRUCTION");
+  }
+
   /** The scenario a job belongs to. */
   public enum Scenario {
     SUCCESSIVE, CONCURRENT, FAILING, AFTER_FAILING, CANCELLED, AFTER_CANCELLED, WORKER_KILLED_EARLY, WORKER_KILLED,
