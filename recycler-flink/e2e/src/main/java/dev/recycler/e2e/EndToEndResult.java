@@ -25,10 +25,16 @@ public record EndToEndResult(
     long originMillis,
     String workDirectory) {
 
-  /** The first lease on {@code after}'s slot that started after it, among {@code leases}. */
-  public static Optional<LeaseRecord> nextOnSlot(List<LeaseRecord> leases, LeaseRecord after) {
-    return leases.stream().filter(l -> l.slot().equals(after.slot()) && l.startMillis() > after.startMillis())
-        .min(java.util.Comparator.comparingLong(LeaseRecord::startMillis));
+  /**
+   * The first lease on {@code after}'s slot, started after it, of a job that must succeed (not another incident of
+   * the run: a failing, cancelled or killed job), as {@code leases} (the slot table's final records) show it.
+   */
+  public static Optional<LeaseRecord> nextOnSlot(List<JobRun> jobs, List<LeaseRecord> leases, LeaseRecord after) {
+    java.util.Set<String> mustSucceed = new java.util.HashSet<>();
+    jobs.stream().filter(j -> j.scenario().mustSucceed()).forEach(j -> j.leases().forEach(l -> mustSucceed.add(
+        l.workerId())));
+    return leases.stream().filter(l -> mustSucceed.contains(l.workerId()) && l.slot().equals(after.slot())
+        && l.startMillis() > after.startMillis()).min(java.util.Comparator.comparingLong(LeaseRecord::startMillis));
   }
 
   /** Whether a lease's worker became ready and stopped on the exit instruction after the runner closed or stopped it. */

@@ -506,8 +506,9 @@ public final class EndToEndRun {
   }
 
   /**
-   * An incident's check, completed at the end of the run: its slot is healthy when the next lease on it, of whichever
-   * job (the job after the incident may go to another slot, one without a standby worker), ran and ended normally.
+   * An incident's check, completed at the end of the run: its slot is healthy when the next lease on it of a job that
+   * must succeed (the job right after the incident may go to another slot, one without a standby worker; a later
+   * incident's lease does not count) ran and ended normally.
    */
   private record SlotHealth(String name, boolean ok, String detail, JobRun incident) {}
 
@@ -515,7 +516,7 @@ public final class EndToEndRun {
     for (SlotHealth h : slotHealth) {
       Optional<LeaseRecord> incident = h.incident().leases().stream()
           .max(java.util.Comparator.comparingLong(LeaseRecord::startMillis));
-      Optional<LeaseRecord> next = incident.flatMap(l -> EndToEndResult.nextOnSlot(leases, l));
+      Optional<LeaseRecord> next = incident.flatMap(l -> EndToEndResult.nextOnSlot(jobs, leases, l));
       String slotNote = incident.map(l -> " (incident on " + l.slot() + " g" + l.generation() + "; the slot's next"
           + " lease: " + next.map(n -> n.workerId() + " of " + n.jobName() + ", " + n.exitDescription())
               .orElse("none in the run") + ")").orElse(" (the incident had no lease)");

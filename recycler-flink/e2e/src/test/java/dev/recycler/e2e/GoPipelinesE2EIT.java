@@ -182,7 +182,7 @@ class GoPipelinesE2EIT {
   private static void assertSlotServesNormallyAfter(JobRun incident) {
     LeaseRecord last = incident.leases().stream().max(java.util.Comparator.comparingLong(LeaseRecord::startMillis))
         .orElseThrow();
-    assertThat(EndToEndResult.nextOnSlot(result.leases(), last)).as("the next lease on %s after %s", last.slot(),
+    assertThat(EndToEndResult.nextOnSlot(result.jobs(), result.leases(), last)).as("the next lease on %s after %s", last.slot(),
         last.workerId()).hasValueSatisfying(l -> assertThat(EndToEndResult.endedNormally(l)).as(l.exitDescription())
         .isTrue());
   }
