@@ -90,6 +90,9 @@ type entry struct {
 // after a fingerprint was recorded may leave ctime unchanged.
 const racyWindow = time.Second
 
+// RacyWindow is racyWindow for callers that schedule a re-verification past it (see Verify).
+const RacyWindow = racyWindow
+
 // ErrTampered means a held artifact's file changed after it was verified and its content no longer matches its
 // digest; the entry has been dropped.
 var ErrTampered = errors.New("artifact changed in the local cache")

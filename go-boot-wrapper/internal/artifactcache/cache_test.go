@@ -494,3 +494,38 @@ func (h *hookReader) Read(p []byte) (int, error) {
 	h.once.Do(h.hook)
 	return h.r.Read(p)
 }
+
+// An entry admitted while a lease could reach the cache is hashed again at its next Verify; once that Verify runs more
+// than the racy window after the file's last change (the wrapper does so in the background after a prefetch), later
+// Verify calls trust its fingerprint, and still catch a change.
+func TestVerifyPastTheRacyWindowSettlesAnExposedAdmission(t *testing.T) {
+	running := []byte("the standby worker's binary")
+	next := []byte("#!/bin/sh\nexit 0\n")
+	d := digest(next)
+	c := open(t, t.TempDir())
+	exposeOther(t, c, running)
+	must(t, c.Admit(d, int64(len(next)), bytes.NewReader(next)))
+	racy := func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		e := c.entries[d]
+		return !e.exposed.IsZero() && e.fp.ctime >= e.exposed.Add(-racyWindow).UnixNano()
+	}
+	if !racy() {
+		t.Fatal("an admission while a lease runs must count as racy")
+	}
+
+	time.Sleep(RacyWindow + 100*time.Millisecond)
+	if ok, err := c.Verify(d); !ok || err != nil {
+		t.Fatalf("Verify of an intact entry = %v, %v", ok, err)
+	}
+	if racy() {
+		t.Error("after a Verify past the racy window the fingerprint must be trusted (no hash at the next use)")
+	}
+
+	must(t, os.Chmod(c.Path(d), 0o755)) // the still running worker changes it: ctime moves
+	must(t, os.WriteFile(c.Path(d), []byte("#!/bin/sh\nexit 9\n"), 0o755))
+	if ok, err := c.Verify(d); ok || !errors.Is(err, ErrTampered) {
+		t.Errorf("Verify after a change = %v, %v; want it dropped with ErrTampered", ok, err)
+	}
+}

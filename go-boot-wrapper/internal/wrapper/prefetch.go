@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
+	"recycler.dev/go-boot-wrapper/internal/artifactcache"
 	"recycler.dev/go-boot-wrapper/internal/attach"
 	"recycler.dev/go-boot-wrapper/internal/recyclerpb"
 )
@@ -78,6 +80,7 @@ func (p *prefetcher) handle(m *recyclerpb.Prefetch) {
 		p.w.log.Info("prefetch", append(args, "outcome", "already_held")...)
 	case err == nil:
 		p.w.log.Info("prefetch", append(args, "outcome", "fetched")...)
+		p.settleLater(strings.TrimPrefix(m.GetDigest(), artifactcache.DigestPrefix))
 	case p.ctx.Err() != nil:
 		p.w.log.Info("prefetch", append(args, "outcome", "cancelled")...)
 	default:
@@ -94,6 +97,26 @@ func (p *prefetcher) handle(m *recyclerpb.Prefetch) {
 		}
 	}
 	p.answer(m.GetDigest(), err == nil, msg)
+}
+
+// SettleDelay is how long after a prefetch the wrapper re-verifies what it admitted: just past the cache's racy window.
+const SettleDelay = artifactcache.RacyWindow + 250*time.Millisecond
+
+// settleLater re-verifies hexDigest once its file's last change is older than the cache's racy window. An admission
+// made while a worker of the slot could reach the cache (a standby worker, typically, between leases) is hashed again
+// at its next use; done here, in the background while the slot is idle, that hash no longer lands on the next lease's
+// path, and the entry is trusted on its fingerprint from then on (any later change moves its ctime). A no-op for an
+// entry admitted while nothing could reach the cache, and after the prefetcher stopped.
+func (p *prefetcher) settleLater(hexDigest string) {
+	time.AfterFunc(SettleDelay, func() {
+		if p.ctx.Err() != nil {
+			return
+		}
+		if _, err := p.w.cache.Verify(hexDigest); err != nil {
+			p.w.log.Warn("prefetched artifact changed before its first use; it is fetched again when needed",
+				"digest", artifactcache.DigestPrefix+hexDigest, "error", err)
+		}
+	})
 }
 
 // answer sends Prefetched with the cache's digests as they are now. ok is reported only if the digest is among them
