@@ -303,7 +303,7 @@ class GoHarnessIT {
     awaitIdle();
     awaitStandbys();
 
-    // A third job finds both slots holding other jobs' standbys: the one never adopted (job-t's) goes.
+    // A third job finds both slots holding other jobs' standbys: that of the job with fewer leases (job-t's) goes.
     await().atMost(AWAIT).until(() -> slots().get(1).getStandbyGeneration() == 2);
     long dropped = processesOf("slot-1.g2").get(0);
     RunnerEnvironment third = environment("1-1", "job-u");

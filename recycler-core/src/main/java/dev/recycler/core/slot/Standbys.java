@@ -51,8 +51,9 @@ import org.slf4j.LoggerFactory;
  *
  * <p><b>Placement.</b> A lease is placed once its inputs are known ({@link #place}): on the idle slot whose standby
  * matches it, else on an idle slot without a standby (one whose wrapper holds the lease's artifacts first, then the
- * one freed last), else on the slot whose standby was adopted least often (then the oldest), which is dropped: a
- * one-off job's standby goes before that of a job whose environments recur.
+ * one freed last), else on the slot whose standby's job has had the fewest leases here (then the oldest standby),
+ * which is dropped: a one-off job's standby goes before that of a job whose environments recur. Lease counts are
+ * kept per boot inputs for the {@value #SEEN_JOBS} most recently seen.
  *
  * <p><b>Concurrency.</b> Everything runs under the pool lock; messages and futures complete in the caller's {@code
  * after} list.
@@ -70,19 +71,16 @@ final class Standbys {
     private final String credential;
     private final String spec;
     private final String jobName;
-    private final int adoptions;
     private final long createdNanos;
     private final List<CompletableFuture<Lease>> waiters = new ArrayList<>();
     private Scheduler.Cancellable expiry;
 
-    private Standby(Slot slot, long generation, String credential, String spec, String jobName, int adoptions,
-        long createdNanos) {
+    private Standby(Slot slot, long generation, String credential, String spec, String jobName, long createdNanos) {
       this.slot = slot;
       this.generation = generation;
       this.credential = credential;
       this.spec = spec;
       this.jobName = jobName;
-      this.adoptions = adoptions;
       this.createdNanos = createdNanos;
     }
 
@@ -113,6 +111,14 @@ final class Standbys {
   private final PoolLock lock;
   private final SecureRandom random = new SecureRandom();
   private final Map<String, Standby> byWorkerId = new HashMap<>();
+  static final int SEEN_JOBS = 1024;
+  /** Leases placed per boot inputs ({@link #spec}), most recently seen last; at most {@link #SEEN_JOBS}. */
+  private final Map<String, Integer> seen = new java.util.LinkedHashMap<>(16, 0.75f, true) {
+    @Override
+    protected boolean removeEldestEntry(Map.Entry<String, Integer> eldest) {
+      return size() > SEEN_JOBS;
+    }
+  };
 
   Standbys(RecyclerConfig config, Scheduler scheduler, RecyclerMetrics<SlotState, EndReason> metrics, PoolLock lock) {
     this.config = config;
@@ -156,7 +162,7 @@ final class Standbys {
     }
     long generation = ++slot.lastGeneration;
     Standby s = new Standby(slot, generation, LeaseCredentials.mint(random), ended.spec(), ended.jobName(),
-        ended.adopted() == null ? 0 : ended.adopted().adoptions + 1, scheduler.nanoTime());
+        scheduler.nanoTime());
     slot.standby = s;
     byWorkerId.put(s.workerId(), s);
     s.expiry = scheduler.schedule(config.standbyTtl(), () -> expired(s));
@@ -184,6 +190,14 @@ final class Standbys {
 
   /** Where the prepared {@code lease} goes among {@code slots}, or null when none is IDLE. */
   Placement place(Lease lease, Collection<Slot> slots) {
+    Placement p = choose(lease, slots);
+    if (p != null && lease.spec() != null) {
+      seen.merge(lease.spec(), 1, Integer::sum);
+    }
+    return p;
+  }
+
+  private Placement choose(Lease lease, Collection<Slot> slots) {
     List<String> needs = lease.inputs() == null ? List.of() : digests(lease.inputs());
     Slot free = null;
     Slot victim = null;
@@ -196,13 +210,18 @@ final class Standbys {
         free = free == null || better(slot, free, needs) ? slot : free;
       } else if (lease.spec() != null && s.spec.equals(lease.spec())) {
         return new Placement(slot, s);
-      } else if (victim == null || s.adoptions < victim.standby.adoptions
-          || (s.adoptions == victim.standby.adoptions && s.createdNanos < victim.standby.createdNanos)) {
+      } else if (victim == null || leasesOf(s) < leasesOf(victim.standby)
+          || (leasesOf(s) == leasesOf(victim.standby) && s.createdNanos < victim.standby.createdNanos)) {
         victim = slot;
       }
     }
     Slot chosen = free != null ? free : victim;
     return chosen == null ? null : new Placement(chosen, null);
+  }
+
+  private int leasesOf(Standby s) {
+    Integer n = seen.get(s.spec);
+    return n == null ? 0 : n;
   }
 
   /** Of two free slots: the one whose wrapper holds what the lease needs (no fetch), then the one freed last. */

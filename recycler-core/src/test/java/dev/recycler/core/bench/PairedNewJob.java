@@ -22,11 +22,11 @@ import java.util.function.IntFunction;
  * arm rotates each round) so that all see the same load from whatever else runs on the machine:
  * <ol>
  *   <li>floor: exec of the freshly staged copy;
- *   <li>this project, warm: another environment of one job (one staged path for all its leases), on the recycler the
- *       new-job arms share, so the slot's standby worker is always another job's and is dropped: the warm lease
- *       without a standby;
- *   <li>this project, warm with a standby: the same, on a recycler of its own, whose slot's last lease was always
- *       this job's: the standby worker started when that lease ended is adopted;
+ *   <li>this project, warm without a standby: another environment of one job (one staged path for all its leases),
+ *       on a recycler of its own with {@code --standby-ttl 0}, as before standby workers;
+ *   <li>this project, warm: the same job's leases on the recycler the new-job arms share, with two slots: the job's
+ *       standby worker (started when its previous lease ended) is adopted, while the new jobs between its leases take
+ *       the other slot (placement keeps the standby of the job with more leases);
  *   <li>this project, new job in place: a fresh staged copy under the recycler's {@code --local-artifact-dirs}; the
  *       slot already holds the content (same bytes as every other job), so the recycler hashes the file from disk
  *       and nothing crosses to the wrapper;
@@ -79,22 +79,23 @@ final class PairedNewJob {
     Staging elsewhere = new Staging(work.resolve("staging-not-shared"));
     try (FloorSubject floor = new FloorSubject(work.resolve("floor"));
         BeamPoolSubject beam = new BeamPoolSubject(c.beamBoot(), work.resolve("beam-pool"), STAGED_NAME);
-        RecyclerSubject ours = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 2048,
+        RecyclerSubject ours = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 2, 2048,
             work.resolve("recycler"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlace.root()));
         RecyclerSubject cold = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 1,
             work.resolve("recycler-cold"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlaceCold.root()));
-        RecyclerSubject standby = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 2048,
-            work.resolve("recycler-standby"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlace.root()))) {
+        RecyclerSubject noStandby = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 2048,
+            work.resolve("recycler-no-standby"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlace.root()))
+            .with("--standby-ttl", "0")) {
       floor.start();
       ours.start();
-      standby.start();
+      noStandby.start();
       cold.start();
       beam.start();
       Path warmJob = inPlace.stage(binary, STAGED_NAME, false);
       List<Arm> arms = List.of(
           new Arm(floor, "paired new job", i -> staged("paired new job", i, elsewhere, binary, false)),
-          new Arm(ours, "paired warm", i -> lease("paired warm", i, warmJob.toString(), warmJob)),
-          new Arm(standby, "paired warm, standby", i -> lease("paired warm, standby", i, warmJob.toString(),
+          new Arm(noStandby, "paired warm", i -> lease("paired warm", i, warmJob.toString(), warmJob)),
+          new Arm(ours, "paired warm, standby", i -> lease("paired warm, standby", i, warmJob.toString(),
               warmJob)),
           new Arm(ours, "paired new job, in place", i -> staged("paired new job, in place", i, inPlace, binary,
               false), true),
@@ -156,9 +157,9 @@ final class PairedNewJob {
               r.runnerBytes() / 1e6 / r.samples().size()));
         }
         breakdowns.put("paired warm (" + bin + ", " + c.leases() + " leases)",
-            Breakdown.analyse(ours, runs.get(runs.size() - 6)));
+            Breakdown.analyse(noStandby, runs.get(runs.size() - 6)));
         breakdowns.put("paired warm, standby (" + bin + ", " + c.leases() + " leases)",
-            Breakdown.analyse(standby, runs.get(runs.size() - 5)));
+            Breakdown.analyse(ours, runs.get(runs.size() - 5)));
         breakdowns.put("paired new job, in place (" + bin + ", " + c.leases() + " leases)",
             Breakdown.analyse(ours, runs.get(runs.size() - 4)));
         breakdowns.put("paired new job, streamed (" + bin + ", " + c.leases() + " leases)",

@@ -58,6 +58,7 @@ final class RecyclerSubject implements Subject {
   private final List<Path> localArtifactDirs;
   private Process recycler;
   private final List<Process> wrappers = new ArrayList<>();
+  private final List<String> extraArgs = new ArrayList<>();
   private String endpoint;
   private String adminUrl;
   private ManagedChannel adminChannel;
@@ -80,6 +81,12 @@ final class RecyclerSubject implements Subject {
     this.dir = dir;
     this.jvmOptions = jvmOptions;
     this.cacheMb = cacheMb;
+  }
+
+  /** Adds recycler flags (before {@link #start}), e.g. {@code --standby-ttl 0}. */
+  RecyclerSubject with(String... args) {
+    extraArgs.addAll(List.of(args));
+    return this;
   }
 
   @Override
@@ -105,6 +112,7 @@ final class RecyclerSubject implements Subject {
     cmd.addAll(List.of("-jar", recyclerJar.toString(), "--port", "0", "--admin-port", "0", "--slots",
         Integer.toString(slots), "--cache-dir", dir.resolve("recycler-cache").toString(), "--cache-max-bytes",
         Long.toString(cacheMb << 20), "--ready-timeout", "60s", "--lease-wait-timeout", "120s"));
+    cmd.addAll(extraArgs);
     if (!localArtifactDirs.isEmpty()) {
       cmd.add("--local-artifact-dirs");
       cmd.add(String.join(",", localArtifactDirs.stream().map(Path::toString).toList()));

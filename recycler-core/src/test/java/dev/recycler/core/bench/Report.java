@@ -133,7 +133,7 @@ final class Report {
       }
       record Warm(String name, Optional<RunResult> x) {}
       for (Warm w : List.of(new Warm("warm lease within 5 ms of the floor (p50), the job's standby worker adopted", pws),
-          new Warm("(for reference) warm lease without a standby (the slot's standby was another job's)", pw))) {
+          new Warm("(for reference) warm lease without a standby (--standby-ttl 0)", pw))) {
         if (pf.isPresent() && w.x().isPresent()) {
           RunResult x = w.x().get();
           double d = x.ready().p(50) - pf.get().ready().p(50);

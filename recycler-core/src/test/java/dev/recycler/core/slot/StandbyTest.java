@@ -202,14 +202,14 @@ class StandbyTest {
   }
 
   @Test
-  void aStandbyThatWasAdoptedBeforeOutlivesAOneOffJobsStandby() throws Exception {
+  void theStandbyOfAJobWithMoreLeasesOutlivesAOneOffJobsStandby() throws Exception {
     pool = pool(2, TTL);
     TestingWrapperLink first = attach("slot-0");
     TestingWrapperLink second = attach("slot-1");
     runToNormalEnd(first, "A-1");
-    runToNormalEnd(first, "A-2"); // adopted: the next standby of A counts one adoption
+    runToNormalEnd(first, "A-2"); // adopted: job A has had two leases here
     assertThat(lastLease(first).getAdoptStandby()).isTrue();
-    runToNormalEnd(second, "B-1"); // slot-1 was free; B's standby is newer but never adopted
+    runToNormalEnd(second, "B-1"); // slot-1 was free; B's standby is newer, but B has had one lease
 
     pool.startWorker(request("C-1"), "runner"); // no free slot: one standby must go
 
