@@ -346,6 +346,9 @@ public enum RecyclerOption {
         i++;
       }
       String unit = s.substring(i).trim();
+      if (unit.isEmpty() && i > 0 && s.chars().allMatch(c -> c == '0')) {
+        return Duration.ZERO; // zero needs no unit ("0": off, for the options that allow it)
+      }
       if (i == 0 || unit.isEmpty()) {
         throw durationError(source, v);
       }

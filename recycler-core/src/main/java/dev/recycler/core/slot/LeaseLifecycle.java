@@ -258,7 +258,7 @@ final class LeaseLifecycle {
     finish(lease, reason, after);
     pool.dispatch(after);
     if (slot.lease == null) {
-      standbys.offer(slot, lease, pool.closed(), after);
+      standbys.offer(slot, lease, pool.closed());
     }
   }
 

@@ -151,7 +151,7 @@ final class Standbys {
    * worker was ready and stopped on the exit instruction, after the runner closed or stopped it), had its inputs, and
    * its wrapper still holds every artifact (a standby never fetches).
    */
-  void offer(Slot slot, Lease ended, boolean closed, List<Runnable> after) {
+  void offer(Slot slot, Lease ended, boolean closed) {
     Slot.Attachment a = slot.attachment;
     if (config.standbyTtl().isZero() || closed || a == null || slot.state() != SlotState.IDLE
         || slot.standby != null || slot.pendingClaim != null || ended.spec() == null || !ended.wasReady()
@@ -171,7 +171,9 @@ final class Standbys {
     RecyclerMessage m = RecyclerMessage.newBuilder().setStandby(dev.recycler.proto.v1.Standby.newBuilder()
         .setGeneration(generation).setWorkerId(LeaseCredentials.workerId(s.workerId(), s.credential))
         .setCredential(s.credential).setJobName(s.jobName).setPrepared(ended.inputs())).build();
-    after.add(() -> a.link().send(m));
+    // Sent under the lock, as a Lease is: a Lease or an Exit of this generation, queued only after this point, can
+    // never reach the wrapper before it. Sending does not block (the stream buffers).
+    a.link().send(m);
   }
 
   /** The file artifacts' digests, {@code sha256:<hex>}; an artifact without one makes the inputs ineligible. */

@@ -145,6 +145,14 @@ class SettingsTest {
   }
 
   @Test
+  void zeroNeedsNoUnitAndTurnsStandbysOff() {
+    assertThat(parse().standbyTtl()).isEqualTo(java.time.Duration.ofMinutes(5));
+    assertThat(parse("--standby-ttl", "0").standbyTtl()).isZero();
+    assertThat(parse(Map.of("RECYCLER_STANDBY_TTL", "90s")).standbyTtl()).isEqualTo(java.time.Duration.ofSeconds(90));
+    assertThatThrownBy(() -> parse("--ready-timeout", "0")).hasMessageContaining("ready timeout");
+  }
+
+  @Test
   void badSettingsSayWhatToFix() {
     assertThatThrownBy(() -> parse("--nope")).hasMessageContaining("unknown flag --nope");
     assertThatThrownBy(() -> parse("--port")).hasMessageContaining("--port needs a value");
