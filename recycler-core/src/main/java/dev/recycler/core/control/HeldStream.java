@@ -14,8 +14,11 @@ import java.util.function.Function;
  * from the worker and nothing opened to the runner. A standby that is dropped gets the reason as the stream's error.
  *
  * <p>gRPC fixes a call's cancel and ready handlers when the service method returns, so they are set here and passed
- * on to the opened stream ({@link Opened}). Concurrency: {@link #leased} and the handlers synchronise on this object;
- * once opened, messages go straight to the opened stream, which synchronises itself.
+ * on to the opened stream ({@link Opened}). Concurrency: everything synchronises on this object, messages included.
+ * A standby's stream is opened on the thread that adopts it, not the call's: opening requests the worker's first
+ * message, which gRPC may deliver on the call's thread before the opening has returned; that message waits for the
+ * monitor and then goes to the opened stream (an unsynchronised read found nothing opened yet and dropped the worker's
+ * first answer: one lease in a hundred in the benchmark, whose runner then waited for it in vain).
  */
 final class HeldStream<T> implements StreamObserver<T> {
   /** What the stream became once its lease was known. */
@@ -27,7 +30,7 @@ final class HeldStream<T> implements StreamObserver<T> {
 
   private final ServerCallStreamObserver<?> call;
   private final Function<Lease, Opened<T>> open;
-  private volatile Opened<T> opened;
+  private Opened<T> opened;
   /** The worker ended the call before its lease was known. */
   private boolean ended;
 
@@ -42,7 +45,12 @@ final class HeldStream<T> implements StreamObserver<T> {
    */
   static <T> StreamObserver<T> open(SlotPool pool, String workerId, ServerCallStreamObserver<?> call,
       Function<Lease, Opened<T>> open) throws RecyclerException {
-    CompletableFuture<Lease> lease = pool.whenLeased(workerId);
+    return hold(pool.whenLeased(workerId), call, open);
+  }
+
+  /** {@link #open} once the lease's future is known (for tests: any future). */
+  static <T> StreamObserver<T> hold(CompletableFuture<Lease> lease, ServerCallStreamObserver<?> call,
+      Function<Lease, Opened<T>> open) {
     call.disableAutoRequest();
     HeldStream<T> held = new HeldStream<>(call, open);
     call.setOnCancelHandler(held::cancelled);
@@ -65,56 +73,42 @@ final class HeldStream<T> implements StreamObserver<T> {
     }
   }
 
-  private void cancelled() {
-    Opened<T> o;
-    synchronized (this) {
-      o = opened;
-      ended = true;
-    }
-    if (o != null) {
-      o.onCancel().run();
+  private synchronized void cancelled() {
+    ended = true;
+    if (opened != null) {
+      opened.onCancel().run();
     }
   }
 
-  private void ready() {
-    Opened<T> o = opened;
-    if (o != null) {
-      o.onReady().run();
+  private synchronized void ready() {
+    if (opened != null) {
+      opened.onReady().run();
     }
   }
 
   @Override
-  public void onNext(T value) {
-    Opened<T> o = opened;
-    if (o != null) {
-      o.fromWorker().onNext(value);
+  public synchronized void onNext(T value) {
+    if (opened != null) {
+      opened.fromWorker().onNext(value);
+    }
+    // else: nothing was requested yet (only opening requests), so nothing can arrive
+  }
+
+  @Override
+  public synchronized void onError(Throwable t) {
+    ended = true;
+    if (opened != null) {
+      opened.fromWorker().onError(t);
     }
   }
 
   @Override
-  public void onError(Throwable t) {
-    Opened<T> o;
-    synchronized (this) {
-      o = opened;
-      ended = true;
+  public synchronized void onCompleted() {
+    if (opened != null) {
+      opened.fromWorker().onCompleted();
+    } else if (!ended) {
+      call.onCompleted(); // the worker half-closed while held: finish the call
     }
-    if (o != null) {
-      o.fromWorker().onError(t);
-    }
-  }
-
-  @Override
-  public void onCompleted() {
-    Opened<T> o;
-    synchronized (this) {
-      o = opened;
-      if (o == null && !ended) {
-        call.onCompleted(); // the worker half-closed while held: finish the call
-      }
-      ended = true;
-    }
-    if (o != null) {
-      o.fromWorker().onCompleted();
-    }
+    ended = true;
   }
 }
