@@ -8,7 +8,8 @@ import java.util.List;
 
 /**
  * Formats lease records as the slot timeline: one row per lease, in start order, with times relative to the run's
- * start so concurrent leases are easy to spot.
+ * start so concurrent leases are easy to spot; {@code (standby)} after the ready time marks a lease that adopted the
+ * job's standby worker.
  *
  * <pre>{@code
  * slot      gen  job             worker id    runner      pid  start (UTC)     start    ready      end     held  exit reason
@@ -25,7 +26,7 @@ public final class SlotTimeline {
     List<LeaseRecord> rows = leases.stream()
         .sorted(Comparator.comparingLong(LeaseRecord::startMillis).thenComparing(LeaseRecord::slot)).toList();
     int jobWidth = Math.max(3, rows.stream().mapToInt(l -> shortName(l.jobName()).length()).max().orElse(3));
-    String fmt = "%-8s %4s  %-" + jobWidth + "s  %-12s %-6s %8s  %-12s %8s %8s %8s %8s  %s%n";
+    String fmt = "%-8s %4s  %-" + jobWidth + "s  %-12s %-6s %8s  %-12s %8s %18s %8s %8s  %s%n";
     StringBuilder b = new StringBuilder();
     b.append(String.format(fmt, "slot", "gen", "job", "worker id", "runner", "pid", "start (UTC)", "start", "ready",
         "end", "held", "exit reason"));
@@ -34,7 +35,7 @@ public final class SlotTimeline {
       String pid = l.workerPid() > 0 ? Long.toString(l.workerPid()) : "-";
       b.append(String.format(fmt, l.slot(), l.generation(), job, l.workerId(), l.runnerWorkerId(), pid,
           CLOCK.format(Instant.ofEpochMilli(l.startMillis())), relative(l.startMillis(), originMillis),
-          l.readyLatencyMillis() >= 0 ? l.readyLatencyMillis() + "ms" : "never",
+          l.readyLatencyMillis() >= 0 ? l.readyLatencyMillis() + "ms" + (l.standby() ? " (standby)" : "") : "never",
           l.ended() ? relative(l.endMillis(), originMillis) : "-",
           l.ended() ? seconds(l.endMillis() - l.startMillis()) : "-",
           l.exitDescription()));

@@ -34,6 +34,17 @@ class SlotTimelineTest {
   }
 
   @Test
+  void aLeaseThatAdoptedItsJobsStandbySaysSo() {
+    LeaseRecord booted = lease("slot-0", 1, "job", 120, 1_000, 2_000, "RUNNER_CLOSED", "EXITED_ON_INSTRUCTION", -1,
+        "SIGTERM");
+    LeaseRecord adopted = new LeaseRecord("slot-0", 2, "2-1", "slot-0.g2", "job", 4002, T0 + 3_000, 12, T0 + 4_000,
+        "RUNNER_CLOSED", "EXITED_ON_INSTRUCTION", -1, "SIGTERM", "", true);
+    List<String> rows = SlotTimeline.format(List.of(booted, adopted), T0).lines().skip(1).toList();
+    assertThat(rows.get(0)).contains("120ms").doesNotContain("standby");
+    assertThat(rows.get(1)).contains("12ms (standby)");
+  }
+
+  @Test
   void runningAndNeverReadyLeasesAreShownAsSuch() {
     LeaseRecord running = lease("slot-0", 3, "job", -1, 1_000, 0, "", "", 0, "");
     String row = SlotTimeline.format(List.of(running), T0).lines().skip(1).findFirst().orElseThrow();
