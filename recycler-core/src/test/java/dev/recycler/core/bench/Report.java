@@ -210,7 +210,7 @@ final class Report {
     for (RunResult x : r.runs()) {
       for (LeaseSample l : x.samples()) {
         s.append(String.format(Locale.ROOT, "%s,%s,%s,%d,%d,%s,%.3f,%.3f,%.3f,%.3f,%d,%s%n", x.subject(),
-            x.run().replace(',', ';'), x.binary(), x.concurrency(), l.index(), l.runnerWorkerId(), l.startEpochMs(),
+            x.run().replace(',', ';'), x.binary().replace(',', ';'), x.concurrency(), l.index(), l.runnerWorkerId(), l.startEpochMs(),
             l.readyMs(), l.firstAnswerMs(), l.releaseMs(), l.runnerBytes(), l.error().replaceAll("[,\n]", ";")));
       }
     }
