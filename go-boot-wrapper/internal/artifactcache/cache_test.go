@@ -515,6 +515,7 @@ func TestVerifyPastTheRacyWindowSettlesAnExposedAdmission(t *testing.T) {
 		t.Fatal("an admission while a lease runs must count as racy")
 	}
 
+	// Real time must pass: the racy window is measured against the file's real ctime, which no clock seam moves.
 	time.Sleep(RacyWindow + 100*time.Millisecond)
 	if ok, err := c.Verify(d); !ok || err != nil {
 		t.Fatalf("Verify of an intact entry = %v, %v", ok, err)

@@ -11,7 +11,6 @@ import io.grpc.stub.StreamObserver;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CopyOnWriteArrayList;
-import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
@@ -112,17 +111,14 @@ class HeldStreamTest {
       // Opening requests the worker's first message; gRPC may deliver it on the call's thread at once, before the
       // opening returns (here: the answer to the runner's first instruction, while the adopter still opens).
       call.request(1);
-      CountDownLatch delivering = new CountDownLatch(1);
-      Thread callThread = new Thread(() -> {
-        delivering.countDown();
-        ((StreamObserver<String>) heldOf(call)).onNext("first answer");
-      });
+      Thread callThread = new Thread(() -> heldOf(call).onNext("first answer"));
       callThread.start();
-      try {
-        delivering.await(5, TimeUnit.SECONDS);
-        Thread.sleep(200); // the call's thread is now in onNext, waiting for the opening to finish
-      } catch (InterruptedException e) {
-        Thread.currentThread().interrupt();
+      // Until the call's thread has delivered (a stream that reads without the monitor drops the message: the thread
+      // ends) or waits for the monitor this opening holds.
+      long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(5);
+      while (callThread.getState() != Thread.State.BLOCKED && callThread.getState() != Thread.State.TERMINATED
+          && System.nanoTime() < deadline) {
+        Thread.onSpinWait();
       }
       return new HeldStream.Opened<>(opened, () -> {}, () -> {});
     });
