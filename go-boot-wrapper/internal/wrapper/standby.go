@@ -36,13 +36,8 @@ func (w *Wrapper) sendStandbyEnded(s *attach.Session, se *recyclerpb.StandbyEnde
 }
 
 func (w *Wrapper) startStandby(s *attach.Session, sb *recyclerpb.Standby) *leaseRun {
-	r := newRun(boot.Lease{Generation: sb.GetGeneration(), WorkerID: sb.GetWorkerId(), Credential: sb.GetCredential(),
-		JobName: sb.GetJobName(), Prepared: sb.GetPrepared()}, true)
-	go func() {
-		defer close(r.done)
-		w.runStandby(s, r)
-	}()
-	return r
+	return w.startRun(s, boot.Lease{Generation: sb.GetGeneration(), WorkerID: sb.GetWorkerId(),
+		Credential: sb.GetCredential(), JobName: sb.GetJobName(), Prepared: sb.GetPrepared()}, true)
 }
 
 // runStandby boots and starts a standby worker exactly as runLease would for Lease{generation, worker_id, credential,

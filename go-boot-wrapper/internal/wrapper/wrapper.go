@@ -421,11 +421,20 @@ func (r *leaseRun) adopt(l *recyclerpb.Lease, received time.Time) {
 }
 
 func (w *Wrapper) startLease(s *attach.Session, l *recyclerpb.Lease) *leaseRun {
-	r := newRun(boot.Lease{Generation: l.GetGeneration(), WorkerID: l.GetWorkerId(), Credential: l.GetCredential(),
-		JobName: l.GetJobName(), Prepared: l.GetPrepared()}, false)
+	return w.startRun(s, boot.Lease{Generation: l.GetGeneration(), WorkerID: l.GetWorkerId(),
+		Credential: l.GetCredential(), JobName: l.GetJobName(), Prepared: l.GetPrepared()}, false)
+}
+
+// startRun runs a lease, or a standby, on its own goroutine; r.done closes when it has ended.
+func (w *Wrapper) startRun(s *attach.Session, l boot.Lease, standby bool) *leaseRun {
+	r := newRun(l, standby)
 	go func() {
 		defer close(r.done)
-		w.runLease(s, r)
+		if standby {
+			w.runStandby(s, r)
+		} else {
+			w.runLease(s, r)
+		}
 	}()
 	return r
 }

@@ -169,8 +169,8 @@ public final class Recycler implements AutoCloseable {
   }
 
   /**
-   * A new lease's boot inputs (fetched while it waits for its slot), so that its wrapper needs no call before starting the worker: the runner's
-   * provision info (rewritten) and its dependencies resolved into the cache. Meanwhile the channels to the runner's
+   * A new lease's boot inputs (fetched while it waits for its slot), so that its wrapper needs no call before starting
+   * the worker: the runner's provision info (rewritten) and its dependencies resolved into the cache. Meanwhile the channels to the runner's
    * artifact and control endpoints connect, so the artifact call and the worker's control stream find them ready.
    */
   private CompletableFuture<PreparedLease> prepare(Lease lease) {

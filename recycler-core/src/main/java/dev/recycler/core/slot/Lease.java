@@ -7,6 +7,7 @@ import dev.recycler.proto.v1.Outcome;
 import dev.recycler.proto.v1.PreparedLease;
 import java.time.Duration;
 import java.time.Instant;
+import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.atomic.AtomicLong;
 import org.apache.beam.model.fnexecution.v1.BeamFnApi.StartWorkerRequest;
@@ -125,6 +126,8 @@ public final class Lease {
   private PreparedLease inputs;
   /** What a standby must have been started with to serve this lease ({@link Standbys#spec}); null without inputs. */
   private String spec;
+  /** Its artifacts' digests ({@link Standbys#digests}): what a wrapper must hold to run it; empty without inputs. */
+  private List<String> digests = List.of();
   /** The slot's standby worker this lease took over, if any. */
   private Standbys.Standby adopted;
   private ControlLink control;
@@ -263,6 +266,7 @@ public final class Lease {
     prepared = true;
     inputs = bootInputs;
     spec = bootInputs == null ? null : Standbys.spec(bootInputs);
+    digests = bootInputs == null ? List.of() : Standbys.digests(bootInputs);
   }
 
   boolean isPrepared() {
@@ -275,6 +279,10 @@ public final class Lease {
 
   String spec() {
     return spec;
+  }
+
+  List<String> digests() {
+    return digests;
   }
 
   /** The standby this lease took over, or null. */

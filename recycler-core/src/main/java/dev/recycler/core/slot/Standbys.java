@@ -157,7 +157,7 @@ final class Standbys {
         || slot.standby != null || slot.pendingClaim != null || ended.spec() == null || !ended.wasReady()
         || !"EXITED_ON_INSTRUCTION".equals(ended.outcome())
         || (ended.endReason() != EndReason.RUNNER_CLOSED && ended.endReason() != EndReason.STOP_WORKER)
-        || !a.heldDigests().containsAll(digests(ended.inputs()))) {
+        || !a.heldDigests().containsAll(ended.digests())) {
       return;
     }
     long generation = ++slot.lastGeneration;
@@ -176,8 +176,12 @@ final class Standbys {
     a.link().send(m);
   }
 
-  /** The file artifacts' digests, {@code sha256:<hex>}; an artifact without one makes the inputs ineligible. */
-  private static List<String> digests(PreparedLease inputs) {
+  /**
+   * The file artifacts' digests, {@code sha256:<hex>} as wrappers report what they hold; an artifact without one
+   * yields a value no wrapper holds, so the inputs never qualify for a standby. (Parsed here rather than with the
+   * artifact package's helper, which depends on this package.)
+   */
+  static List<String> digests(PreparedLease inputs) {
     List<String> out = new ArrayList<>();
     for (ArtifactInformation info : inputs.getArtifactsList()) {
       try {
@@ -200,7 +204,7 @@ final class Standbys {
   }
 
   private Placement choose(Lease lease, Collection<Slot> slots) {
-    List<String> needs = lease.inputs() == null ? List.of() : digests(lease.inputs());
+    List<String> needs = lease.digests();
     Slot free = null;
     Slot victim = null;
     for (Slot slot : slots) {
