@@ -580,6 +580,9 @@ func (r *streamReader) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if err != nil {
+			if r.n == 0 {
+				return 0, fmt.Errorf("artifact fetch failed before any byte arrived (%s: %s)", status.Code(err), status.Convert(err).Message())
+			}
 			return 0, fmt.Errorf("artifact stream broke after %d bytes (%s: %s)", r.n, status.Code(err), status.Convert(err).Message())
 		}
 		r.buf = m.GetData()

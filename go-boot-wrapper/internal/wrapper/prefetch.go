@@ -26,15 +26,22 @@ const PrefetchQueue = 8
 type prefetcher struct {
 	w      *Wrapper
 	s      *attach.Session
-	queue  chan *recyclerpb.Prefetch
+	queue  chan queuedPrefetch
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
+// queuedPrefetch is a Prefetch and when its ticket stops being good: ticket_ttl_millis after it arrived (0: no limit
+// was given).
+type queuedPrefetch struct {
+	m        *recyclerpb.Prefetch
+	deadline time.Time
+}
+
 func (w *Wrapper) startPrefetcher(s *attach.Session) *prefetcher {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &prefetcher{w: w, s: s, queue: make(chan *recyclerpb.Prefetch, PrefetchQueue), ctx: ctx, cancel: cancel,
+	p := &prefetcher{w: w, s: s, queue: make(chan queuedPrefetch, PrefetchQueue), ctx: ctx, cancel: cancel,
 		done: make(chan struct{})}
 	go p.run()
 	return p
@@ -42,8 +49,12 @@ func (w *Wrapper) startPrefetcher(s *attach.Session) *prefetcher {
 
 // offer queues m, or declines it at once when PrefetchQueue instructions are already waiting. Never blocks.
 func (p *prefetcher) offer(m *recyclerpb.Prefetch) {
+	q := queuedPrefetch{m: m}
+	if ttl := m.GetTicketTtlMillis(); ttl > 0 {
+		q.deadline = time.Now().Add(time.Duration(ttl) * time.Millisecond)
+	}
 	select {
-	case p.queue <- m:
+	case p.queue <- q:
 	default:
 		msg := fmt.Sprintf("declined: %d prefetches already wait behind the one being fetched; ask again later", PrefetchQueue)
 		p.w.log.Warn("prefetch", "digest", m.GetDigest(), "bytes", 0, "took", time.Duration(0), "outcome", "declined", "error", msg)
@@ -63,8 +74,16 @@ func (p *prefetcher) run() {
 		select {
 		case <-p.ctx.Done():
 			return
-		case m := <-p.queue:
-			p.handle(m)
+		case q := <-p.queue:
+			if !q.deadline.IsZero() && !time.Now().Before(q.deadline) {
+				// The recycler would refuse the ticket: say so instead of calling with it.
+				msg := fmt.Sprintf("declined: its ticket expired (ticket_ttl_millis=%d) while earlier prefetches ran;"+
+					" a lease that needs the binary fetches it", q.m.GetTicketTtlMillis())
+				p.w.log.Warn("prefetch", "digest", q.m.GetDigest(), "bytes", 0, "took", time.Duration(0), "outcome", "expired", "error", msg)
+				p.answer(q.m.GetDigest(), false, msg)
+				continue
+			}
+			p.handle(q.m)
 		}
 	}
 }

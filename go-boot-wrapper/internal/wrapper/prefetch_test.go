@@ -382,3 +382,48 @@ func allStacks() string {
 	buf := make([]byte, 1<<20)
 	return string(buf[:runtime.Stack(buf, true)])
 }
+
+// TestPrefetchTicketExpiredInQueue: a Prefetch whose ticket ran out while it waited behind another is declined
+// without a call (the recycler would refuse the ticket), and says why; the others in the queue are fetched.
+func TestPrefetchTicketExpiredInQueue(t *testing.T) {
+	f := fakerecycler.Start(t, "slot-0")
+	startWrapper(t, f, t.TempDir())
+	arts := make([]fakerecycler.Artifact, PrefetchQueue+2)
+	for i := range arts {
+		arts[i] = workerArtifact(t, testhelper.ModeExit, t.TempDir())
+	}
+	f.Stage(arts...)
+	s := f.NextSession(t)
+	hold := f.HoldArtifact(t, arts[0].Digest())
+	f.Prefetch(s, arts[0])
+	waitFor(t, hold.Reached(), "the first prefetch's GetArtifact")
+
+	late := arts[1]
+	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Prefetch{Prefetch: &recyclerpb.Prefetch{
+		Digest: "sha256:" + late.Digest(), Size: int64(len(late.Content)),
+		Ticket: f.IssueTicket("slot-0", late.Digest()), TicketTtlMillis: 1}}})
+	for _, a := range arts[2:] {
+		f.Prefetch(s, a)
+	}
+	// The last one finds the queue full and is declined at once: every earlier Prefetch has been queued by then.
+	s.ExpectPrefetched(t, "sha256:"+arts[len(arts)-1].Digest())
+	queued := time.Now()
+	testhelper.Eventually(t, time.Second, func() bool { return time.Since(queued) > 2*time.Millisecond },
+		"the clock did not move")
+	hold.Release()
+
+	if p := s.ExpectPrefetched(t, "sha256:"+arts[0].Digest()); !p.GetOk() {
+		t.Errorf("first Prefetched = %v, want ok", p)
+	}
+	if p := s.ExpectPrefetched(t, "sha256:"+late.Digest()); p.GetOk() || !strings.Contains(p.GetMessage(), "ticket expired") {
+		t.Errorf("late Prefetched = %v, want declined because its ticket expired", p)
+	}
+	for _, a := range arts[2 : len(arts)-1] {
+		if p := s.ExpectPrefetched(t, "sha256:"+a.Digest()); !p.GetOk() {
+			t.Errorf("Prefetched = %v, want ok", p)
+		}
+	}
+	if n := f.Fetches(late.Digest()); n != 0 {
+		t.Errorf("%d GetArtifact calls for the expired prefetch, want 0", n)
+	}
+}

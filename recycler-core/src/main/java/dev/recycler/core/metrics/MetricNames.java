@@ -50,7 +50,7 @@ public final class MetricNames {
    * Counter: standby workers (the same job's worker started when its lease ended, for the job's next lease on the
    * slot); tag {@link #OUTCOME}: {@code OFFERED}, {@code ADOPTED} (a lease took it over), {@code DROPPED} (the slot
    * went to another job, its time to live ran out, or its wrapper detached), {@code ENDED} (the wrapper declined it or
-   * it exited on its own).
+   * it exited on its own), {@code SKIPPED} (not offered: its job's first lease, while few recent jobs had a second).
    */
   public static final String STANDBYS = "recycler.standby.workers";
   /** Tag of {@link #PREFETCHES} and {@link #STANDBYS}. */

@@ -47,7 +47,9 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
     /** Stopped by the recycler: the slot went to another job, its time to live ran out, or the wrapper left. */
     DROPPED,
     /** The wrapper declined it, or it exited on its own. */
-    ENDED
+    ENDED,
+    /** Not offered: the lease was its job's first here, and few recent jobs' first leases were followed by another. */
+    SKIPPED
   }
 
   /** What became of a prefetch (tag of {@link MetricNames#PREFETCHES}). */

@@ -62,7 +62,8 @@ public enum RecyclerOption {
           + " sees nothing of a standby until a StartWorker whose provision info and artifacts are identical to its"
           + " lease's adopts it. A standby nobody adopts is stopped after this long (and whenever its slot is"
           + " needed for another job). Costs one idle worker process per free slot, within the memory a slot has"
-          + " anyway. `0`: off."),
+          + " anyway, and a worker start when it is not used: a job's first lease gets one only while at least one"
+          + " in eight recent jobs came back for another lease (docs/architecture.md, standby admission). `0`: off."),
   CACHE_MAX_SIZE("cache-max-size", Type.SIZE, "2 gb", Scope.SHARED,
       "Upper bound of the artifact cache, memory and disk together; least recently used content is evicted beyond"
           + " it.", "cache-max-bytes"),

@@ -49,6 +49,15 @@ import org.slf4j.LoggerFactory;
  * ({@link #await}): it receives no instruction and reaches nothing of the runner, whose endpoints it does not know.
  * Its credential is the reserved lease's, sent only to the slot's wrapper, as a Lease's is.
  *
+ * <p><b>Admission.</b> A standby costs a worker start (about 10-15 ms of CPU) and is wasted when its job never leases
+ * again, as most jobs on a busy TaskManager do not. A job that has had two or more leases here gets one whenever a lease
+ * of it ends normally; a job's first lease gets one only while recent jobs came back: of the last {@value
+ * #RETURN_WINDOW} first leases that ended normally, at least one in {@value #RETURN_ONE_IN} was followed by another
+ * lease of the same job within {@code standby-ttl} (until {@value #RETURN_MIN_OBSERVED} are known, always). A first
+ * lease's end counts as not followed when its standby was dropped for another job's lease or expired, or, without a
+ * standby, when {@code standby-ttl} passed. So a TaskManager running one-off jobs stops paying for standbys, and one
+ * running multi-stage batch jobs (each stage's environment a lease) keeps them.
+ *
  * <p><b>Placement.</b> A lease is placed once its inputs are known ({@link #place}): on the idle slot whose standby
  * matches it, else on an idle slot without a standby (one whose wrapper holds the lease's artifacts first, then the
  * one freed last), else on the slot whose standby's job has had the fewest leases here (then the oldest standby),
@@ -72,10 +81,13 @@ final class Standbys {
     private final String spec;
     private final String jobName;
     private final long createdNanos;
+    private final Job job;
     private final List<CompletableFuture<Lease>> waiters = new ArrayList<>();
     private Scheduler.Cancellable expiry;
 
-    private Standby(Slot slot, long generation, String credential, String spec, String jobName, long createdNanos) {
+    private Standby(Slot slot, long generation, String credential, String spec, String jobName, long createdNanos,
+        Job job) {
+      this.job = job;
       this.slot = slot;
       this.generation = generation;
       this.credential = credential;
@@ -112,13 +124,33 @@ final class Standbys {
   private final SecureRandom random = new SecureRandom();
   private final Map<String, Standby> byWorkerId = new HashMap<>();
   static final int SEEN_JOBS = 1024;
-  /** Leases placed per boot inputs ({@link #spec}), most recently seen last; at most {@link #SEEN_JOBS}. */
-  private final Map<String, Integer> seen = new java.util.LinkedHashMap<>(16, 0.75f, true) {
+  /** First leases whose outcome (followed by another of the job or not) decides whether first leases get standbys. */
+  static final int RETURN_WINDOW = 32;
+  /** Until this many of them are known, first leases get standbys. */
+  static final int RETURN_MIN_OBSERVED = 8;
+  /** First leases get standbys while at least one in this many recent ones was followed by another of its job. */
+  static final int RETURN_ONE_IN = 8;
+
+  /** One job (one set of boot inputs) as placement and admission see it. */
+  private static final class Job {
+    /** Leases placed. */
+    int leases;
+    /** When its first lease ended normally, while it is not known whether another follows; -1 otherwise. */
+    long firstEndNanos = -1;
+  }
+
+  /** Jobs by boot inputs ({@link #spec}), most recently seen last; at most {@link #SEEN_JOBS}. */
+  private final Map<String, Job> seen = new java.util.LinkedHashMap<>(16, 0.75f, true) {
     @Override
-    protected boolean removeEldestEntry(Map.Entry<String, Integer> eldest) {
+    protected boolean removeEldestEntry(Map.Entry<String, Job> eldest) {
       return size() > SEEN_JOBS;
     }
   };
+  /** Jobs whose first end is not resolved yet, in the order they ended (resolved ones are skipped when reached). */
+  private final java.util.ArrayDeque<Job> unresolved = new java.util.ArrayDeque<>();
+  /** The last {@link #RETURN_WINDOW} resolved first ends, a ring: true when another lease of the job followed. */
+  private final boolean[] returns = new boolean[RETURN_WINDOW];
+  private int resolvedFirstEnds;
 
   Standbys(RecyclerConfig config, Scheduler scheduler, RecyclerMetrics<SlotState, EndReason> metrics, PoolLock lock) {
     this.config = config;
@@ -152,17 +184,35 @@ final class Standbys {
    * its wrapper still holds every artifact (a standby never fetches).
    */
   void offer(Slot slot, Lease ended, boolean closed) {
-    Slot.Attachment a = slot.attachment;
-    if (config.standbyTtl().isZero() || closed || a == null || slot.state() != SlotState.IDLE
-        || slot.standby != null || slot.pendingClaim != null || ended.spec() == null || !ended.wasReady()
+    if (config.standbyTtl().isZero() || closed || ended.spec() == null || !ended.wasReady()
         || !"EXITED_ON_INSTRUCTION".equals(ended.outcome())
-        || (ended.endReason() != EndReason.RUNNER_CLOSED && ended.endReason() != EndReason.STOP_WORKER)
+        || (ended.endReason() != EndReason.RUNNER_CLOSED && ended.endReason() != EndReason.STOP_WORKER)) {
+      return;
+    }
+    long now = scheduler.nanoTime();
+    resolveExpired(now);
+    Job job = seen.computeIfAbsent(ended.spec(), k -> new Job());
+    boolean first = job.leases <= 1;
+    if (first && job.firstEndNanos < 0) {
+      job.firstEndNanos = now;
+      unresolved.add(job);
+      if (unresolved.size() > SEEN_JOBS) {
+        resolve(unresolved.poll(), false);
+      }
+    }
+    Slot.Attachment a = slot.attachment;
+    if (a == null || slot.state() != SlotState.IDLE || slot.standby != null || slot.pendingClaim != null
         || !a.heldDigests().containsAll(ended.digests())) {
       return;
     }
+    if (first && !firstLeasesReturn()) {
+      metrics.standby(RecyclerMetrics.Standby.SKIPPED);
+      LOG.debug("standby skipped slot={} job={}: a first lease, and few recent jobs had another", slot.id,
+          ended.jobName());
+      return;
+    }
     long generation = ++slot.lastGeneration;
-    Standby s = new Standby(slot, generation, LeaseCredentials.mint(random), ended.spec(), ended.jobName(),
-        scheduler.nanoTime());
+    Standby s = new Standby(slot, generation, LeaseCredentials.mint(random), ended.spec(), ended.jobName(), now, job);
     slot.standby = s;
     byWorkerId.put(s.workerId(), s);
     s.expiry = scheduler.schedule(config.standbyTtl(), () -> expired(s));
@@ -197,10 +247,53 @@ final class Standbys {
   /** Where the prepared {@code lease} goes among {@code slots}, or null when none is IDLE. */
   Placement place(Lease lease, Collection<Slot> slots) {
     Placement p = choose(lease, slots);
-    if (p != null && lease.spec() != null) {
-      seen.merge(lease.spec(), 1, Integer::sum);
+    if (p == null) {
+      return null;
+    }
+    resolveExpired(scheduler.nanoTime());
+    Standby replaced = p.standby() == null ? p.slot().standby : null;
+    if (replaced != null) {
+      resolve(replaced.job, false); // its job did not come back before another job needed the slot
+    }
+    if (lease.spec() != null) {
+      Job job = seen.computeIfAbsent(lease.spec(), k -> new Job());
+      job.leases++;
+      resolve(job, true);
     }
     return p;
+  }
+
+  /** Whether recent first leases were followed by another of their job often enough to start standbys for them. */
+  private boolean firstLeasesReturn() {
+    int known = Math.min(resolvedFirstEnds, RETURN_WINDOW);
+    if (known < RETURN_MIN_OBSERVED) {
+      return true;
+    }
+    int followed = 0;
+    for (int i = 0; i < known; i++) {
+      followed += returns[i] ? 1 : 0;
+    }
+    return followed * RETURN_ONE_IN >= known;
+  }
+
+  /** Records whether the first end of {@code job}, if unresolved, was followed by another lease of it. */
+  private void resolve(Job job, boolean followed) {
+    if (job == null || job.firstEndNanos < 0) {
+      return;
+    }
+    job.firstEndNanos = -1;
+    returns[resolvedFirstEnds++ % RETURN_WINDOW] = followed;
+  }
+
+  /** First ends older than {@code standby-ttl}: not followed in time. */
+  private void resolveExpired(long now) {
+    long ttl = config.standbyTtl().toNanos();
+    for (Job j = unresolved.peek(); j != null; j = unresolved.peek()) {
+      if (j.firstEndNanos >= 0 && now - j.firstEndNanos < ttl) {
+        return;
+      }
+      resolve(unresolved.poll(), false);
+    }
   }
 
   private Placement choose(Lease lease, Collection<Slot> slots) {
@@ -225,9 +318,8 @@ final class Standbys {
     return chosen == null ? null : new Placement(chosen, null);
   }
 
-  private int leasesOf(Standby s) {
-    Integer n = seen.get(s.spec);
-    return n == null ? 0 : n;
+  private static int leasesOf(Standby s) {
+    return s.job.leases;
   }
 
   /** Of two free slots: the one whose wrapper holds what the lease needs (no fetch), then the one freed last. */
@@ -287,6 +379,7 @@ final class Standbys {
   private void expired(Standby s) {
     lock.run(after -> {
       if (s.slot.standby == s) {
+        resolve(s.job, false);
         drop(s.slot, "not adopted within standby-ttl=" + config.standbyTtl().toSeconds() + "s", true, after);
       }
     });

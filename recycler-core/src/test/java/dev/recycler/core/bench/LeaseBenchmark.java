@@ -448,14 +448,25 @@ public final class LeaseBenchmark {
 
   /** CPU ticks so far of the subject's long-lived processes (incl. reaped children) and of its unreaped ones. */
   static long ticks(Subject s) {
-    long t = s.unreapedTicks();
-    for (long pid : s.longLived().keySet()) {
-      ProcFs.Proc p = ProcFs.read(pid);
+    return cpuParts(s).values().stream().mapToLong(Long::longValue).sum();
+  }
+
+  /**
+   * {@link #ticks} split by part: each long-lived process kind's own ticks (its label without the slot), the ticks of
+   * the children it reaped ("... reaped"), and the subject's unreaped processes.
+   */
+  static Map<String, Long> cpuParts(Subject s) {
+    Map<String, Long> m = new java.util.TreeMap<>();
+    m.merge("unreaped", s.unreapedTicks(), Long::sum);
+    for (Map.Entry<Long, String> e : s.longLived().entrySet()) {
+      ProcFs.Proc p = ProcFs.read(e.getKey());
       if (p != null) {
-        t += p.totalTicks();
+        String kind = e.getValue().replaceAll(" slot-\\d+$", "");
+        m.merge(kind, p.ownTicks(), Long::sum);
+        m.merge(kind + " reaped", p.totalTicks() - p.ownTicks(), Long::sum);
       }
     }
-    return t;
+    return m;
   }
 
   /**

@@ -40,9 +40,11 @@ import java.util.function.IntFunction;
  * Every copy is made before the lease's clock starts and deleted after the lease, as the job server's
  * {@code --clean-artifacts-per-job} does. With a gap ({@code --gaps}), each round stages every arm's copy first and
  * then waits the gap, so every lease starts at least that long after its staging, as a real job's first lease comes
- * seconds after its submission (the recycler hashes the file meanwhile; that CPU counts for the arm). CPU per lease is read around each lease from {@code /proc} (the subject's
+ * seconds after its submission (the recycler hashes the file meanwhile, on its staging threads: their CPU counts for
+ * the arm; the rest of the shared recycler's CPU over the gap is background, printed beside it). CPU per lease is read around each lease from {@code /proc} (the subject's
  * long-lived processes, with the children they reaped), plus for Beam's pool and the floor the processes nobody of
- * theirs reaps (read before they are killed).
+ * theirs reaps (read before they are killed). The notes split each arm's CPU by process kind (the recycler JVM, the
+ * wrappers, the workers they reaped, Beam's pool and its unreaped boots and workers).
  */
 final class PairedNewJob {
   private PairedNewJob() {}
@@ -56,6 +58,18 @@ final class PairedNewJob {
     final boolean hashesAhead;
     final List<LeaseSample> samples = new ArrayList<>();
     long ticks;
+    /** The subject's CPU over the staging-to-lease gaps besides its staging threads' (not in {@link #ticks}). */
+    long gapBackground;
+    /** {@link #ticks} by part ({@link LeaseBenchmark#cpuParts}). */
+    final Map<String, Long> parts = new java.util.TreeMap<>();
+
+    void addCpu(Map<String, Long> before, Map<String, Long> after) {
+      after.forEach((k, v) -> {
+        long d = v - before.getOrDefault(k, 0L);
+        parts.merge(k, d, Long::sum);
+        ticks += d;
+      });
+    }
     long secondHop;
 
     Arm(Subject subject, String run, IntFunction<Subject.Lease> leases) {
@@ -77,6 +91,9 @@ final class PairedNewJob {
     Staging inPlace = new Staging(work.resolve("staging"));
     Staging inPlaceCold = new Staging(work.resolve("staging-cold"));
     Staging elsewhere = new Staging(work.resolve("staging-not-shared"));
+    // The recycler without standbys watches only its warm job's directory: it would otherwise hash every new job's
+    // copy as well, on CPU read for its own warm leases.
+    Staging warmOnly = new Staging(work.resolve("staging-warm"));
     try (FloorSubject floor = new FloorSubject(work.resolve("floor"));
         BeamPoolSubject beam = new BeamPoolSubject(c.beamBoot(), work.resolve("beam-pool"), STAGED_NAME);
         RecyclerSubject ours = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 2, 2048,
@@ -84,7 +101,7 @@ final class PairedNewJob {
         RecyclerSubject cold = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 1,
             work.resolve("recycler-cold"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlaceCold.root()));
         RecyclerSubject noStandby = new RecyclerSubject("recycler", c.recyclerJar(), c.wrapperBinary(), 1, 2048,
-            work.resolve("recycler-no-standby"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(inPlace.root()))
+            work.resolve("recycler-no-standby"), c.recyclerJvm(), c.recyclerCacheMb(), List.of(warmOnly.root()))
             .with("--standby-ttl", "0")) {
       floor.start();
       ours.start();
@@ -92,9 +109,10 @@ final class PairedNewJob {
       cold.start();
       beam.start();
       Path warmJob = inPlace.stage(binary, STAGED_NAME, false);
+      Path warmOnlyJob = warmOnly.stage(binary, STAGED_NAME, false);
       List<Arm> arms = List.of(
           new Arm(floor, "paired new job", i -> staged("paired new job", i, elsewhere, binary, false)),
-          new Arm(noStandby, "paired warm", i -> lease("paired warm", i, warmJob.toString(), warmJob)),
+          new Arm(noStandby, "paired warm", i -> lease("paired warm", i, warmOnlyJob.toString(), warmOnlyJob)),
           new Arm(ours, "paired warm, standby", i -> lease("paired warm, standby", i, warmJob.toString(),
               warmJob)),
           new Arm(ours, "paired new job, in place", i -> staged("paired new job, in place", i, inPlace, binary,
@@ -123,6 +141,8 @@ final class PairedNewJob {
         for (Arm a : arms) {
           a.samples.clear();
           a.ticks = 0;
+          a.gapBackground = 0;
+          a.parts.clear();
           a.secondHop = 0;
         }
         String load0 = LeaseBenchmark.loadAverage();
@@ -145,8 +165,11 @@ final class PairedNewJob {
               ? "per lease, read around it: pool incl. reaped children; plus leaked workers and zombie boots (read "
                   + "before clean-up)"
               : a.subject == floor ? "per lease: the worker (read before SIGKILL)"
-              : "per lease, read around it (incl. the staging-to-lease gap, so a hash done ahead counts, and the "
-                  + "release wait): recycler JVM + wrapper incl. its reaped worker";
+              : a.hashesAhead && !(arms.stream().filter(x -> x.subject == a.subject).count() == 1)
+                  ? "per lease, read around it (and the staging threads' CPU over the staging-to-lease gap, so a hash"
+                      + " done ahead counts), incl. the release wait: recycler JVM + wrapper incl. its reaped worker"
+              : "per lease, read around it (an arm with a recycler of its own: from its staging on), incl. the release"
+                  + " wait: recycler JVM + wrapper incl. its reaped worker";
           RunResult r = new RunResult(a.subject.name(), a.run + " (alternating)", 1, 1, List.copyOf(a.samples),
               LeaseBenchmark.bytes(a.samples), a.subject instanceof RecyclerSubject ? a.secondHop : -1,
               a.ticks / (double) ProcFs.TICKS_PER_SECOND, left, note, load, bin);
@@ -155,6 +178,20 @@ final class PairedNewJob {
               + " CPU %.3f s/lease, runner MB/lease %.1f", r.subject(), r.run(), bin, r.ok(), r.samples().size(),
               r.ready().p(50), r.firstAnswer().p(50), r.firstAnswer().p(95), r.cpuSeconds() / r.samples().size(),
               r.runnerBytes() / 1e6 / r.samples().size()));
+          StringBuilder split = new StringBuilder();
+          a.parts.forEach((k, v) -> {
+            if (v != 0) {
+              split.append(String.format(Locale.ROOT, "%s%s %.3f", split.length() == 0 ? "" : ", ", k,
+                  v / (double) ProcFs.TICKS_PER_SECOND / r.samples().size()));
+            }
+          });
+          notes.add(String.format(Locale.ROOT, "Paired new job (%s), %s / %s: CPU s/lease by process: %s.%s", bin,
+              r.subject(), r.run(), split, a.gapBackground == 0 ? "" : String.format(Locale.ROOT, " Not charged:"
+                  + " the shared recycler's other CPU over the gap (background), %.3f s/lease.",
+                  a.gapBackground / (double) ProcFs.TICKS_PER_SECOND / r.samples().size())));
+          log("  CPU s/lease by process: " + split + (a.gapBackground == 0 ? "" : String.format(Locale.ROOT,
+              "; not charged, background over the gap: %.3f", a.gapBackground / (double) ProcFs.TICKS_PER_SECOND
+                  / r.samples().size())));
         }
         breakdowns.put("paired warm (" + bin + ", " + c.leases() + " leases)",
             Breakdown.analyse(noStandby, runs.get(runs.size() - 6)));
@@ -168,7 +205,12 @@ final class PairedNewJob {
             Breakdown.analyse(cold, runs.get(runs.size() - 2)));
       }
       Subject.deleteTree(warmJob.getParent());
+      Subject.deleteTree(warmOnlyJob.getParent());
     }
+  }
+
+  private static long stagingTicks(Subject s) {
+    return s instanceof RecyclerSubject r ? r.stagingTicks() : 0;
   }
 
   /**
@@ -187,27 +229,39 @@ final class PairedNewJob {
       // its lease: what its recycler and wrapper do meanwhile (the staging-time copy, a prefetch that may still be
       // running while other arms' leases run) is all its own. Shared subjects are read around the gap (for the arm
       // whose files they watch) and around each lease.
-      Map<Arm, long[]> exclusiveStart = new java.util.IdentityHashMap<>();
+      Map<Arm, Map<String, Long>> exclusiveStart = new java.util.IdentityHashMap<>();
+      Map<Arm, Long> exclusiveHop = new java.util.IdentityHashMap<>();
       for (Arm a : arms) {
         if (arms.stream().filter(x -> x.subject == a.subject).count() == 1 && a.subject instanceof RecyclerSubject) {
-          exclusiveStart.put(a, new long[] {LeaseBenchmark.ticks(a.subject), a.subject.secondHopBytes()});
+          exclusiveStart.put(a, LeaseBenchmark.cpuParts(a.subject));
+          exclusiveHop.put(a, a.subject.secondHopBytes());
         }
       }
       if (gapMillis > 0) {
         // Every arm's copy is staged first, then the gap passes once for all of them: each lease starts at least
         // gapMillis after its staging (plus the round's earlier leases). A recycler's CPU meanwhile (its hash done
         // ahead) belongs to the arm whose file it watches, and so do the bytes its wrapper prefetched meanwhile.
-        Map<Subject, Long> before = new java.util.IdentityHashMap<>();
+        Map<Subject, Map<String, Long>> before = new java.util.IdentityHashMap<>();
+        Map<Subject, Long> stagingBefore = new java.util.IdentityHashMap<>();
         Map<Subject, Long> hopBefore = new java.util.IdentityHashMap<>();
         for (int k = 0; k < arms.size(); k++) {
           prepared[k] = arms.get(k).leases.apply(i);
-          before.putIfAbsent(arms.get(k).subject, LeaseBenchmark.ticks(arms.get(k).subject));
+          before.computeIfAbsent(arms.get(k).subject, LeaseBenchmark::cpuParts);
+          stagingBefore.computeIfAbsent(arms.get(k).subject, PairedNewJob::stagingTicks);
           hopBefore.putIfAbsent(arms.get(k).subject, arms.get(k).subject.secondHopBytes());
         }
         Thread.sleep(gapMillis);
         for (Arm a : arms) {
           if (a.hashesAhead && !exclusiveStart.containsKey(a)) {
-            a.ticks += LeaseBenchmark.ticks(a.subject) - before.get(a.subject);
+            // Charged: the staging threads' CPU (the hash done ahead for this arm's file). The rest of the shared
+            // subject's CPU over the gap (its JVM and wrappers idling, collections of earlier leases' garbage, the
+            // other arms' standby workers) is background, reported beside it.
+            long staging = stagingTicks(a.subject) - stagingBefore.get(a.subject);
+            long whole = LeaseBenchmark.cpuParts(a.subject).entrySet().stream()
+                .mapToLong(e -> e.getValue() - before.get(a.subject).getOrDefault(e.getKey(), 0L)).sum();
+            a.parts.merge("recycler (JVM) staging threads", staging, Long::sum);
+            a.ticks += staging;
+            a.gapBackground += whole - staging;
             a.secondHop += a.subject.secondHopBytes() - hopBefore.get(a.subject);
           }
         }
@@ -217,7 +271,7 @@ final class PairedNewJob {
         Arm a = arms.get(index);
         Subject.Lease l = prepared[index] != null ? prepared[index] : a.leases.apply(i);
         long hop0 = a.subject.secondHopBytes();
-        long t0 = LeaseBenchmark.ticks(a.subject);
+        Map<String, Long> t0 = LeaseBenchmark.cpuParts(a.subject);
         LeaseSample s;
         try {
           s = a.subject.lease(l);
@@ -226,12 +280,12 @@ final class PairedNewJob {
         } finally {
           LeaseBenchmark.unstage(l);
         }
-        long[] since = exclusiveStart.get(a);
+        Map<String, Long> since = exclusiveStart.get(a);
         if (since != null) {
-          a.ticks += LeaseBenchmark.ticks(a.subject) - since[0];
-          a.secondHop += a.subject.secondHopBytes() - since[1];
+          a.addCpu(since, LeaseBenchmark.cpuParts(a.subject));
+          a.secondHop += a.subject.secondHopBytes() - exclusiveHop.get(a);
         } else {
-          a.ticks += LeaseBenchmark.ticks(a.subject) - t0;
+          a.addCpu(t0, LeaseBenchmark.cpuParts(a.subject));
           a.secondHop += a.subject.secondHopBytes() - hop0;
         }
         a.samples.add(s);
@@ -243,9 +297,9 @@ final class PairedNewJob {
         }
       }
       if (i % batch == batch - 1 || i == n - 1) {
-        long t0 = LeaseBenchmark.ticks(beam);
+        Map<String, Long> t0 = LeaseBenchmark.cpuParts(beam);
         Subject.Leftovers l = beam.leftovers(true);
-        beamArm.ticks += LeaseBenchmark.ticks(beam) - t0;
+        beamArm.addCpu(t0, LeaseBenchmark.cpuParts(beam));
         maxZombies = Math.max(maxZombies, l.zombies());
         leaked = leaked.plus(new Subject.Leftovers(l.processes(), 0, l.files(), l.fileBytes(), l.details()));
       }

@@ -100,6 +100,28 @@ final class ProcFs {
     return out;
   }
 
+  /** CPU ticks so far of the threads of {@code pid} whose name (comm, at most 15 characters) starts with {@code prefix}. */
+  static long threadTicks(long pid, String prefix) {
+    long t = 0;
+    try (Stream<Path> tasks = Files.list(Path.of("/proc", Long.toString(pid), "task"))) {
+      for (Path task : (Iterable<Path>) tasks::iterator) {
+        try {
+          if (!Files.readString(task.resolve("comm")).strip().startsWith(prefix)) {
+            continue;
+          }
+          String stat = Files.readString(task.resolve("stat"));
+          String[] f = stat.substring(stat.lastIndexOf(')') + 2).trim().split(" ");
+          t += Long.parseLong(f[11]) + Long.parseLong(f[12]);
+        } catch (IOException e) {
+          // the thread ended meanwhile
+        }
+      }
+    } catch (IOException e) {
+      return 0; // the process is gone
+    }
+    return t;
+  }
+
   static List<Proc> matching(Predicate<Proc> p) {
     return all().stream().filter(p).toList();
   }

@@ -212,6 +212,14 @@ final class RecyclerSubject implements Subject {
     return p.waitFor() == 0 ? out : null;
   }
 
+  /**
+   * CPU ticks so far of the recycler's staging threads ({@code recycler-staging-watch} and {@code -hash}): the
+   * staging-time hashes and copies of files under its local artifact dirs.
+   */
+  long stagingTicks() {
+    return ProcFs.threadTicks(recycler.pid(), "recycler-stagin");
+  }
+
   @Override
   public Map<Long, String> longLived() {
     Map<Long, String> m = new LinkedHashMap<>();

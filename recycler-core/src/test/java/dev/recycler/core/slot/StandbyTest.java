@@ -317,4 +317,68 @@ class StandbyTest {
     assertThat(holds.sent(KindCase.LEASE)).isEmpty();
     assertThat(lastLease(holdsToo).getGeneration()).isEqualTo(1); // holds the binary and was freed last
   }
+
+  /** Runs one lease each of {@code jobs} new jobs ("J0-1", ...) on a one-slot pool; each drops the one before's standby. */
+  private void oneOffJobs(TestingWrapperLink link, String prefix, int jobs) throws Exception {
+    for (int i = 0; i < jobs; i++) {
+      runToNormalEnd(link, prefix + i + "-1");
+    }
+  }
+
+  @Test
+  void oneOffJobsStopGettingStandbysButAJobThatCameBackKeepsThem() throws Exception {
+    TestingWrapperLink link = attach("slot-0");
+    // Until eight first leases are known, each gets a standby, and each is dropped for the next job's lease.
+    oneOffJobs(link, "J", Standbys.RETURN_MIN_OBSERVED);
+    assertThat(counted(RecyclerMetrics.Standby.OFFERED)).isEqualTo(Standbys.RETURN_MIN_OBSERVED);
+    assertThat(counted(RecyclerMetrics.Standby.DROPPED)).isEqualTo(Standbys.RETURN_MIN_OBSERVED - 1);
+
+    // Eight of eight were not followed by another lease of their job: a first lease gets none now.
+    runToNormalEnd(link, "A-1");
+    assertThat(counted(RecyclerMetrics.Standby.SKIPPED)).isEqualTo(1);
+    assertThat(slot("slot-0").getStandbyGeneration()).isZero();
+
+    // A's second lease boots (no standby), and from then on A's leases leave one.
+    runToNormalEnd(link, "A-2");
+    assertThat(lastLease(link).getAdoptStandby()).isFalse();
+    assertThat(slot("slot-0").getStandbyGeneration()).isEqualTo(lastStandby(link).getGeneration());
+    Lease third = pool.startWorker(request("A-3"), "runner");
+    assertThat(lastLease(link).getAdoptStandby()).isTrue();
+    assertThat(third.workerId()).isEqualTo("slot-0.g" + lastStandby(link).getGeneration());
+  }
+
+  /** Eight one-off jobs, then A's first lease (no standby), then A's second, B's first and B's second. */
+  private void twoJobsComeBack(TestingWrapperLink link, Duration beforeA2) throws Exception {
+    oneOffJobs(link, "J", Standbys.RETURN_MIN_OBSERVED);
+    runToNormalEnd(link, "A-1");
+    time.advance(beforeA2);
+    runToNormalEnd(link, "A-2");
+    runToNormalEnd(link, "B-1");
+    runToNormalEnd(link, "B-2");
+  }
+
+  @Test
+  void firstLeasesGetStandbysAgainOnceJobsComeBack() throws Exception {
+    TestingWrapperLink link = attach("slot-0");
+    twoJobsComeBack(link, Duration.ZERO);
+    // A's first lease (9 known, none followed) and B's (10 known, A's followed) got none.
+    assertThat(counted(RecyclerMetrics.Standby.SKIPPED)).isEqualTo(2);
+    double offered = counted(RecyclerMetrics.Standby.OFFERED);
+
+    runToNormalEnd(link, "C-1"); // 2 of 10 followed: at least one in eight
+
+    assertThat(counted(RecyclerMetrics.Standby.OFFERED)).isEqualTo(offered + 1);
+    assertThat(lastStandby(link).getPrepared()).isEqualTo(inputs("C"));
+  }
+
+  @Test
+  void aFirstLeaseWithoutAStandbyCountsAsNotFollowedOnceTheTimeToLivePasses() throws Exception {
+    TestingWrapperLink link = attach("slot-0");
+    twoJobsComeBack(link, TTL); // A's second lease came too late to count
+
+    runToNormalEnd(link, "C-1"); // 1 of 10 followed: below one in eight
+
+    assertThat(counted(RecyclerMetrics.Standby.SKIPPED)).isEqualTo(3);
+    assertThat(slot("slot-0").getStandbyGeneration()).isZero();
+  }
 }
