@@ -291,9 +291,9 @@ func TestPrefetchNeverDelaysALease(t *testing.T) {
 	}
 }
 
-// TestPrefetchQueue: one fetch at a time; PrefetchQueue more wait and are answered in order; one beyond that is
-// declined at once with a message saying why.
-func TestPrefetchQueue(t *testing.T) {
+// prefetchBehindHeldFetch starts a wrapper, stages PrefetchQueue+2 binaries and prefetches the first, whose fetch the
+// fake holds mid-way: what is prefetched next waits in the queue until the test releases the hold.
+func prefetchBehindHeldFetch(t *testing.T) (*fakerecycler.Fake, *fakerecycler.Session, []fakerecycler.Artifact, *fakerecycler.Hold) {
 	f := fakerecycler.Start(t, "slot-0")
 	startWrapper(t, f, t.TempDir())
 	arts := make([]fakerecycler.Artifact, PrefetchQueue+2)
@@ -303,9 +303,15 @@ func TestPrefetchQueue(t *testing.T) {
 	f.Stage(arts...)
 	s := f.NextSession(t)
 	hold := f.HoldArtifact(t, arts[0].Digest())
-
 	f.Prefetch(s, arts[0])
 	waitFor(t, hold.Reached(), "the first prefetch's GetArtifact")
+	return f, s, arts, hold
+}
+
+// TestPrefetchQueue: one fetch at a time; PrefetchQueue more wait and are answered in order; one beyond that is
+// declined at once with a message saying why.
+func TestPrefetchQueue(t *testing.T) {
+	f, s, arts, hold := prefetchBehindHeldFetch(t)
 	for _, a := range arts[1:] {
 		f.Prefetch(s, a)
 	}
@@ -386,17 +392,7 @@ func allStacks() string {
 // TestPrefetchTicketExpiredInQueue: a Prefetch whose ticket ran out while it waited behind another is declined
 // without a call (the recycler would refuse the ticket), and says why; the others in the queue are fetched.
 func TestPrefetchTicketExpiredInQueue(t *testing.T) {
-	f := fakerecycler.Start(t, "slot-0")
-	startWrapper(t, f, t.TempDir())
-	arts := make([]fakerecycler.Artifact, PrefetchQueue+2)
-	for i := range arts {
-		arts[i] = workerArtifact(t, testhelper.ModeExit, t.TempDir())
-	}
-	f.Stage(arts...)
-	s := f.NextSession(t)
-	hold := f.HoldArtifact(t, arts[0].Digest())
-	f.Prefetch(s, arts[0])
-	waitFor(t, hold.Reached(), "the first prefetch's GetArtifact")
+	f, s, arts, hold := prefetchBehindHeldFetch(t)
 
 	late := arts[1]
 	s.Send(&recyclerpb.RecyclerMessage{Kind: &recyclerpb.RecyclerMessage_Prefetch{Prefetch: &recyclerpb.Prefetch{
