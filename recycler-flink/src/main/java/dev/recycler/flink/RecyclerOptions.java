@@ -115,7 +115,9 @@ public final class RecyclerOptions {
               + " running: the runner sees nothing of a standby until a StartWorker whose provision info and"
               + " artifacts are identical to its lease's adopts it. A standby nobody adopts is stopped after this"
               + " long (and whenever its slot is needed for another job). Costs one idle worker process per free"
-              + " slot, within the memory a slot has anyway. 0: off.");
+              + " slot, within the memory a slot has anyway, and a worker start when it is not used: a job's first"
+              + " lease gets one only while at least one in eight recent jobs came back for another lease"
+              + " (docs/architecture.md, standby admission). 0: off.");
 
   public static final ConfigOption<MemorySize> CACHE_MAX_SIZE =
       ConfigOptions.key("cache-max-size")

@@ -165,7 +165,7 @@ final class PairedNewJob {
               ? "per lease, read around it: pool incl. reaped children; plus leaked workers and zombie boots (read "
                   + "before clean-up)"
               : a.subject == floor ? "per lease: the worker (read before SIGKILL)"
-              : a.hashesAhead && !(arms.stream().filter(x -> x.subject == a.subject).count() == 1)
+              : a.hashesAhead && !ownsSubject(arms, a)
                   ? "per lease, read around it (and the staging threads' CPU over the staging-to-lease gap, so a hash"
                       + " done ahead counts), incl. the release wait: recycler JVM + wrapper incl. its reaped worker"
               : "per lease, read around it (an arm with a recycler of its own: from its staging on), incl. the release"
@@ -209,6 +209,11 @@ final class PairedNewJob {
     }
   }
 
+  /** Whether {@code a} is the only arm of its subject. */
+  private static boolean ownsSubject(List<Arm> arms, Arm a) {
+    return arms.stream().filter(x -> x.subject == a.subject).count() == 1;
+  }
+
   private static long stagingTicks(Subject s) {
     return s instanceof RecyclerSubject r ? r.stagingTicks() : 0;
   }
@@ -232,7 +237,7 @@ final class PairedNewJob {
       Map<Arm, Map<String, Long>> exclusiveStart = new java.util.IdentityHashMap<>();
       Map<Arm, Long> exclusiveHop = new java.util.IdentityHashMap<>();
       for (Arm a : arms) {
-        if (arms.stream().filter(x -> x.subject == a.subject).count() == 1 && a.subject instanceof RecyclerSubject) {
+        if (ownsSubject(arms, a) && a.subject instanceof RecyclerSubject) {
           exclusiveStart.put(a, LeaseBenchmark.cpuParts(a.subject));
           exclusiveHop.put(a, a.subject.secondHopBytes());
         }
