@@ -35,6 +35,30 @@ func (w *Wrapper) sendStandbyEnded(s *attach.Session, se *recyclerpb.StandbyEnde
 	}
 }
 
+// onStandby handles a Standby and returns the slot's run afterwards. An idle slot starts it. A Standby right behind
+// the Exit that stops the slot's standby (or of a later generation than an unclaimed standby, which it replaces) is
+// queued and started once that one is gone: the recycler replaces a standby this way when a new job's worker is to be
+// started speculatively on the slot. Anything else is declined: a standby is offered only to an idle slot.
+func (w *Wrapper) onStandby(s *attach.Session, cur *leaseRun, sb *recyclerpb.Standby) *leaseRun {
+	gen := sb.GetGeneration()
+	switch {
+	case cur == nil:
+		return w.startStandby(s, sb)
+	case cur.standby && cur.waiting && gen > cur.lease.Generation:
+		cur.waiting = false
+		cur.stop(fmt.Sprintf("replaced by standby %d", gen))
+		fallthrough
+	case cur.standby && !cur.waiting && cur.next == nil && cur.nextStandby == nil && gen > cur.lease.Generation:
+		w.log.Info("standby queued behind the standby being stopped", "generation", gen,
+			"stopping_generation", cur.lease.Generation)
+		cur.nextStandby = sb
+		return cur
+	default:
+		w.declineStandby(s, sb, cur)
+		return cur
+	}
+}
+
 func (w *Wrapper) startStandby(s *attach.Session, sb *recyclerpb.Standby) *leaseRun {
 	return w.startRun(s, boot.Lease{Generation: sb.GetGeneration(), WorkerID: sb.GetWorkerId(),
 		Credential: sb.GetCredential(), JobName: sb.GetJobName(), Prepared: sb.GetPrepared()}, true)

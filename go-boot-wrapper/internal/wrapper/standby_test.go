@@ -68,6 +68,17 @@ func (e *standbyEnv) report(t testing.TB) testhelper.Report {
 	return r
 }
 
+// serveLease runs a prepared lease of generation gen on the slot to its end: the slot is free and serves as usual.
+func (e *standbyEnv) serveLease(t *testing.T, gen int64) {
+	t.Helper()
+	info := e.f.ProvisionInfo(nil)
+	e.f.LeasePrepared(e.s, gen, "slot-0.g"+strconv.FormatInt(gen, 10), info, e.f.Prepared(info))
+	e.s.ExpectStarted(t, gen)
+	e.report(t)
+	e.s.Exit(gen)
+	e.s.ExpectEnded(t, gen)
+}
+
 // noLeaseCalls fails the test if any provision or artifact call with lease metadata arrived, or a GetArtifact with a
 // prefetch ticket other than the one that warmed the cache.
 func (e *standbyEnv) noLeaseCalls(t *testing.T, when string) {
@@ -251,12 +262,7 @@ func TestStandbyUnused(t *testing.T) {
 	}
 	// A second Exit of that generation is ignored; the next message is the next lease's, not a LeaseEnded{2}.
 	e.s.ExitFor(2, recyclerpb.ExitReason_EXIT_REASON_STANDBY_UNUSED)
-	info := e.f.ProvisionInfo(nil)
-	e.f.LeasePrepared(e.s, 3, "slot-0.g3", info, e.f.Prepared(info))
-	e.s.ExpectStarted(t, 3)
-	e.report(t)
-	e.s.Exit(3)
-	e.s.ExpectEnded(t, 3)
+	e.serveLease(t, 3)
 }
 
 // TestInstructionsRightBehindAStandbysEnd: instructions that reach the wrapper while a standby is being stopped or
@@ -652,3 +658,70 @@ func BenchmarkLeaseToWorkerStarted(b *testing.B) {
 }
 
 var adoptionTook = regexp.MustCompile(`msg="worker started" .* adopted_standby=true took=(\S+)`)
+
+// TestStandbyQueuedBehindTheStandbyItReplaces: the recycler replaces a slot's standby with another (a new job's worker
+// started speculatively) by an Exit for the old one and, right behind it, the new Standby; or by the new Standby alone,
+// of a later generation. Either way the old standby is stopped and reported first, then the new one starts exactly as
+// any standby and is adopted as usual. An Exit for the queued standby before it started stops it unstarted.
+func TestStandbyQueuedBehindTheStandbyItReplaces(t *testing.T) {
+	tests := []struct {
+		name      string
+		exitFirst bool
+		wantOld   string
+	}{
+		{name: "exit, then standby", exitFirst: true, wantOld: "EXIT_REASON_STANDBY_UNUSED"},
+		{name: "a later standby alone", wantOld: "replaced by standby 3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newStandbyEnv(t, testhelper.ModeHang)
+			e.standby(2)
+			old := e.report(t)
+			if tt.exitFirst {
+				e.s.ExitFor(2, recyclerpb.ExitReason_EXIT_REASON_STANDBY_UNUSED)
+			}
+			cred := e.standby(3)
+			if se := e.s.ExpectStandbyEnded(t, 2); !strings.Contains(se.GetMessage(), tt.wantOld) {
+				t.Errorf("old standby's StandbyEnded message %q, want it to contain %q", se.GetMessage(), tt.wantOld)
+			}
+			if !testhelper.Gone(old.Pid) {
+				t.Errorf("old standby worker %d still runs", old.Pid)
+			}
+			r := e.report(t)
+			if r.Pid == old.Pid || !slices.Contains(r.Args, "--id=slot-0.g3."+cred) {
+				t.Fatalf("queued standby: worker %d with args %q, want a fresh worker of generation 3", r.Pid, r.Args)
+			}
+			info := e.f.ProvisionInfo(nil)
+			e.f.AdoptLease(e.s, 3, "slot-0.g3", e.f.Prepared(info))
+			if ws := e.s.ExpectStarted(t, 3); ws.GetPid() != int64(r.Pid) {
+				t.Errorf("WorkerStarted pid %d, want the queued standby's %d", ws.GetPid(), r.Pid)
+			}
+			e.noLeaseCalls(t, "queued standby")
+			e.s.Exit(3)
+			if le := e.s.ExpectEnded(t, 3); le.GetOutcome() != recyclerpb.Outcome_OUTCOME_EXITED_ON_INSTRUCTION {
+				t.Errorf("LeaseEnded = %v, want EXITED_ON_INSTRUCTION", le)
+			}
+		})
+	}
+
+	t.Run("exit for the queued standby", func(t *testing.T) {
+		e := newStandbyEnv(t, testhelper.ModeIgnoreTerm)
+		e.standby(2)
+		e.report(t)
+		e.s.ExitFor(2, recyclerpb.ExitReason_EXIT_REASON_STANDBY_UNUSED)
+		e.standby(3)
+		e.s.ExitFor(3, recyclerpb.ExitReason_EXIT_REASON_STANDBY_UNUSED)
+		got := map[int64]string{}
+		for range 2 {
+			se := e.s.Next(t).GetStandbyEnded()
+			if se == nil {
+				t.Fatalf("expected two StandbyEnded, got %v", got)
+			}
+			got[se.GetGeneration()] = se.GetMessage()
+		}
+		if !strings.Contains(got[3], "before it started") || !strings.Contains(got[2], "EXIT_REASON_STANDBY_UNUSED") {
+			t.Errorf("StandbyEnded messages %v, want generation 2 stopped and 3 stopped before it started", got)
+		}
+		e.serveLease(t, 4)
+	})
+}

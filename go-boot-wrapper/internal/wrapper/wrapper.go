@@ -239,11 +239,15 @@ func (w *Wrapper) serve(ctx context.Context, s *attach.Session) {
 			w.report(s, done)
 			// A standby that a Lease replaced, or that died before the Lease adopting it got to it: that Lease boots
 			// now, after the StandbyEnded just sent.
-			if done.next != nil && !done.adopted {
+			switch {
+			case done.next != nil && !done.adopted:
 				cur = w.startLease(s, done.next)
 				if done.nextExit {
 					cur.exit()
 				}
+			case done.nextStandby != nil && done.next == nil:
+				// A standby that replaced the one just stopped (the recycler's Exit, then its Standby).
+				cur = w.startStandby(s, done.nextStandby)
 			}
 		case m, ok := <-s.Events():
 			if !ok {
@@ -256,15 +260,11 @@ func (w *Wrapper) serve(ctx context.Context, s *attach.Session) {
 			case *recyclerpb.RecyclerMessage_Lease:
 				cur = w.onLease(s, cur, k.Lease, time.Now())
 			case *recyclerpb.RecyclerMessage_Exit:
-				w.onExit(cur, k.Exit)
+				w.onExit(s, cur, k.Exit)
 			case *recyclerpb.RecyclerMessage_Prefetch:
 				pf.offer(k.Prefetch)
 			case *recyclerpb.RecyclerMessage_Standby:
-				if cur != nil {
-					w.declineStandby(s, k.Standby, cur)
-					continue
-				}
-				cur = w.startStandby(s, k.Standby)
+				cur = w.onStandby(s, cur, k.Standby)
 			}
 		}
 	}
@@ -295,8 +295,16 @@ func (w *Wrapper) onLease(s *attach.Session, cur *leaseRun, l *recyclerpb.Lease,
 		}
 		return cur
 	case cur.standby && cur.next == nil:
-		// A standby being stopped (an Exit): the Lease boots once it is gone.
+		// A standby being stopped (an Exit): the Lease boots once it is gone. A standby queued behind it never starts:
+		// the Lease either adopts its generation (and boots it as a lease) or replaces it.
 		cur.next = l
+		if q := cur.nextStandby; q != nil {
+			cur.nextStandby = nil
+			if !(l.GetAdoptStandby() && l.GetGeneration() == q.GetGeneration()) {
+				w.sendStandbyEnded(s, &recyclerpb.StandbyEnded{Generation: q.GetGeneration(),
+					Message: fmt.Sprintf("replaced by lease %d", l.GetGeneration())})
+			}
+		}
 		return cur
 	default:
 		running := cur.lease.Generation
@@ -310,7 +318,7 @@ func (w *Wrapper) onLease(s *attach.Session, cur *leaseRun, l *recyclerpb.Lease,
 
 // onExit handles an Exit: for the running lease (also one that adopted a standby, or one waiting for a standby to
 // stop), the lease's exit; for a standby no Lease claimed, the standby's stop. Any other generation is ignored.
-func (w *Wrapper) onExit(cur *leaseRun, e *recyclerpb.Exit) {
+func (w *Wrapper) onExit(s *attach.Session, cur *leaseRun, e *recyclerpb.Exit) {
 	gen, reason := e.GetGeneration(), e.GetReason().String()
 	switch {
 	case cur != nil && cur.next != nil && cur.next.GetGeneration() == gen:
@@ -321,6 +329,11 @@ func (w *Wrapper) onExit(cur *leaseRun, e *recyclerpb.Exit) {
 		if cur.adopting {
 			cur.exit()
 		}
+	case cur != nil && cur.nextStandby != nil && cur.nextStandby.GetGeneration() == gen:
+		w.log.Info("exit instruction for the queued standby", "generation", gen, "reason", reason)
+		cur.nextStandby = nil
+		w.sendStandbyEnded(s, &recyclerpb.StandbyEnded{Generation: gen,
+			Message: "stopped by exit instruction (" + reason + ") before it started"})
 	case cur != nil && cur.waiting && cur.lease.Generation == gen:
 		w.log.Info("exit instruction for the standby", "generation", gen, "reason", reason)
 		cur.waiting = false
@@ -395,6 +408,9 @@ type leaseRun struct {
 	// for next's generation came meanwhile.
 	waiting, adopting, nextExit bool
 	next                        *recyclerpb.Lease
+	// nextStandby is a Standby that came while this run, a standby, was being stopped (or that replaced it): started
+	// once the run is done, unless a Lease claimed the slot or an Exit stopped it meanwhile.
+	nextStandby *recyclerpb.Standby
 }
 
 func newRun(l boot.Lease, standby bool) *leaseRun {

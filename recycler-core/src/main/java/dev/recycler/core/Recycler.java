@@ -98,6 +98,11 @@ public final class Recycler implements AutoCloseable {
       }
 
       @Override
+      public CompletableFuture<PreparedLease> provisional(Lease lease) {
+        return Recycler.this.provisional(lease);
+      }
+
+      @Override
       public void onEnded(Lease lease) {
         provisioner.onEnded(lease);
         artifacts.onEnded(lease);
@@ -166,6 +171,18 @@ public final class Recycler implements AutoCloseable {
         + " max_inbound_message_bytes={} max_waiting_starts={}", endpoint, config.bindHost(), server.getPort(),
         config.slotIds().size(), adminPort(), recyclerId, attachSecret != null, config.maxInboundMessageBytes(),
         config.maxWaitingStarts());
+  }
+
+  /**
+   * The lease's boot inputs with its staged binaries named by the digests their probes matched, before {@link
+   * #prepare} has verified them (see {@link Artifacts#provisional}), or null. Never fails.
+   */
+  private CompletableFuture<PreparedLease> provisional(Lease lease) {
+    return provisioner.provisionInfo(lease)
+        .thenCompose(info -> artifacts.provisional(lease, info.getDependenciesList())
+            .thenApply(probed -> probed == null ? null
+                : PreparedLease.newBuilder().setProvisionInfo(info).addAllArtifacts(probed).build()))
+        .exceptionally(failure -> null);
   }
 
   /**

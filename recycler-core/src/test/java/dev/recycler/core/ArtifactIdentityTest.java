@@ -22,6 +22,9 @@ import java.util.ArrayList;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.HarnessMonitoringInfosRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionRequest;
+import org.apache.beam.model.fnexecution.v1.BeamFnApi.InstructionResponse;
 import org.apache.beam.model.fnexecution.v1.BeamFnExternalWorkerPoolGrpc;
 import org.apache.beam.model.fnexecution.v1.ProvisionApi.ProvisionInfo;
 import org.apache.beam.model.pipeline.v1.RunnerApi.ArtifactFilePayload;
@@ -110,8 +113,9 @@ class ArtifactIdentityTest {
     assertThat(registry.get("recycler.artifact.local.read").functionCounter().count())
         .as("bytes read in place: v1 hashed while copied (no content of its size cached: one read), v1 again from"
             + " the memo, v2 (the size of v1) probed at both ends, unlike v1, so hashed while copied (one read), v3"
-            + " probed, like v2 at both ends, so hashed, then copied as its digest is new (two reads)")
-        .isEqualTo(4.0 * 300_000 + 2 * 2 * 65_536);
+            + " probed, like v2 at both ends, so compared with v2 (a read), then hashed while copied (a second); v2"
+            + " and v3 probed once more for a speculative start")
+        .isEqualTo(4.0 * 300_000 + 2 * 2 * 2 * 65_536);
     assertThat(hashes("LEASE")).isEqualTo(3.0);
     assertThat(hashes("STAGING")).isZero();
   }
@@ -150,6 +154,59 @@ class ArtifactIdentityTest {
     assertThat(leaseDigests()).containsOnly(sha(binary));
   }
 
+  /**
+   * Speculative start, refuted: a new job's binary has the size and both 64 KiB ends of content the slot holds but
+   * differs in between (in the second half, which the recycler compares on its second thread). The worker started
+   * from the probe's match never gets an instruction and its stream never reaches the runner: the runner's one control
+   * connection is the worker booted on the verified content, which answers its instruction.
+   */
+  @Test
+  void aSpeculativeStartTheComparisonRefutesNeverReachesTheRunner() throws Exception {
+    start(List.of(staging), false); // lease-time identification: the lease comes before any staging-time hash
+    wrapper.standbys();
+    byte[] v1 = bytes(9 << 20, 11);
+    byte[] v2 = v1.clone();
+    v2[v2.length * 3 / 4] ^= 1;
+    runJob(stage("job-1/worker", v1).toString(), v1, "job-1");
+
+    TestingRunner runner = startJob(stage("job-2/worker", v2).toString(), v2, "job-2", "1-2");
+    InstructionResponse answer = ask(runner, "1-2");
+
+    assertThat(speculative("STARTED")).as("started from the probe's match").isEqualTo(1.0);
+    assertThat(speculative("MISMATCHED")).isEqualTo(1.0);
+    assertThat(runner.controlCallers).as("one control connection reached the runner").containsExactly("1-2");
+    assertThat(answer.getHarnessMonitoringInfos().getMonitoringDataMap().get("binaries").toStringUtf8())
+        .as("answered by the worker that runs the job's own binary").isEqualTo(sha(v2));
+    long speculativeGeneration = wrapper.received(KindCase.STANDBY).get(1).getStandby().getGeneration();
+    assertThat(wrapper.binaries.get(speculativeGeneration)).containsExactly(sha(v1));
+    assertThat(wrapper.instructionsByGeneration.get(speculativeGeneration))
+        .as("the worker started from the wrong binary received no instruction").isNull();
+    assertThat(leaseDigests()).containsExactly(sha(v1), sha(v2));
+  }
+
+  /**
+   * Speculative start, confirmed: a new job staging, under a fresh path, the content a slot holds gets the worker
+   * started from the probe's match while the two are compared; the lease adopts it and it answers the runner.
+   */
+  @Test
+  void aSpeculativeStartTheComparisonConfirmsServesTheLease() throws Exception {
+    start(List.of(staging), false);
+    wrapper.standbys();
+    byte[] binary = bytes(9 << 20, 12);
+    runJob(stage("job-1/worker", binary).toString(), binary, "job-1");
+
+    TestingRunner runner = startJob(stage("job-2/worker", binary).toString(), binary, "job-2", "1-2");
+    InstructionResponse answer = ask(runner, "1-2");
+
+    assertThat(speculative("ADOPTED")).isEqualTo(1.0);
+    long speculativeGeneration = wrapper.received(KindCase.STANDBY).get(1).getStandby().getGeneration();
+    assertThat(answer.getHarnessMonitoringInfos().getMonitoringDataMap().get("generation").toStringUtf8())
+        .as("the worker started ahead answered").isEqualTo(Long.toString(speculativeGeneration));
+    assertThat(wrapper.received(KindCase.LEASE).get(1).getLease().getAdoptStandby()).isTrue();
+    assertThat(wrapper.downloads.get()).as("the content crossed to the slot once, for the first job").isEqualTo(1);
+    assertThat(runner.artifactDownloads.get()).isZero();
+  }
+
   @Test
   void aFileHashedWhenStagedIsAMemoHitAtLeaseTimeWithNoSecondRead() throws Exception {
     start(List.of(staging));
@@ -166,8 +223,9 @@ class ArtifactIdentityTest {
     double beforeLease = localRead();
     TestingRunner r2 = runJob(second.toString(), binary, "job-2");
 
-    assertThat(localRead()).as("the lease read nothing: the digest was ready, the content cached")
-        .isEqualTo(beforeLease).isEqualTo(afterFirst + 400_000);
+    assertThat(localRead()).as("the lease read nothing: the digest was ready, the content cached; at staging the"
+        + " file's ends matched the cached content, so it was compared with it (no hash)")
+        .isEqualTo(beforeLease).isEqualTo(afterFirst + 2 * 65_536 + 400_000);
     assertThat(hashes("LEASE")).as("no hash on a lease's path").isZero();
     assertThat(leaseDigests()).containsExactly(sha(binary), sha(binary));
     assertThat(r1.artifactDownloads.get() + r2.artifactDownloads.get()).isZero();
@@ -269,6 +327,31 @@ class ArtifactIdentityTest {
     runner.controls.get(id).onCompleted();
     awaitIdle();
     return runner;
+  }
+
+  /** Starts a job's lease on the slot (the runner stages {@code bytes} at {@code path}) and waits until it is ready. */
+  private TestingRunner startJob(String path, byte[] bytes, String token, String id) throws Exception {
+    TestingRunner runner = TestingRunner.builder()
+        .provisionInfo(ProvisionInfo.newBuilder().setRetrievalToken(token)
+            .addDependencies(TestingRunner.stagedFile(path, BINARY_ROLE)).build())
+        .file(path, bytes).build();
+    closeables.add(runner);
+    BeamFnExternalWorkerPoolGrpc.newBlockingStub(channel).withDeadlineAfter(20, TimeUnit.SECONDS)
+        .startWorker(runner.startRequest(id));
+    await().atMost(AWAIT).until(() -> runner.controls.containsKey(id));
+    return runner;
+  }
+
+  /** Sends a HarnessMonitoringInfos instruction, as Beam's runner may right after StartWorker, and returns the answer. */
+  private static InstructionResponse ask(TestingRunner runner, String id) {
+    runner.controls.get(id).onNext(InstructionRequest.newBuilder().setInstructionId("probe-" + id)
+        .setHarnessMonitoringInfos(HarnessMonitoringInfosRequest.getDefaultInstance()).build());
+    await().atMost(AWAIT).until(() -> !runner.responses.getOrDefault(id, List.of()).isEmpty());
+    return runner.responses.get(id).get(0);
+  }
+
+  private double speculative(String outcome) {
+    return registry.get("recycler.speculative.starts").tag("outcome", outcome).counter().count();
   }
 
   /** The binary digest each Lease told the wrapper to run, in lease order. */

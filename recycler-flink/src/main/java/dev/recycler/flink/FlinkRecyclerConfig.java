@@ -63,6 +63,7 @@ final class FlinkRecyclerConfig {
     apply(RecyclerOptions.HASH_AT_STAGING, get(params, RecyclerOptions.HASH_AT_STAGING), b::hashAtStaging);
     apply(RecyclerOptions.PREFETCH_SLOTS, get(params, RecyclerOptions.PREFETCH_SLOTS), b::prefetchSlots);
     apply(RecyclerOptions.STANDBY_TTL, get(params, RecyclerOptions.STANDBY_TTL), b::standbyTtl);
+    apply(RecyclerOptions.SPECULATIVE_START, get(params, RecyclerOptions.SPECULATIVE_START), b::speculativeStart);
     apply(RecyclerOptions.CACHE_MAX_SIZE, get(params, RecyclerOptions.CACHE_MAX_SIZE).getBytes(), b::cacheMaxBytes);
     apply(RecyclerOptions.MEMORY_BLOB_MAX_SIZE, get(params, RecyclerOptions.MEMORY_BLOB_MAX_SIZE).getBytes(),
         b::memoryBlobMaxBytes);

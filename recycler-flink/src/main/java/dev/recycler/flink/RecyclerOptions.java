@@ -119,6 +119,18 @@ public final class RecyclerOptions {
               + " lease gets one only while at least one in eight recent jobs came back for another lease"
               + " (docs/architecture.md, standby admission). 0: off.");
 
+  public static final ConfigOption<Boolean> SPECULATIVE_START =
+      ConfigOptions.key("speculative-start")
+          .booleanType()
+          .defaultValue(true)
+          .withDescription("With local-artifact-dirs set: when a new job's staged binary is not identified yet as"
+              + " its lease arrives (the lease came within about a second of staging), and cached content has its"
+              + " size and first and last 64 KiB, an idle slot whose wrapper holds that content starts the worker"
+              + " from it at once, while the staged file is compared with it byte for byte. The worker's control"
+              + " and logging streams are held at the recycler: it gets the lease only if the content is equal, and"
+              + " is stopped unused, never having received an instruction, if not. false: a worker is started only"
+              + " once its content is verified.");
+
   public static final ConfigOption<MemorySize> CACHE_MAX_SIZE =
       ConfigOptions.key("cache-max-size")
           .memoryType()

@@ -45,7 +45,7 @@ class ConfigurationReferenceTest {
             .as("documented default of %s", option.key()).isEqualTo(option.defaultValue());
       }
     }
-    assertThat(options).isEqualTo(28);
+    assertThat(options).isEqualTo(29);
   }
 
   /** Parses the documented default the way Flink parses that option's type. */

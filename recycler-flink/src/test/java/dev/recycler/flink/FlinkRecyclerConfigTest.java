@@ -67,6 +67,7 @@ class FlinkRecyclerConfigTest {
     assertThat(mapped.memoryBlobMaxBytes()).isEqualTo(core.memoryBlobMaxBytes());
     assertThat(mapped.leaseWaitTimeout()).isEqualTo(core.leaseWaitTimeout());
     assertThat(mapped.readyTimeout()).isEqualTo(core.readyTimeout());
+    assertThat(mapped.speculativeStart()).isEqualTo(core.speculativeStart()).isTrue();
     assertThat(mapped.drainTimeout()).isEqualTo(core.drainTimeout());
     assertThat(mapped.attachProbeTimeout()).isEqualTo(core.attachProbeTimeout());
     assertThat(mapped.failureBackoffBase()).isEqualTo(core.failureBackoffBase());
@@ -205,6 +206,6 @@ class FlinkRecyclerConfigTest {
         assertThat(o.description().getBlocks()).as(o.key()).isNotEmpty();
       }
     }
-    assertThat(keys).hasSize(28).allMatch(k -> k.matches("[a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*"));
+    assertThat(keys).hasSize(29).allMatch(k -> k.matches("[a-z0-9]+(-[a-z0-9]+)*(\\.[a-z0-9]+(-[a-z0-9]+)*)*"));
   }
 }

@@ -38,6 +38,7 @@ public final class RecyclerConfig {
   private final int prefetchSlots;
   private final Duration workerStallTimeout;
   private final Duration standbyTtl;
+  private final boolean speculativeStart;
   private final Duration leaseWaitTimeout;
   private final Duration readyTimeout;
   private final Duration drainTimeout;
@@ -66,6 +67,7 @@ public final class RecyclerConfig {
     this.prefetchSlots = b.prefetchSlots;
     this.workerStallTimeout = b.workerStallTimeout;
     this.standbyTtl = b.standbyTtl;
+    this.speculativeStart = b.speculativeStart;
     this.leaseWaitTimeout = b.leaseWaitTimeout;
     this.readyTimeout = b.readyTimeout;
     this.drainTimeout = b.drainTimeout;
@@ -162,6 +164,14 @@ public final class RecyclerConfig {
     return standbyTtl;
   }
 
+  /**
+   * Whether a new job's worker may be started from cached content whose probe matches its staged binary while the
+   * two are compared (adopted only if equal).
+   */
+  public boolean speculativeStart() {
+    return speculativeStart;
+  }
+
   /** Artifacts up to this size stay in memory; larger ones are spilled to {@link #cacheDirectory()}. */
   public long memoryBlobMaxBytes() {
     return memoryBlobMaxBytes;
@@ -244,7 +254,7 @@ public final class RecyclerConfig {
         + ", cacheDirectory=" + cacheDirectory + ", cacheMaxBytes=" + cacheMaxBytes
         + ", localArtifactDirectories=" + localArtifactDirectories + ", hashAtStaging=" + hashAtStaging
         + ", prefetchSlots=" + prefetchSlots
-        + ", standbyTtl=" + standbyTtl
+        + ", standbyTtl=" + standbyTtl + ", speculativeStart=" + speculativeStart
         + ", leaseWaitTimeout=" + leaseWaitTimeout + ", readyTimeout=" + readyTimeout
         + ", drainTimeout=" + drainTimeout + ", adminPort=" + adminPort + ", attachSecretFile=" + attachSecretFile
         + ", maxInboundMessageBytes=" + maxInboundMessageBytes + ", maxWaitingStarts=" + maxWaitingStarts + "}";
@@ -264,6 +274,7 @@ public final class RecyclerConfig {
     private int prefetchSlots = -1;
     private Duration workerStallTimeout = Duration.ofSeconds(60);
     private Duration standbyTtl = Duration.ofMinutes(5);
+    private boolean speculativeStart = true;
     private Duration leaseWaitTimeout = Duration.ofSeconds(60);
     private Duration readyTimeout = Duration.ofSeconds(120);
     private Duration drainTimeout = Duration.ofSeconds(60);
@@ -388,6 +399,12 @@ public final class RecyclerConfig {
 
     public Builder workerStallTimeout(Duration d) {
       this.workerStallTimeout = positive("worker stall timeout", d);
+      return this;
+    }
+
+    /** Whether a worker may be started from a probed digest while the content is verified. */
+    public Builder speculativeStart(boolean on) {
+      this.speculativeStart = on;
       return this;
     }
 

@@ -61,7 +61,12 @@ public final class Artifacts {
   /** Per lease: the one resolution of its dependencies, shared by the Lease message and the wrapper's own call. */
   private final Map<Lease, Resolution> resolutions = new ConcurrentHashMap<>();
 
-  private record Resolution(List<ArtifactInformation> request, CompletableFuture<List<ArtifactInformation>> result) {}
+  /**
+   * One resolution: {@code result} the verified artifacts; {@code provisional} the same artifacts named by digests
+   * that are partly only probed (see {@link #provisional}), or null, completed no later than {@code result}.
+   */
+  private record Resolution(List<ArtifactInformation> request, CompletableFuture<List<ArtifactInformation>> result,
+      CompletableFuture<List<ArtifactInformation>> provisional) {}
 
   /**
    * Per job: the runner's answer to ResolveArtifacts for one dependency list. A job's staged artifacts and their
@@ -156,15 +161,65 @@ public final class Artifacts {
    * resolution of the same list is done once (again after a failure).
    */
   public CompletableFuture<List<ArtifactInformation>> resolve(Lease lease, List<ArtifactInformation> artifacts) {
-    Resolution r = resolutions.compute(lease, (l, old) -> old != null && old.request().equals(artifacts)
-        && !old.result().isCompletedExceptionally() ? old : new Resolution(artifacts, resolveOnce(l, artifacts)));
+    return resolution(lease, artifacts).result();
+  }
+
+  /**
+   * The lease's artifacts as {@link #resolve} will name them, known before their content is verified, for a worker
+   * started speculatively: each digest is one the runner states (content cached), one the in-place memo holds, or,
+   * for a staged file read in place, that of the cached content its probe matches (same size, same first and last
+   * 64 KiB: {@code LocalArtifacts#candidate}), which {@link #resolve} then confirms or refutes by comparing the two byte
+   * for byte. Completes with null when there is nothing to gain (every digest already verified) or nothing to start
+   * from (an artifact with no cached candidate, or one streamed from the runner); never exceptionally.
+   */
+  public CompletableFuture<List<ArtifactInformation>> provisional(Lease lease, List<ArtifactInformation> artifacts) {
+    return resolution(lease, artifacts).provisional();
+  }
+
+  private Resolution resolution(Lease lease, List<ArtifactInformation> artifacts) {
+    Resolution r = resolutions.compute(lease, (l, old) -> {
+      if (old != null && old.request().equals(artifacts) && !old.result().isCompletedExceptionally()) {
+        return old;
+      }
+      CompletableFuture<List<ArtifactInformation>> provisional = new CompletableFuture<>();
+      CompletableFuture<List<ArtifactInformation>> result = resolveOnce(l, artifacts, provisional);
+      result.whenComplete((v, f) -> provisional.complete(null)); // no-op once it had its value
+      return new Resolution(artifacts, result, provisional);
+    });
     if (!lease.isOpen()) {
       resolutions.remove(lease); // onEnded may have run already
     }
-    return r.result();
+    return r;
   }
 
-  private CompletableFuture<List<ArtifactInformation>> resolveOnce(Lease lease, List<ArtifactInformation> artifacts) {
+  /** See {@link #provisional}: the probed names of {@code resolved}, or null. */
+  private List<ArtifactInformation> probed(Lease lease, List<ArtifactInformation> resolved) {
+    List<ArtifactInformation> out = new ArrayList<>();
+    boolean unverified = false;
+    for (ArtifactInformation a : resolved) {
+      String stated = digestOf(a);
+      if (!stated.isEmpty() && cache.blob(stated) != null) {
+        out.add(named(a, stated));
+        continue;
+      }
+      java.nio.file.Path local = locals.localPath(a);
+      LocalArtifacts.Candidate c = local == null ? null : locals.candidate(local);
+      if (c == null) {
+        return null;
+      }
+      unverified |= !c.verified();
+      out.add(named(a, c.sha256()));
+    }
+    if (!unverified) {
+      return null;
+    }
+    LOG.info("artifacts probed for a speculative start lease={} runner_worker={} digests={}", lease.sequence(),
+        lease.runnerWorkerId(), out.stream().map(Artifacts::digestOf).toList());
+    return out;
+  }
+
+  private CompletableFuture<List<ArtifactInformation>> resolveOnce(Lease lease, List<ArtifactInformation> artifacts,
+      CompletableFuture<List<ArtifactInformation>> provisional) {
     return resolveUpstream(lease, artifacts).thenCompose(resolved -> {
       List<CompletableFuture<ArtifactInformation>> each = new ArrayList<>();
       for (ArtifactInformation a : resolved) {
@@ -172,6 +227,12 @@ public final class Artifacts {
           admit(lease, blob, a);
           return named(a, blob);
         }));
+      }
+      // After the reads started (on the hashing threads): the probe reads only both ends of each file.
+      try {
+        provisional.complete(probed(lease, resolved));
+      } catch (RuntimeException e) {
+        provisional.complete(null);
       }
       return CompletableFuture.allOf(each.toArray(CompletableFuture[]::new))
           .thenApply(v -> each.stream().map(CompletableFuture::join).toList());
@@ -338,9 +399,13 @@ public final class Artifacts {
 
   /** The artifact as wrappers see it: a file named by its digest, with the sha256 Beam's job server left out. */
   static ArtifactInformation named(ArtifactInformation original, Blob blob) {
+    return named(original, blob.sha256());
+  }
+
+  private static ArtifactInformation named(ArtifactInformation original, String sha256) {
     return ArtifactInformation.newBuilder()
         .setTypeUrn(FILE_URN)
-        .setTypePayload(ArtifactFilePayload.newBuilder().setPath("sha256/" + blob.sha256()).setSha256(blob.sha256())
+        .setTypePayload(ArtifactFilePayload.newBuilder().setPath("sha256/" + sha256).setSha256(sha256)
             .build().toByteString())
         .setRoleUrn(original.getRoleUrn())
         .setRolePayload(original.getRolePayload())

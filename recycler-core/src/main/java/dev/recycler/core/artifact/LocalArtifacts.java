@@ -40,16 +40,23 @@ import org.slf4j.LoggerFactory;
  * service and the JVM heap. Its bytes enter the cache (a copy, verified against the digest) only when the cache lacks
  * that content.
  *
- * <p>Identity rule: the content's sha256, computed here from the file. A path is never an identity: the memo that
- * spares a second environment of the same job a second hash is keyed by the file's path <i>and</i> its device, inode,
- * size, modification and change times, so a file replaced or rewritten at the same path is hashed again. A file that
- * changes while it is read is not used (the caller falls back to streaming).
+ * <p>Identity rule: the content's sha256, established here from the file in one of two ways. If cached content has
+ * the file's size and the same first and last {@link #PROBE_BYTES} (its <i>probe match</i>), the file is compared with
+ * that content byte for byte, and if equal has its digest: the cached content was verified against its digest when it
+ * entered the cache (and is re-hashed after a restart before first use), and a comparison reads at memory speed, about
+ * three times faster than SHA-256 here. Otherwise the file is hashed. A path is never an identity: the memo that
+ * spares a second environment of the same job a second read is keyed by the file's path <i>and</i> its device,
+ * inode, size, modification and change times, so a file replaced or rewritten at the same path is read again. A file
+ * that changes while it is read is not used (the caller falls back to streaming).
+ *
+ * <p>Speculation: {@link #candidate} names, from the memo or the probe match alone (128 KiB read), the digest a file
+ * probably has, so that a worker can be started from it while the comparison runs; the lease adopts that worker only
+ * if the comparison confirms it (see the slot package's {@code Standbys}).
  *
  * <p>When: a {@link StagingWatcher} (option {@code hash-at-staging}) hashes each file as the job server stages it,
  * long before the job's first lease ({@link #hashAhead}); the lease then finds the digest in the memo (under the same
- * identity rule, so a file written after that hash is hashed again). Otherwise the lease hashes it ({@link #blob}),
- * in one read: content that is probably new (no cached content has its size and first and last 64 KiB) is hashed
- * while it is copied into the cache.
+ * identity rule, so a file written after that is read again). Otherwise the lease reads it ({@link #blob}), once:
+ * compared with the cached content its probe matches, or, new content, hashed while it is copied into the cache.
  *
  * <p>Trust: the recycler reads, with its own privileges, only regular files whose real path (symbolic links resolved)
  * is under a configured directory; anything else is streamed from the runner as before. The runner (TaskManager) is
@@ -57,7 +64,9 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Memory: reads go through one {@link #BUFFER_BYTES} buffer per hashing thread ({@link #THREADS} threads), so the
  * heap holds at most {@code THREADS * BUFFER_BYTES} artifact bytes here whatever the file size; a file larger than the
- * cache's memory-blob limit is copied to the cache directory, never held on the heap.
+ * cache's memory-blob limit is copied to the cache directory, never held on the heap. Comparisons use two direct
+ * (off-heap) buffers of {@code BUFFER_BYTES} per thread that compares: at most {@code (THREADS + 2) * 2 *
+ * BUFFER_BYTES} (8 MiB), whatever the file size.
  *
  * <p>Concurrency: hashing runs on a small dedicated pool, never on a gRPC thread; concurrent requests for the same
  * file identity share one read ({@code inflight}).
@@ -81,6 +90,13 @@ final class LocalArtifacts {
   /** How long the staging-time copy of a worker binary stays pinned for the prefetches it starts (their tickets'). */
   static final Duration PREFETCH_PIN = Duration.ofMinutes(2);
   private final ThreadLocal<byte[]> buffers = ThreadLocal.withInitial(() -> new byte[BUFFER_BYTES]);
+  /** Per comparing thread: the staged file's chunk and the cached content's. */
+  private final ThreadLocal<ByteBuffer[]> comparing = ThreadLocal.withInitial(() -> new ByteBuffer[] {
+      ByteBuffer.allocateDirect(BUFFER_BYTES), ByteBuffer.allocateDirect(BUFFER_BYTES)});
+  /** Compares the second half of a large file while the calling thread compares the first. */
+  private final ExecutorService halves;
+  /** Files at least this large are compared in two halves on two threads. */
+  static final long SPLIT_BYTES = 8L << 20;
   private final AtomicLong bytesRead = new AtomicLong();
 
   /** What must stay the same for a path to keep naming the content hashed from it. */
@@ -109,6 +125,11 @@ final class LocalArtifacts {
     this.cache = cache;
     this.hashing = Executors.newFixedThreadPool(THREADS, r -> {
       Thread t = new Thread(r, "recycler-artifact-hash");
+      t.setDaemon(true);
+      return t;
+    });
+    this.halves = Executors.newSingleThreadExecutor(r -> {
+      Thread t = new Thread(r, "recycler-artifact-compare");
       t.setDaemon(true);
       return t;
     });
@@ -223,7 +244,14 @@ final class LocalArtifacts {
         }
       }
       if (digest == null) {
-        digest = hash(file, id);
+        Blob same = sameAsProbeMatch(file, id);
+        if (same != null) {
+          digest = same.sha256();
+          cache.unpin(digest);
+          how = "matched cached content byte for byte";
+        } else {
+          digest = hash(file, id);
+        }
       }
       memo.put(id, new Known(digest, true, System.currentTimeMillis()));
       hashedAt.accept(HashedAt.STAGING);
@@ -338,8 +366,8 @@ final class LocalArtifacts {
 
   /**
    * The file's content into the cache, in one read where it can: with a known digest (hashed at staging, content not
-   * cached) a verified copy; for content that is probably new ({@link #probablyCached}) hashed while copied;
-   * otherwise hashed only, and copied after that only if the digest turns out new (the guess was wrong).
+   * cached) a verified copy; else as {@link #intoCache}: compared with the cached content its probe matches, or hashed
+   * while copied.
    */
   private Blob read(Path file, FileIdentity id, String knownDigest, String lease) throws IOException {
     long started = System.nanoTime();
@@ -368,32 +396,60 @@ final class LocalArtifacts {
   private record Cached(Blob blob, String how) {}
 
   /**
-   * The file's content into the cache, pinned for the caller, in one read where it can: content that is probably new
-   * ({@link #probablyCached}) is hashed while copied; otherwise it is hashed, and copied after that only if the digest
-   * turns out new (the guess was wrong).
+   * The file's content into the cache, pinned for the caller, in one read where it can: content whose probe matches
+   * cached content ({@link #probeMatch}) is compared with it byte for byte, and if equal is that content (nothing
+   * copied); anything else is new content, hashed while copied (after a failed comparison: two reads).
    */
   private Cached intoCache(Path file, FileIdentity id) throws IOException {
-    if (!probablyCached(file, id.size())) {
+    Blob like = probeMatch(file, id.size());
+    if (like == null) {
       return new Cached(copy(file, id, null), "new content: hashed while copied");
     }
-    String digest = hash(file, id);
-    Blob blob = cache.pinned(digest);
-    return blob != null ? new Cached(blob, "hashed") : new Cached(copy(file, id, digest), "hashed, then copied");
+    Blob same = sameContent(file, id, like);
+    return same != null ? new Cached(same, "matched cached content byte for byte")
+        : new Cached(copy(file, id, null), "probe matched other content: hashed while copied");
   }
+
+  /** The cached content the file is byte for byte, pinned for the caller, if its probe matches one; else null. */
+  private Blob sameAsProbeMatch(Path file, FileIdentity id) throws IOException {
+    Blob like = probeMatch(file, id.size());
+    return like == null ? null : sameContent(file, id, like);
+  }
+
+  /**
+   * What the staged file probably holds, without reading it whole (for a speculative start): the digest the memo
+   * holds for its current identity ({@code verified}), else that of cached content its probe matches (not verified:
+   * {@link #blob} compares them). Null when neither, or when the file cannot be read.
+   */
+  Candidate candidate(Path file) {
+    try {
+      FileIdentity id = identity(file);
+      Known known = memo.getIfPresent(id);
+      if (known != null) {
+        return new Candidate(known.digest(), true);
+      }
+      Blob like = probeMatch(file, id.size());
+      return like == null ? null : new Candidate(like.sha256(), false);
+    } catch (IOException e) {
+      return null;
+    }
+  }
+
+  /** A staged file's probable digest; {@code verified} when it was established from the whole file. */
+  record Candidate(String sha256, boolean verified) {}
 
   /** Bytes compared at each end of a staged file to guess whether the cache holds its content. */
   static final int PROBE_BYTES = 64 << 10;
 
   /**
-   * A guess, to choose between one read and two (correctness never rests on it): whether cached content of the
-   * file's size has the same first and last {@link #PROBE_BYTES} (a rebuilt Go binary differs near its start, in
-   * its build ID; a different one mostly in its size). Yes: hash only, the common case of a new job whose binary
-   * a slot holds. No: new content, hashed while copied.
+   * Cached content of the file's size with the same first and last {@link #PROBE_BYTES} (a rebuilt Go binary differs
+   * near its start, in its build ID; a different one mostly in its size), or null. A guess that chooses between a
+   * comparison and a hash, never an identity: {@link #sameContent} decides.
    */
-  private boolean probablyCached(Path file, long size) throws IOException {
+  private Blob probeMatch(Path file, long size) throws IOException {
     List<Blob> candidates = cache.contentOfSize(size);
     if (candidates.isEmpty()) {
-      return false;
+      return null;
     }
     int n = (int) Math.min(PROBE_BYTES, size);
     byte[] head = new byte[n];
@@ -409,13 +465,108 @@ final class LocalArtifacts {
         in.skipNBytes(size - 2L * n < 0 ? 0 : size - 2L * n);
         byte[] t = size >= 2L * n ? in.readNBytes(n) : tail; // overlapping ends: the head covers both
         if (java.util.Arrays.equals(h, head) && java.util.Arrays.equals(t, tail)) {
-          return true;
+          return b;
         }
       } catch (IOException e) {
         // evicted meanwhile: not a candidate
       }
     }
-    return false;
+    return null;
+  }
+
+  /**
+   * {@code like}, pinned for the caller, if the file holds exactly its bytes; else null. Large files are compared in
+   * two halves, the second on another thread. Counts the staged file's bytes read (up to the first difference).
+   *
+   * @throws IOException if the file cannot be read or changed while it was compared
+   */
+  private Blob sameContent(Path file, FileIdentity id, Blob like) throws IOException {
+    Blob pinned = cache.pinned(like.sha256());
+    if (pinned == null) {
+      return null; // evicted since the probe
+    }
+    boolean same;
+    try {
+      long size = id.size();
+      if (pinned instanceof Blob.OnDisk d && size >= SPLIT_BYTES) {
+        long half = size / 2;
+        CompletableFuture<Boolean> second = CompletableFuture.supplyAsync(() -> {
+          try {
+            return equalRange(file, d.path(), half, size);
+          } catch (IOException e) {
+            throw new java.io.UncheckedIOException(e);
+          }
+        }, halves);
+        boolean first = equalRange(file, d.path(), 0, half);
+        same = joinHalf(second) && first;
+      } else if (pinned instanceof Blob.OnDisk d) {
+        same = equalRange(file, d.path(), 0, size);
+      } else {
+        same = equalBytes(file, ((Blob.InMemory) pinned).bytes());
+      }
+      if (!identity(file).equals(id)) {
+        throw new IOException("staged file " + file + " changed while it was read");
+      }
+    } catch (IOException | RuntimeException e) {
+      cache.unpin(pinned.sha256());
+      throw e;
+    }
+    if (!same) {
+      cache.unpin(pinned.sha256());
+      return null;
+    }
+    return pinned;
+  }
+
+  private static boolean joinHalf(CompletableFuture<Boolean> half) throws IOException {
+    try {
+      return half.join();
+    } catch (java.util.concurrent.CompletionException e) {
+      if (e.getCause() instanceof java.io.UncheckedIOException u) {
+        throw u.getCause();
+      }
+      throw e;
+    }
+  }
+
+  /** Whether bytes [from, to) of the two files are equal (both must be at least {@code to} long). */
+  private boolean equalRange(Path file, Path cached, long from, long to) throws IOException {
+    ByteBuffer[] bufs = comparing.get();
+    ByteBuffer a = bufs[0];
+    ByteBuffer b = bufs[1];
+    try (FileChannel x = FileChannel.open(file, StandardOpenOption.READ);
+        FileChannel y = FileChannel.open(cached, StandardOpenOption.READ)) {
+      for (long pos = from; pos < to; ) {
+        int n = (int) Math.min(BUFFER_BYTES, to - pos);
+        a.clear().limit(n);
+        b.clear().limit(n);
+        readFully(x, a, pos);
+        readFully(y, b, pos);
+        bytesRead.addAndGet(n);
+        if (a.flip().mismatch(b.flip()) >= 0) {
+          return false;
+        }
+        pos += n;
+      }
+    }
+    return true;
+  }
+
+  private boolean equalBytes(Path file, byte[] cached) throws IOException {
+    byte[] buf = buffers.get();
+    try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+      ByteBuffer bb = ByteBuffer.wrap(buf);
+      int off = 0;
+      int n;
+      while ((n = ch.read(bb.clear())) >= 0) {
+        bytesRead.addAndGet(n);
+        if (off + n > cached.length || java.util.Arrays.mismatch(buf, 0, n, cached, off, off + n) >= 0) {
+          return false;
+        }
+        off += n;
+      }
+      return off == cached.length;
+    }
   }
 
   private static void readFully(FileChannel ch, ByteBuffer bb, long position) throws IOException {
@@ -504,5 +655,6 @@ final class LocalArtifacts {
       w.close();
     }
     hashing.shutdownNow();
+    halves.shutdownNow();
   }
 }

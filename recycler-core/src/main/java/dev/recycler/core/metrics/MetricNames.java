@@ -53,7 +53,14 @@ public final class MetricNames {
    * it exited on its own), {@code SKIPPED} (not offered: its job's first lease, while few recent jobs had a second).
    */
   public static final String STANDBYS = "recycler.standby.workers";
-  /** Tag of {@link #PREFETCHES} and {@link #STANDBYS}. */
+  /**
+   * Counter: speculative starts, a new job's worker started from the digest its binary's probe matched while the
+   * content is compared; tag {@link #OUTCOME}: {@code STARTED}, {@code ADOPTED} (verified, the lease took it over),
+   * {@code MISMATCHED} (the content differed: stopped unused), {@code DROPPED}, {@code ENDED}, {@code NO_SLOT} (no
+   * idle slot's wrapper holds the probed content).
+   */
+  public static final String SPECULATIVE_STARTS = "recycler.speculative.starts";
+  /** Tag of {@link #PREFETCHES}, {@link #STANDBYS} and {@link #SPECULATIVE_STARTS}. */
   public static final String OUTCOME = "outcome";
   /** Tag of {@link #LOCAL_HASHES}: when the hash was done. */
   public static final String WHEN = "when";

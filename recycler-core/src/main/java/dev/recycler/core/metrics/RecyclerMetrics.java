@@ -37,6 +37,23 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
   private final Map<HashedAt, Counter> localHashes = new EnumMap<>(HashedAt.class);
   private final Map<Prefetch, Counter> prefetches = new EnumMap<>(Prefetch.class);
   private final Map<Standby, Counter> standbys = new EnumMap<>(Standby.class);
+  private final Map<Speculative, Counter> speculative = new EnumMap<>(Speculative.class);
+
+  /** What became of a speculative start (tag of {@link MetricNames#SPECULATIVE_STARTS}). */
+  public enum Speculative {
+    /** A worker started from probed digests while the lease's content was being verified. */
+    STARTED,
+    /** Verified: the lease took it over. */
+    ADOPTED,
+    /** The verified content differed from the probe's match: stopped, never having served anything. */
+    MISMATCHED,
+    /** Stopped otherwise: the lease ended while it waited, the slot went to another lease, or the wrapper left. */
+    DROPPED,
+    /** The wrapper declined it, or it exited on its own. */
+    ENDED,
+    /** Not started: no idle slot's wrapper holds the probed content. */
+    NO_SLOT
+  }
 
   /** What became of a standby worker (tag of {@link MetricNames#STANDBYS}). */
   public enum Standby {
@@ -116,6 +133,11 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
           .description("Standby workers (the same job's next worker, started when its lease ended), by outcome")
           .register(registry));
     }
+    for (Speculative s : Speculative.values()) {
+      speculative.put(s, Counter.builder(MetricNames.SPECULATIVE_STARTS).tag(MetricNames.OUTCOME, s.name())
+          .description("Workers started from a probed digest while the lease's content was verified, by outcome")
+          .register(registry));
+    }
     for (Prefetch p : Prefetch.values()) {
       prefetches.put(p, Counter.builder(MetricNames.PREFETCHES).tag(MetricNames.OUTCOME, p.name())
           .description("Worker binaries sent to idle slots' wrappers when a job staged them, by outcome")
@@ -125,6 +147,10 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
 
   public void standby(Standby outcome) {
     standbys.get(outcome).increment();
+  }
+
+  public void speculative(Speculative outcome) {
+    speculative.get(outcome).increment();
   }
 
   public void prefetch(Prefetch outcome) {

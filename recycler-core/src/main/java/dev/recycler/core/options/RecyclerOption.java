@@ -64,6 +64,14 @@ public enum RecyclerOption {
           + " needed for another job). Costs one idle worker process per free slot, within the memory a slot has"
           + " anyway, and a worker start when it is not used: a job's first lease gets one only while at least one"
           + " in eight recent jobs came back for another lease (docs/architecture.md, standby admission). `0`: off."),
+  SPECULATIVE_START("speculative-start", Type.BOOLEAN, "true", Scope.SHARED,
+      "With `local-artifact-dirs` set: when a new job's staged binary is not identified yet as its lease"
+          + " arrives (the lease came within about a second of staging), and cached content has its size and"
+          + " first and last 64 KiB, an idle slot whose wrapper holds that content starts the worker from it at"
+          + " once, while the staged file is compared with it byte for byte. The worker's control and logging"
+          + " streams are held at the recycler: it gets the lease only if the content is equal, and is stopped"
+          + " unused, never having received an instruction, if not. `false`: a worker is started only once its"
+          + " content is verified."),
   CACHE_MAX_SIZE("cache-max-size", Type.SIZE, "2 gb", Scope.SHARED,
       "Upper bound of the artifact cache, memory and disk together; least recently used content is evicted beyond"
           + " it.", "cache-max-bytes"),

@@ -195,6 +195,8 @@ final class Settings {
     apply(RecyclerOption.HASH_AT_STAGING, () -> b.hashAtStaging((Boolean) get(RecyclerOption.HASH_AT_STAGING)));
     apply(RecyclerOption.PREFETCH_SLOTS, () -> b.prefetchSlots((Integer) get(RecyclerOption.PREFETCH_SLOTS)));
     apply(RecyclerOption.STANDBY_TTL, () -> b.standbyTtl(duration(RecyclerOption.STANDBY_TTL)));
+    apply(RecyclerOption.SPECULATIVE_START,
+        () -> b.speculativeStart((Boolean) get(RecyclerOption.SPECULATIVE_START)));
     apply(RecyclerOption.WORKER_STALL_TIMEOUT,
         () -> b.workerStallTimeout(duration(RecyclerOption.WORKER_STALL_TIMEOUT)));
     if (values.containsKey(RecyclerOption.ATTACH_SECRET_FILE)) {

@@ -47,6 +47,10 @@ final class LeaseLifecycle {
 
     /** Whether the pool is shut down (no new standbys then). */
     boolean closed();
+
+    /** Starts the waiting, unplaced {@code lease}'s worker from {@code probed} inputs, if a slot can ({@link
+     * Standbys#speculate}). */
+    void speculate(Lease lease, PreparedLease probed, List<Runnable> after);
   }
 
   private final RecyclerConfig config;
@@ -82,26 +86,43 @@ final class LeaseLifecycle {
 
   /**
    * Gets the WAITING lease's boot inputs from the listener (the runner's provision info and resolved artifacts); once
-   * they are in (or could not be had: the wrapper then asks itself), the lease can be placed on a slot. Called outside
-   * the lock.
+   * they are in (or could not be had: the wrapper then asks itself), the lease can be placed on a slot. With {@code
+   * speculative-start}, inputs the listener knows earlier with digests only probed start a worker on a slot meanwhile
+   * ({@link Standbys#speculate}); the lease is placed only after that decision, so its verified inputs always find
+   * the worker started for it (and adopt it, or stop it if they differ). Called outside the lock.
    */
   void prepare(Lease lease) {
     long started = scheduler.nanoTime();
     CompletableFuture<PreparedLease> inputs;
+    CompletableFuture<PreparedLease> probed;
     try {
       inputs = listener.prepare(lease);
+      probed = config.speculativeStart() ? listener.provisional(lease)
+          : CompletableFuture.completedFuture(null);
     } catch (RuntimeException e) {
       inputs = CompletableFuture.failedFuture(e);
+      probed = CompletableFuture.completedFuture(null);
     }
-    inputs.whenComplete((prepared, failure) -> lock.run(after -> {
-      if (lease.state() != Lease.State.WAITING) {
-        return; // it ended while it was being prepared
+    CompletableFuture<Void> speculated = probed.handle((p, failure) -> {
+      if (failure == null && p != null) {
+        lock.run(after -> {
+          if (lease.state() == Lease.State.WAITING && !lease.isPrepared() && !pool.closed()) {
+            pool.speculate(lease, p, after);
+          }
+        });
       }
-      lease.prepared(failure == null ? prepared : null);
-      LOG.info("lease prepared runner_worker={} prepared={} prepare_ms={} lease={}", lease.runnerWorkerId(),
-          lease.inputs() != null, (scheduler.nanoTime() - started) / 1_000_000, lease.sequence());
-      pool.dispatch(after);
-    }));
+      return null;
+    });
+    inputs.handle((prepared, failure) -> failure == null ? prepared : null).thenCombine(speculated, (p, v) -> p)
+        .thenAccept(prepared -> lock.run(after -> {
+          if (lease.state() != Lease.State.WAITING) {
+            return; // it ended while it was being prepared
+          }
+          lease.prepared(prepared);
+          LOG.info("lease prepared runner_worker={} prepared={} prepare_ms={} lease={}", lease.runnerWorkerId(),
+              lease.inputs() != null, (scheduler.nanoTime() - started) / 1_000_000, lease.sequence());
+          pool.dispatch(after);
+        }));
   }
 
   /**
@@ -323,6 +344,7 @@ final class LeaseLifecycle {
     lease.ended(reason, scheduler.now());
     index.ended(lease);
     metrics.leaseEnded(reason);
+    standbys.speculationDone(lease, null, "its lease ended while it waited", after);
     after.add(() -> listener.onEnded(lease)); // it may have been prepared while it waited
   }
 

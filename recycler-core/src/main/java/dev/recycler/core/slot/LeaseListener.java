@@ -13,6 +13,16 @@ public interface LeaseListener {
    */
   CompletableFuture<PreparedLease> prepare(Lease lease);
 
+  /**
+   * The lease's boot inputs as {@link #prepare} will return them, known earlier because some artifact digests are
+   * only probed, not yet verified (see the artifact package's {@code Artifacts#provisional}), to start a worker from
+   * speculatively; or null when there is nothing to gain. The pool adopts such a worker only if the verified inputs
+   * are byte-for-byte these. Must complete no later than {@link #prepare}'s future; never exceptionally.
+   */
+  default CompletableFuture<PreparedLease> provisional(Lease lease) {
+    return CompletableFuture.completedFuture(null);
+  }
+
   /** The lease ended; release everything it held. Called once per lease. */
   void onEnded(Lease lease);
 

@@ -301,7 +301,7 @@ public final class SlotPool implements LeaseVerifier {
       if (!lease.isPrepared()) {
         continue;
       }
-      Standbys.Placement placement = standbys.place(lease, slots.values());
+      Standbys.Placement placement = standbys.place(lease, slots.values(), after);
       if (placement == null) {
         return;
       }
@@ -480,6 +480,11 @@ public final class SlotPool implements LeaseVerifier {
     @Override
     public void checkDrained(List<Runnable> after) {
       SlotPool.this.checkDrained(after);
+    }
+
+    @Override
+    public void speculate(Lease lease, dev.recycler.proto.v1.PreparedLease probed, List<Runnable> after) {
+      standbys.speculate(lease, probed, slots.values(), after);
     }
   }
 

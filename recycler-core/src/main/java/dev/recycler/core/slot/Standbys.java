@@ -82,12 +82,15 @@ final class Standbys {
     private final String jobName;
     private final long createdNanos;
     private final Job job;
+    /** The lease it was started for speculatively, before that lease's content was verified; null for a standby. */
+    private final Lease speculativeFor;
     private final List<CompletableFuture<Lease>> waiters = new ArrayList<>();
     private Scheduler.Cancellable expiry;
 
     private Standby(Slot slot, long generation, String credential, String spec, String jobName, long createdNanos,
-        Job job) {
+        Job job, Lease speculativeFor) {
       this.job = job;
+      this.speculativeFor = speculativeFor;
       this.slot = slot;
       this.generation = generation;
       this.credential = credential;
@@ -123,6 +126,8 @@ final class Standbys {
   private final PoolLock lock;
   private final SecureRandom random = new SecureRandom();
   private final Map<String, Standby> byWorkerId = new HashMap<>();
+  /** Workers started speculatively, by the waiting lease they were started for. */
+  private final Map<Lease, Standby> speculations = new HashMap<>();
   static final int SEEN_JOBS = 1024;
   /** First leases whose outcome (followed by another of the job or not) decides whether first leases get standbys. */
   static final int RETURN_WINDOW = 32;
@@ -211,19 +216,98 @@ final class Standbys {
           ended.jobName());
       return;
     }
+    Standby s = start(slot, ended.spec(), ended.jobName(), ended.inputs(), job, null, config.standbyTtl());
+    metrics.standby(RecyclerMetrics.Standby.OFFERED);
+    LOG.info("standby offered slot={} generation={} job={}", slot.id, s.generation, s.jobName);
+  }
+
+  /**
+   * Reserves {@code slot}'s next generation and a fresh credential for a worker started from {@code inputs}, and asks
+   * the slot's wrapper to start it. It is dropped after {@code ttl} unless adopted first.
+   */
+  private Standby start(Slot slot, String spec, String jobName, PreparedLease inputs, Job job, Lease speculativeFor,
+      java.time.Duration ttl) {
     long generation = ++slot.lastGeneration;
-    Standby s = new Standby(slot, generation, LeaseCredentials.mint(random), ended.spec(), ended.jobName(), now, job);
+    Standby s = new Standby(slot, generation, LeaseCredentials.mint(random), spec, jobName, scheduler.nanoTime(), job,
+        speculativeFor);
     slot.standby = s;
     byWorkerId.put(s.workerId(), s);
-    s.expiry = scheduler.schedule(config.standbyTtl(), () -> expired(s));
-    metrics.standby(RecyclerMetrics.Standby.OFFERED);
-    LOG.info("standby offered slot={} generation={} job={}", slot.id, generation, s.jobName);
+    s.expiry = scheduler.schedule(ttl, () -> expired(s));
     RecyclerMessage m = RecyclerMessage.newBuilder().setStandby(dev.recycler.proto.v1.Standby.newBuilder()
         .setGeneration(generation).setWorkerId(LeaseCredentials.workerId(s.workerId(), s.credential))
-        .setCredential(s.credential).setJobName(s.jobName).setPrepared(ended.inputs())).build();
+        .setCredential(s.credential).setJobName(jobName).setPrepared(inputs)).build();
     // Sent under the lock, as a Lease is: a Lease or an Exit of this generation, queued only after this point, can
     // never reach the wrapper before it. Sending does not block (the stream buffers).
-    a.link().send(m);
+    slot.attachment.link().send(m);
+    return s;
+  }
+
+  /**
+   * Starts the waiting {@code lease}'s worker speculatively, from {@code probed}: its boot inputs named by digests
+   * that are partly only probed (cached content of the staged file's size and ends), while the staged content is
+   * compared with that content byte for byte. The worker is a standby in all but its trigger: started on an IDLE slot
+   * whose wrapper holds every probed digest (one without a standby, the slot freed last; else the one whose standby
+   * placement would drop first, that standby stopped), its control and logging streams held, so it receives no
+   * instruction and reaches nothing of the runner. When the lease's verified inputs are in,
+   * {@link #place} puts the lease on it only if they are byte-for-byte {@code probed} (the same {@link #spec}); if
+   * not, it is stopped unused. No slot qualifying: nothing is started ({@code NO_SLOT}).
+   */
+  void speculate(Lease lease, PreparedLease probed, Collection<Slot> slots, List<Runnable> after) {
+    List<String> needs = digests(probed);
+    Slot free = null;
+    Slot victim = null;
+    for (Slot slot : slots) {
+      Slot.Attachment a = slot.attachment;
+      if (slot.state() != SlotState.IDLE || slot.pendingClaim != null || a == null
+          || !a.heldDigests().containsAll(needs)) {
+        continue;
+      }
+      Standby s = slot.standby;
+      if (s == null) {
+        free = free == null || slot.stateSinceNanos() > free.stateSinceNanos() ? slot : free;
+      } else if (s.speculativeFor == null && (victim == null || leasesOf(s) < leasesOf(victim.standby)
+          || (leasesOf(s) == leasesOf(victim.standby) && s.createdNanos < victim.standby.createdNanos))) {
+        victim = slot;
+      }
+    }
+    Slot chosen = free != null ? free : victim;
+    if (chosen == null) {
+      metrics.speculative(RecyclerMetrics.Speculative.NO_SLOT);
+      LOG.info("speculative start skipped runner_worker={} lease={}: no idle slot's wrapper holds {} (or each such"
+          + " slot runs another lease's speculative start)", lease.runnerWorkerId(), lease.sequence(), needs);
+      return;
+    }
+    if (chosen.standby != null) {
+      // Another job's standby, the least used (as placement would pick it): stopped first, with its Exit sent now,
+      // under the lock, so that the wrapper has it before the Standby that replaces it (and queues that one).
+      Standby replaced = chosen.standby;
+      forget(replaced);
+      resolve(replaced.job, false);
+      metrics.standby(RecyclerMetrics.Standby.DROPPED);
+      String why = "the slot is needed for another job's speculative start";
+      LOG.info("standby dropped slot={} generation={} job={}: {}", chosen.id, replaced.generation, replaced.jobName,
+          why);
+      fail(replaced, why, after);
+      chosen.attachment.link().send(exit(replaced));
+    }
+    String spec = spec(probed);
+    // A lease waits at most lease-wait-timeout; so does the worker started for it (normally adopted or dropped long
+    // before, when the comparison ends).
+    Standby s = start(chosen, spec, lease.jobName(), probed, seen.computeIfAbsent(spec, k -> new Job()), lease,
+        config.leaseWaitTimeout());
+    speculations.put(lease, s);
+    metrics.speculative(RecyclerMetrics.Speculative.STARTED);
+    LOG.info("speculative start slot={} generation={} runner_worker={} lease={} digests={}", chosen.id, s.generation,
+        lease.runnerWorkerId(), lease.sequence(), needs);
+  }
+
+  /** The lease, placed or ended, no longer needs a worker started for it speculatively: stop it unless adopted. */
+  void speculationDone(Lease lease, Standby adopted, String why, List<Runnable> after) {
+    Standby s = speculations.remove(lease);
+    if (s == null || s == adopted || s.slot.standby != s) {
+      return;
+    }
+    drop(s.slot, why, true, after);
   }
 
   /**
@@ -244,12 +328,30 @@ final class Standbys {
     return out;
   }
 
-  /** Where the prepared {@code lease} goes among {@code slots}, or null when none is IDLE. */
-  Placement place(Lease lease, Collection<Slot> slots) {
+  /**
+   * Where the prepared {@code lease} goes among {@code slots}, or null when none is IDLE. A worker started
+   * speculatively for it that its verified inputs do not match is stopped now, whether or not a slot is free.
+   */
+  Placement place(Lease lease, Collection<Slot> slots, List<Runnable> after) {
+    Standby speculative = speculations.get(lease);
+    if (speculative != null && lease.spec() == null) {
+      speculationDone(lease, null, "its lease's preparation failed", after);
+    } else if (speculative != null && !speculative.spec.equals(lease.spec())
+        && speculative.slot.standby == speculative) {
+      speculations.remove(lease);
+      forget(speculative);
+      metrics.speculative(RecyclerMetrics.Speculative.MISMATCHED);
+      String why = "speculative start refuted: the staged content is not the cached content its probe matched";
+      LOG.info("speculative start mismatched slot={} generation={} runner_worker={} lease={}: {}",
+          speculative.slot.id, speculative.generation, lease.runnerWorkerId(), lease.sequence(), why);
+      fail(speculative, why, after);
+      stop(speculative, after);
+    }
     Placement p = choose(lease, slots);
     if (p == null) {
       return null;
     }
+    speculationDone(lease, p.standby(), "its lease went to another slot", after);
     resolveExpired(scheduler.nanoTime());
     Standby replaced = p.standby() == null ? p.slot().standby : null;
     if (replaced != null) {
@@ -335,9 +437,14 @@ final class Standbys {
   /** {@code lease} took over its slot's standby: the streams its worker holds open go to the lease. */
   void adopted(Standby s, Lease lease, List<Runnable> after) {
     forget(s);
-    metrics.standby(RecyclerMetrics.Standby.ADOPTED);
-    LOG.info("standby adopted slot={} generation={} runner_worker={} held_streams={}", s.slot.id, s.generation,
-        lease.runnerWorkerId(), s.waiters.size());
+    if (s.speculativeFor != null) {
+      speculations.remove(s.speculativeFor, s);
+      metrics.speculative(RecyclerMetrics.Speculative.ADOPTED);
+    } else {
+      metrics.standby(RecyclerMetrics.Standby.ADOPTED);
+    }
+    LOG.info("standby adopted slot={} generation={} runner_worker={} held_streams={} speculative={}", s.slot.id,
+        s.generation, lease.runnerWorkerId(), s.waiters.size(), s.speculativeFor != null);
     List<CompletableFuture<Lease>> waiters = List.copyOf(s.waiters);
     after.add(() -> waiters.forEach(w -> w.complete(lease)));
   }
@@ -353,14 +460,34 @@ final class Standbys {
       return;
     }
     forget(s);
-    metrics.standby(RecyclerMetrics.Standby.DROPPED);
-    LOG.info("standby dropped slot={} generation={} job={}: {}", slot.id, s.generation, s.jobName, why);
+    count(s, RecyclerMetrics.Standby.DROPPED, RecyclerMetrics.Speculative.DROPPED);
+    LOG.info("standby dropped slot={} generation={} job={} speculative={}: {}", slot.id, s.generation, s.jobName,
+        s.speculativeFor != null, why);
     fail(s, why, after);
-    Slot.Attachment a = slot.attachment;
-    if (tellWrapper && a != null) {
-      RecyclerMessage exit = RecyclerMessage.newBuilder().setExit(Exit.newBuilder().setGeneration(s.generation)
-          .setReason(ExitReason.EXIT_REASON_STANDBY_UNUSED)).build();
+    if (tellWrapper) {
+      stop(s, after);
+    }
+  }
+
+  /** Sends the standby's wrapper an exit instruction for it (after the lock), if the wrapper is still attached. */
+  private static void stop(Standby s, List<Runnable> after) {
+    Slot.Attachment a = s.slot.attachment;
+    if (a != null) {
+      RecyclerMessage exit = exit(s);
       after.add(() -> a.link().send(exit));
+    }
+  }
+
+  private static RecyclerMessage exit(Standby s) {
+    return RecyclerMessage.newBuilder().setExit(Exit.newBuilder().setGeneration(s.generation)
+        .setReason(ExitReason.EXIT_REASON_STANDBY_UNUSED)).build();
+  }
+
+  private void count(Standby s, RecyclerMetrics.Standby standby, RecyclerMetrics.Speculative speculative) {
+    if (s.speculativeFor != null) {
+      metrics.speculative(speculative);
+    } else {
+      metrics.standby(standby);
     }
   }
 
@@ -371,7 +498,7 @@ final class Standbys {
       return; // already dropped or adopted
     }
     forget(s);
-    metrics.standby(RecyclerMetrics.Standby.ENDED);
+    count(s, RecyclerMetrics.Standby.ENDED, RecyclerMetrics.Speculative.ENDED);
     LOG.info("standby ended slot={} generation={}: {}", slot.id, generation, message);
     fail(s, "the standby worker ended: " + message, after);
   }
@@ -380,12 +507,16 @@ final class Standbys {
     lock.run(after -> {
       if (s.slot.standby == s) {
         resolve(s.job, false);
-        drop(s.slot, "not adopted within standby-ttl=" + config.standbyTtl().toSeconds() + "s", true, after);
+        drop(s.slot, s.speculativeFor != null ? "not adopted within lease-wait-timeout" : "not adopted within"
+            + " standby-ttl=" + config.standbyTtl().toSeconds() + "s", true, after);
       }
     });
   }
 
   private void forget(Standby s) {
+    if (s.speculativeFor != null) {
+      speculations.remove(s.speculativeFor, s);
+    }
     s.slot.standby = null;
     byWorkerId.remove(s.workerId());
     if (s.expiry != null) {

@@ -105,6 +105,15 @@ public final class TestingWrapper implements AutoCloseable {
   /** The full worker id (with its credential) of each started worker, by generation. */
   private final Map<Long, String> workerIds = new ConcurrentHashMap<>();
   private final Set<Long> frozen = ConcurrentHashMap.newKeySet();
+  private volatile boolean standbys;
+  /** Generations of standby workers running (started, not yet adopted or stopped). */
+  private final Set<Long> standbyGenerations = ConcurrentHashMap.newKeySet();
+  /** Each started worker's binary digests, by generation. */
+  public final Map<Long, List<String>> binaries = new ConcurrentHashMap<>();
+  /** Instructions each worker received, by generation. */
+  public final Map<Long, List<String>> instructionsByGeneration = new ConcurrentHashMap<>();
+  /** The generation of each worker whose control call ended with an error, and the error. */
+  public final Map<Long, Status> workerErrors = new ConcurrentHashMap<>();
   private final Set<Long> deaf = ConcurrentHashMap.newKeySet();
 
   public TestingWrapper(String slot, String incarnation, String endpoint) {
@@ -115,6 +124,16 @@ public final class TestingWrapper implements AutoCloseable {
 
   public TestingWrapper behavior(Behavior b) {
     this.behavior = b;
+    return this;
+  }
+
+  /**
+   * Start Standby workers as go-boot-wrapper does: from the prepared inputs if every artifact is held (else decline
+   * with StandbyEnded), their control streams opened at once; a Lease that adopts one only reports it started; an
+   * Exit of its generation, or a Lease of a later one, stops it (StandbyEnded). Off by default: Standby is ignored.
+   */
+  public TestingWrapper standbys() {
+    this.standbys = true;
     return this;
   }
 
@@ -151,6 +170,11 @@ public final class TestingWrapper implements AutoCloseable {
         switch (m.getKindCase()) {
           case LEASE -> boots.execute(() -> boot(m.getLease()));
           case EXIT -> boots.execute(() -> exit(m.getExit().getGeneration()));
+          case STANDBY -> {
+            if (standbys) {
+              boots.execute(() -> standby(m.getStandby()));
+            }
+          }
           case PING -> {
             if (answerPings) {
               send(WrapperMessage.newBuilder().setPong(Pong.newBuilder().setNonce(m.getPing().getNonce())).build());
@@ -188,9 +212,47 @@ public final class TestingWrapper implements AutoCloseable {
     return io.grpc.ClientInterceptors.intercept(channel, MetadataUtils.newAttachHeadersInterceptor(md));
   }
 
+  private void standby(dev.recycler.proto.v1.Standby standby) {
+    long gen = standby.getGeneration();
+    List<String> needs = digests(standby.getPrepared().getArtifactsList());
+    if (!held.containsAll(needs)) {
+      standbyEnded(gen, "declined: an artifact is not in the cache");
+      return;
+    }
+    standbyGenerations.add(gen);
+    binaries.put(gen, needs);
+    startWorker(gen, standby.getWorkerId());
+  }
+
+  private void standbyEnded(long gen, String message) {
+    send(WrapperMessage.newBuilder().setStandbyEnded(dev.recycler.proto.v1.StandbyEnded.newBuilder()
+        .setGeneration(gen).setMessage(message)).build());
+  }
+
+  private static List<String> digests(List<ArtifactInformation> artifacts) {
+    return artifacts.stream().map(a -> {
+      try {
+        return ArtifactFilePayload.parseFrom(a.getTypePayload()).getSha256();
+      } catch (com.google.protobuf.InvalidProtocolBufferException e) {
+        return "?";
+      }
+    }).toList();
+  }
+
   private void boot(dev.recycler.proto.v1.Lease lease) {
     long gen = lease.getGeneration();
     String cred = lease.getCredential();
+    if (lease.getAdoptStandby() && standbyGenerations.remove(gen)) {
+      send(WrapperMessage.newBuilder()
+          .setWorkerStarted(WorkerStarted.newBuilder().setGeneration(gen).setPid(1000 + gen)).build());
+      return;
+    }
+    for (Long other : List.copyOf(standbyGenerations)) {
+      // A Lease that does not adopt the running standby stops it first.
+      standbyGenerations.remove(other);
+      killWorker(other);
+      standbyEnded(other, "replaced by the lease of generation " + gen);
+    }
     try {
       ProvisionInfo info;
       List<ArtifactInformation> resolved;
@@ -207,6 +269,7 @@ public final class TestingWrapper implements AutoCloseable {
             .getReplacementsList();
       }
       provisioned.add(info);
+      binaries.put(gen, digests(resolved));
       for (ArtifactInformation a : resolved) {
         String sha = ArtifactFilePayload.parseFrom(a.getTypePayload()).getSha256();
         if (!held.contains(sha)) {
@@ -287,16 +350,27 @@ public final class TestingWrapper implements AutoCloseable {
       @Override
       public void onNext(InstructionRequest r) {
         instructions.add(r);
+        instructionsByGeneration.computeIfAbsent(gen, k -> new CopyOnWriteArrayList<>()).add(r.getInstructionId());
         if (frozen.contains(gen)) {
           return;
         }
+        InstructionResponse.Builder answer = InstructionResponse.newBuilder().setInstructionId(r.getInstructionId());
+        if (r.hasHarnessMonitoringInfos()) {
+          // Says which worker answered, and what it runs: the generation and its binaries' digests.
+          answer.setHarnessMonitoringInfos(org.apache.beam.model.fnexecution.v1.BeamFnApi
+              .HarnessMonitoringInfosResponse.newBuilder()
+              .putMonitoringData("generation", com.google.protobuf.ByteString.copyFromUtf8(Long.toString(gen)))
+              .putMonitoringData("binaries", com.google.protobuf.ByteString.copyFromUtf8(
+                  String.join(",", binaries.getOrDefault(gen, List.of())))));
+        }
         synchronized (out) {
-          out.onNext(InstructionResponse.newBuilder().setInstructionId(r.getInstructionId()).build());
+          out.onNext(answer.build());
         }
       }
 
       @Override
       public void onError(Throwable t) {
+        workerErrors.put(gen, Status.fromThrowable(t));
         workerEofs.incrementAndGet();
       }
 
@@ -348,6 +422,10 @@ public final class TestingWrapper implements AutoCloseable {
 
   private void exit(long generation) {
     killWorker(generation);
+    if (standbyGenerations.remove(generation)) {
+      standbyEnded(generation, "stopped on the exit instruction");
+      return;
+    }
     ended(generation, Outcome.OUTCOME_EXITED_ON_INSTRUCTION, -1, "");
   }
 
