@@ -128,9 +128,14 @@ func TestStandbyAdopted(t *testing.T) {
 	if !testhelper.Alive(r.Pid) {
 		t.Fatalf("the adopted worker %d is gone", r.Pid)
 	}
-	if !regexp.MustCompile(`msg="worker started" slot=slot-0 generation=2 worker_id=slot-0.g2 pid=` + strconv.Itoa(r.Pid) +
-		` adopted_standby=true took=\S+`).MatchString(e.h.logs.String()) {
-		t.Errorf("no worker started line for the adoption with its time:\n%s", e.h.logs.String())
+	// The line is written just after WorkerStarted is sent (its took ends there): wait for it.
+	started := regexp.MustCompile(`msg="worker started" slot=slot-0 generation=2 worker_id=slot-0.g2 pid=` +
+		strconv.Itoa(r.Pid) + ` adopted_standby=true took=\S+`)
+	for deadline := time.Now().Add(5 * time.Second); !started.MatchString(e.h.logs.String()); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no worker started line for the adoption with its time:\n%s", e.h.logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 
 	e.s.Exit(2)
