@@ -89,7 +89,7 @@ public final class Recycler implements AutoCloseable {
         ? l.state() != Lease.State.ENDED : owner instanceof ChannelOwner o && o.holdsChannels());
     this.artifacts = new Artifacts(
         new ArtifactCache(config.cacheDirectory(), config.cacheMaxBytes(), config.memoryBlobMaxBytes()),
-        config.localArtifactDirectories(), config.hashAtStaging(), channels,
+        config.localArtifactDirectories(), config.hashAtStaging(), config.speculativeStart(), channels,
         metrics, config.upstreamCallTimeout(), config.artifactFetchTimeout());
     LeaseListener listener = new LeaseListener() {
       @Override

@@ -56,6 +56,7 @@ public final class Artifacts {
   private final RecyclerMetrics<?, ?> metrics;
   private final Duration callTimeout;
   private final Duration fetchTimeout;
+  private final boolean probe;
   /** Per lease: sha256 → the runner artifact it came from (to fetch again if evicted). */
   private final Map<Lease, Map<String, ArtifactInformation>> scopes = new ConcurrentHashMap<>();
   /** Per lease: the one resolution of its dependencies, shared by the Lease message and the wrapper's own call. */
@@ -83,9 +84,12 @@ public final class Artifacts {
    * @param localDirectories directories whose staged files may be read in place (empty: stream everything from the
    *     runner)
    * @param hashAtStaging watch {@code localDirectories} and hash files as they are staged, ahead of their leases
+   * @param probe name staged files by their probe match for {@link #provisional} (option {@code
+   *     speculative-start}); without it {@link #provisional} always completes with null
    */
-  public Artifacts(ArtifactCache cache, List<java.nio.file.Path> localDirectories, boolean hashAtStaging,
+  public Artifacts(ArtifactCache cache, List<java.nio.file.Path> localDirectories, boolean hashAtStaging, boolean probe,
       RunnerChannels channels, RecyclerMetrics<?, ?> metrics, Duration callTimeout, Duration fetchTimeout) {
+    this.probe = probe;
     this.cache = cache;
     this.locals = new LocalArtifacts(localDirectories, cache, metrics::localHashed);
     if (hashAtStaging) {
@@ -230,7 +234,7 @@ public final class Artifacts {
       }
       // After the reads started (on the hashing threads): the probe reads only both ends of each file.
       try {
-        provisional.complete(probed(lease, resolved));
+        provisional.complete(probe ? probed(lease, resolved) : null);
       } catch (RuntimeException e) {
         provisional.complete(null);
       }

@@ -234,7 +234,7 @@ final class LocalArtifacts {
       String how = "hashed";
       if (binary) {
         try {
-          Cached c = intoCache(file, id);
+          Cached c = intoCache(file, id, false);
           digest = c.blob().sha256();
           how = "worker binary, " + c.how() + ", pinned for prefetch";
         } catch (IOException e) {
@@ -244,7 +244,7 @@ final class LocalArtifacts {
         }
       }
       if (digest == null) {
-        Blob same = sameAsProbeMatch(file, id);
+        Blob same = sameAsProbeMatch(file, id, false);
         if (same != null) {
           digest = same.sha256();
           cache.unpin(digest);
@@ -380,7 +380,7 @@ final class LocalArtifacts {
       how = "digest known from staging, copied";
     } else {
       hashedAt.accept(HashedAt.LEASE);
-      Cached c = intoCache(file, id);
+      Cached c = intoCache(file, id, true);
       blob = c.blob();
       digest = blob.sha256();
       how = c.how();
@@ -400,20 +400,20 @@ final class LocalArtifacts {
    * cached content ({@link #probeMatch}) is compared with it byte for byte, and if equal is that content (nothing
    * copied); anything else is new content, hashed while copied (after a failed comparison: two reads).
    */
-  private Cached intoCache(Path file, FileIdentity id) throws IOException {
+  private Cached intoCache(Path file, FileIdentity id, boolean split) throws IOException {
     Blob like = probeMatch(file, id.size());
     if (like == null) {
       return new Cached(copy(file, id, null), "new content: hashed while copied");
     }
-    Blob same = sameContent(file, id, like);
+    Blob same = sameContent(file, id, like, split);
     return same != null ? new Cached(same, "matched cached content byte for byte")
         : new Cached(copy(file, id, null), "probe matched other content: hashed while copied");
   }
 
   /** The cached content the file is byte for byte, pinned for the caller, if its probe matches one; else null. */
-  private Blob sameAsProbeMatch(Path file, FileIdentity id) throws IOException {
+  private Blob sameAsProbeMatch(Path file, FileIdentity id, boolean split) throws IOException {
     Blob like = probeMatch(file, id.size());
-    return like == null ? null : sameContent(file, id, like);
+    return like == null ? null : sameContent(file, id, like, split);
   }
 
   /**
@@ -475,12 +475,13 @@ final class LocalArtifacts {
   }
 
   /**
-   * {@code like}, pinned for the caller, if the file holds exactly its bytes; else null. Large files are compared in
-   * two halves, the second on another thread. Counts the staged file's bytes read (up to the first difference).
+   * {@code like}, pinned for the caller, if the file holds exactly its bytes; else null. With {@code split} (on a
+   * lease's path; not at staging time, which is off it) large files are compared in two halves, the second on
+   * another thread. Counts the staged file's bytes read (up to the first difference).
    *
    * @throws IOException if the file cannot be read or changed while it was compared
    */
-  private Blob sameContent(Path file, FileIdentity id, Blob like) throws IOException {
+  private Blob sameContent(Path file, FileIdentity id, Blob like, boolean split) throws IOException {
     Blob pinned = cache.pinned(like.sha256());
     if (pinned == null) {
       return null; // evicted since the probe
@@ -488,7 +489,7 @@ final class LocalArtifacts {
     boolean same;
     try {
       long size = id.size();
-      if (pinned instanceof Blob.OnDisk d && size >= SPLIT_BYTES) {
+      if (pinned instanceof Blob.OnDisk d && split && size >= SPLIT_BYTES) {
         long half = size / 2;
         CompletableFuture<Boolean> second = CompletableFuture.supplyAsync(() -> {
           try {
