@@ -22,19 +22,13 @@ import org.apache.beam.model.jobmanagement.v1.ArtifactRetrievalServiceGrpc;
 
 /**
  * Wrapper-facing {@code ArtifactRetrievalService}, fenced to the caller's current lease ({@code worker_id} = slot id,
- * {@code recycler-generation}). GetArtifact streams from the cache with flow control, 256 KiB per message, and
- * announces the length in the {@code recycler-content-length} response header. It hashes what it sends: content
- * whose bytes no longer match its sha256 (a cache file changed on disk) ends the call with DATA_LOSS instead of
- * completing it, and is dropped from the cache so that the next lease gets it fetched again rather than the same
- * corrupt bytes.
+ * {@code recycler-generation}). GetArtifact streams from the cache with flow control, 1 MiB per message, and announces
+ * the length in the {@code recycler-content-length} response header. It hashes what it sends: content whose bytes no
+ * longer match its sha256 (a cache file changed on disk) ends the call with DATA_LOSS instead of completing it, and
+ * is dropped from the cache so that the next lease gets it fetched again rather than the same corrupt bytes.
  */
 final class ArtifactService extends ArtifactRetrievalServiceGrpc.ArtifactRetrievalServiceImplBase {
-  /**
-   * Bytes per message. Each is a fresh array that gRPC owns until it is written, so it is kept below half of G1's
-   * smallest region (1 MiB, the region size of the recommended 64 MB heap): a larger one is a humongous object, placed
-   * and reclaimed outside the young generation, which cost measurably on every send of a worker binary.
-   */
-  private static final int CHUNK = 256 << 10;
+  private static final int CHUNK = 1 << 20;
 
   private final SlotPool pool;
   private final Artifacts artifacts;
