@@ -348,7 +348,7 @@ class ArtifactIdentityTest {
     return runner;
   }
 
-  /** Sends a HarnessMonitoringInfos instruction, as Beam's runner may right after StartWorker, and returns the answer. */
+  /** Sends a HarnessMonitoringInfos instruction, as Beam's runner may after StartWorker, and returns the answer. */
   private static InstructionResponse ask(TestingRunner runner, String id) {
     runner.controls.get(id).onNext(InstructionRequest.newBuilder().setInstructionId("probe-" + id)
         .setHarnessMonitoringInfos(HarnessMonitoringInfosRequest.getDefaultInstance()).build());

@@ -73,18 +73,20 @@ public final class RecyclerOptions {
           .withDescription("Absolute directories, separated by ';', whose staged files the recycler reads in place:"
               + " the Beam job server's --artifacts-dir, which the TaskManager mounts anyway (Beam's own artifact"
               + " service reads each job's files from there). A job's worker binary under one of them is identified"
-              + " by hashing it from disk instead of streaming it through the runner's gRPC service and the"
-              + " TaskManager heap. Unset: every artifact is streamed.");
+              + " from disk (compared byte for byte with cached content of its size and first and last 64 KiB, else"
+              + " hashed) instead of streaming it through the runner's gRPC service and the TaskManager heap. Unset:"
+              + " every artifact is streamed.");
 
   public static final ConfigOption<Boolean> HASH_AT_STAGING =
       ConfigOptions.key("hash-at-staging")
           .booleanType()
           .defaultValue(true)
-          .withDescription("With local-artifact-dirs set: watch those directories (inotify) and hash each file the"
-              + " job server stages there in the background, once it has been quiet for 1 s, so that a new job's"
-              + " first lease finds its binary's digest ready instead of hashing it on the lease's path. A file"
-              + " changed after its hash is hashed again (or at lease time), never trusted stale. false: hash at"
-              + " lease time only. No effect without local-artifact-dirs.");
+          .withDescription("With local-artifact-dirs set: watch those directories (inotify) and identify each file"
+              + " the job server stages there (compared with cached content whose size and ends it has, else hashed)"
+              + " in the background, once it has been quiet for 1 s, so that a new job's first lease finds its"
+              + " binary's digest ready instead of reading it on the lease's path. A file changed after that is read"
+              + " again (or at lease time), never trusted stale. false: at lease time only. No effect without"
+              + " local-artifact-dirs.");
 
   public static final ConfigOption<Integer> PREFETCH_SLOTS =
       ConfigOptions.key("prefetch-slots")

@@ -172,9 +172,9 @@ public final class Artifacts {
    * The lease's artifacts as {@link #resolve} will name them, known before their content is verified, for a worker
    * started speculatively: each digest is one the runner states (content cached), one the in-place memo holds, or,
    * for a staged file read in place, that of the cached content its probe matches (same size, same first and last
-   * 64 KiB: {@code LocalArtifacts#candidate}), which {@link #resolve} then confirms or refutes by comparing the two byte
-   * for byte. Completes with null when there is nothing to gain (every digest already verified) or nothing to start
-   * from (an artifact with no cached candidate, or one streamed from the runner); never exceptionally.
+   * 64 KiB: {@code LocalArtifacts#candidate}), which {@link #resolve} then confirms or refutes by comparing the two
+   * byte for byte. Completes with null when there is nothing to gain (every digest already verified) or nothing to
+   * start from (an artifact with no cached candidate, or one streamed from the runner); never exceptionally.
    */
   public CompletableFuture<List<ArtifactInformation>> provisional(Lease lease, List<ArtifactInformation> artifacts) {
     return resolution(lease, artifacts).provisional();

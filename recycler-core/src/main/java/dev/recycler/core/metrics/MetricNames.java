@@ -27,8 +27,9 @@ public final class MetricNames {
   /** Function counter (bytes): read in place from staged files (hashing, copying into the cache), not from the runner. */
   public static final String LOCAL_BYTES = "recycler.artifact.local.read";
   /**
-   * Counter: staged files hashed in place; tag {@link #WHEN}: {@code STAGING} (in the background as the job server
-   * wrote them, ahead of any lease) or {@code LEASE} (on a lease's path, because no staging-time digest was ready).
+   * Counter: staged files identified in place (compared with the cached content their probe matches, or hashed); tag
+   * {@link #WHEN}: {@code STAGING} (in the background as the job server wrote them, ahead of any lease) or {@code
+   * LEASE} (on a lease's path, because no staging-time digest was ready). The name predates the comparison.
    */
   public static final String LOCAL_HASHES = "recycler.artifact.local.hashes";
   /** Distribution (bytes): artifacts served to wrappers. */

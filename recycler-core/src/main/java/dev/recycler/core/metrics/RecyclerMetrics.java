@@ -125,7 +125,8 @@ public final class RecyclerMetrics<S extends Enum<S>, R extends Enum<R>> {
         .description("Artifact bytes served to wrappers").register(registry);
     for (HashedAt h : HashedAt.values()) {
       localHashes.put(h, Counter.builder(MetricNames.LOCAL_HASHES).tag(MetricNames.WHEN, h.name())
-          .description("Staged files hashed in place, at staging time (ahead of the lease) or at lease time")
+          .description("Staged files identified in place (compared or hashed), at staging time (ahead of the lease)"
+              + " or at lease time")
           .register(registry));
     }
     for (Standby s : Standby.values()) {

@@ -40,14 +40,16 @@ public enum RecyclerOption {
   LOCAL_ARTIFACT_DIRS("local-artifact-dirs", Type.LIST, null, Scope.SHARED,
       "Absolute directories, separated by `,` or `;`, whose staged files the recycler reads in place: the Beam job"
           + " server's `--artifacts-dir`, which the TaskManager mounts anyway. A job's worker binary under one of them"
-          + " is identified by hashing it from disk instead of streaming it through the runner's gRPC service. Unset:"
-          + " every artifact is streamed."),
+          + " is identified from disk (compared byte for byte with cached content of its size and first and last"
+          + " 64 KiB, else hashed) instead of streaming it through the runner's gRPC service. Unset: every artifact is"
+          + " streamed."),
   HASH_AT_STAGING("hash-at-staging", Type.BOOLEAN, "true", Scope.SHARED,
-      "With `local-artifact-dirs` set: watch those directories (inotify) and hash each file the job server stages"
-          + " there in the background, once it has been quiet (size and modification time unchanged) for 1 s, so"
-          + " that a new job's first lease finds its binary's digest ready instead of hashing it on the lease's path."
-          + " One thread; a file changed after its hash is hashed again (or at lease time), never trusted stale."
-          + " `false`: hash at lease time only. No effect without `local-artifact-dirs`."),
+      "With `local-artifact-dirs` set: watch those directories (inotify) and identify each file the job server"
+          + " stages there (compared with cached content whose size and ends it has, else hashed) in the background,"
+          + " once it has been quiet (size and modification time unchanged) for 1 s, so that a new job's first lease"
+          + " finds its binary's digest ready instead of reading it on the lease's path. One thread; a file changed"
+          + " after that is read again (or at lease time), never trusted stale. `false`: at lease time only. No"
+          + " effect without `local-artifact-dirs`."),
   PREFETCH_SLOTS("prefetch-slots", Type.INT, "-1", Scope.SHARED,
       "With `hash-at-staging`: when the job server stages a worker binary (an ELF file) that idle slots' wrappers"
           + " lack, the recycler copies it into its cache and asks up to this many of those wrappers to fetch it"

@@ -38,7 +38,8 @@ final class Breakdown {
 
   static final List<String> SEGMENTS = List.of(
       "StartWorker call -> lease prepared: provision info, resolve artifacts at the runner (recycler)",
-      "  of which: binary hashed in place from disk, or fetched from the runner (recycler's own ms figure)",
+      "  of which: binary identified in place from disk (compared or hashed), or fetched from the runner"
+          + " (recycler's own ms figure)",
       "lease prepared -> slot assigned -> Lease sent (recycler)",
       "Lease message -> wrapper",
       "wrapper GetProvisionInfo (none when the lease came prepared)",
