@@ -225,18 +225,20 @@ public final class Artifacts {
   private CompletableFuture<List<ArtifactInformation>> resolveOnce(Lease lease, List<ArtifactInformation> artifacts,
       CompletableFuture<List<ArtifactInformation>> provisional) {
     return resolveUpstream(lease, artifacts).thenCompose(resolved -> {
+      // Probed first (both ends of each file, well under a millisecond): the worker started from it, the critical path
+      // once the file is compared on two threads, starts before the reads, and the probe always sees the memo as it
+      // was before them.
+      try {
+        provisional.complete(probe ? probed(lease, resolved) : null);
+      } catch (RuntimeException e) {
+        provisional.complete(null);
+      }
       List<CompletableFuture<ArtifactInformation>> each = new ArrayList<>();
       for (ArtifactInformation a : resolved) {
         each.add(blobFor(lease, a).thenApply(blob -> {
           admit(lease, blob, a);
           return named(a, blob);
         }));
-      }
-      // After the reads started (on the hashing threads): the probe reads only both ends of each file.
-      try {
-        provisional.complete(probe ? probed(lease, resolved) : null);
-      } catch (RuntimeException e) {
-        provisional.complete(null);
       }
       return CompletableFuture.allOf(each.toArray(CompletableFuture[]::new))
           .thenApply(v -> each.stream().map(CompletableFuture::join).toList());
