@@ -48,8 +48,7 @@ final class LeaseLifecycle {
     /** Whether the pool is shut down (no new standbys then). */
     boolean closed();
 
-    /** Starts the waiting, unplaced {@code lease}'s worker from {@code probed} inputs, if a slot can ({@link
-     * Standbys#speculate}). */
+    /** Starts the waiting, unplaced {@code lease}'s worker from {@code probed} inputs if a slot can. */
     void speculate(Lease lease, PreparedLease probed, List<Runnable> after);
   }
 
@@ -105,11 +104,16 @@ final class LeaseLifecycle {
     }
     CompletableFuture<Void> speculated = probed.handle((p, failure) -> {
       if (failure == null && p != null) {
-        lock.run(after -> {
-          if (lease.state() == Lease.State.WAITING && !lease.isPrepared() && !pool.closed()) {
-            pool.speculate(lease, p, after);
-          }
-        });
+        try {
+          lock.run(after -> {
+            if (lease.state() == Lease.State.WAITING && !lease.isPrepared() && !pool.closed()) {
+              pool.speculate(lease, p, after);
+            }
+          });
+        } catch (RuntimeException e) {
+          // A speculative start is only ever a head start: the lease is placed as usual without it.
+          LOG.warn("speculative start failed runner_worker={} lease={}", lease.runnerWorkerId(), lease.sequence(), e);
+        }
       }
       return null;
     });
