@@ -131,11 +131,8 @@ func TestStandbyAdopted(t *testing.T) {
 	// The line is written just after WorkerStarted is sent (its took ends there): wait for it.
 	started := regexp.MustCompile(`msg="worker started" slot=slot-0 generation=2 worker_id=slot-0.g2 pid=` +
 		strconv.Itoa(r.Pid) + ` adopted_standby=true took=\S+`)
-	for deadline := time.Now().Add(5 * time.Second); !started.MatchString(e.h.logs.String()); {
-		if time.Now().After(deadline) {
-			t.Fatalf("no worker started line for the adoption with its time:\n%s", e.h.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !e.h.logs.waitFor(started, 5*time.Second) {
+		t.Fatalf("no worker started line for the adoption with its time:\n%s", e.h.logs.String())
 	}
 
 	e.s.Exit(2)
