@@ -265,8 +265,7 @@ final class Standbys {
       Standby s = slot.standby;
       if (s == null) {
         free = free == null || slot.stateSinceNanos() > free.stateSinceNanos() ? slot : free;
-      } else if (s.speculativeFor == null && (victim == null || leasesOf(s) < leasesOf(victim.standby)
-          || (leasesOf(s) == leasesOf(victim.standby) && s.createdNanos < victim.standby.createdNanos))) {
+      } else if (s.speculativeFor == null && (victim == null || dropsBefore(s, victim.standby))) {
         victim = slot;
       }
     }
@@ -277,17 +276,12 @@ final class Standbys {
           + " slot runs another lease's speculative start)", lease.runnerWorkerId(), lease.sequence(), needs);
       return;
     }
-    if (chosen.standby != null) {
-      // Another job's standby, the least used (as placement would pick it): stopped first, with its Exit sent now,
-      // under the lock, so that the wrapper has it before the Standby that replaces it (and queues that one).
-      Standby replaced = chosen.standby;
-      forget(replaced);
+    Standby replaced = chosen.standby;
+    if (replaced != null) {
+      // Another job's standby, the one placement would drop first. Its Exit is sent now, under the lock, not after it
+      // (drop's way): the wrapper must have it before the Standby that replaces it, which it then queues.
       resolve(replaced.job, false);
-      metrics.standby(RecyclerMetrics.Standby.DROPPED);
-      String why = "the slot is needed for another job's speculative start";
-      LOG.info("standby dropped slot={} generation={} job={}: {}", chosen.id, replaced.generation, replaced.jobName,
-          why);
-      fail(replaced, why, after);
+      drop(chosen, "the slot is needed for another job's speculative start", false, after);
       chosen.attachment.link().send(exit(replaced));
     }
     String spec = spec(probed);
@@ -411,8 +405,7 @@ final class Standbys {
         free = free == null || better(slot, free, needs) ? slot : free;
       } else if (lease.spec() != null && s.spec.equals(lease.spec())) {
         return new Placement(slot, s);
-      } else if (victim == null || leasesOf(s) < leasesOf(victim.standby)
-          || (leasesOf(s) == leasesOf(victim.standby) && s.createdNanos < victim.standby.createdNanos)) {
+      } else if (victim == null || dropsBefore(s, victim.standby)) {
         victim = slot;
       }
     }
@@ -420,8 +413,12 @@ final class Standbys {
     return chosen == null ? null : new Placement(chosen, null);
   }
 
-  private static int leasesOf(Standby s) {
-    return s.job.leases;
+  /**
+   * Whether standby {@code a} gives way before {@code b} when a slot is needed: the one whose job has had fewer leases
+   * here, then the older one.
+   */
+  private static boolean dropsBefore(Standby a, Standby b) {
+    return a.job.leases < b.job.leases || (a.job.leases == b.job.leases && a.createdNanos < b.createdNanos);
   }
 
   /** Of two free slots: the one whose wrapper holds what the lease needs (no fetch), then the one freed last. */
